@@ -1,0 +1,31 @@
+"""Architecture adapters, head masking, physical head removal, and pruned-model I/O."""
+from sentinel.models.adapters import ADAPTERS, AttentionAdapter, get_adapter, supported_model_types
+from sentinel.models.heads import (
+    HeadLayout,
+    HeadMask,
+    attention_modules,
+    head_layout,
+    kept_heads,
+    mask_heads,
+    prune_heads,
+    validate_request,
+)
+from sentinel.models.io import is_pruned_checkpoint, load_pruned, save_pruned
+
+__all__ = [
+    "ADAPTERS",
+    "AttentionAdapter",
+    "HeadLayout",
+    "HeadMask",
+    "attention_modules",
+    "get_adapter",
+    "head_layout",
+    "is_pruned_checkpoint",
+    "kept_heads",
+    "load_pruned",
+    "mask_heads",
+    "prune_heads",
+    "save_pruned",
+    "supported_model_types",
+    "validate_request",
+]

@@ -1,0 +1,150 @@
+"""Architecture adapters: where each model family keeps its attention heads.
+
+An adapter is data, not code. It names the dotted paths (relative to one transformer block) of the
+q/k/v projections (or the fused qkv projection), the output projection, the attribute that holds
+head_dim, and the attributes the forward pass reads that must change when heads are removed.
+One generic piece of code (`sentinel.models.heads`) masks and slices every family from this.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from torch import nn
+
+from sentinel.registry import Registry
+
+# f(heads, kv_heads, head_dim) -> new value of an attribute of the attention module
+AttrRule = Callable[[int, int, int], int]
+
+
+@dataclass(frozen=True)
+class AttentionAdapter:
+    """Where one family keeps its heads. All paths are relative to one block of `layers`."""
+
+    name: str
+    layers: str  # from `model.base_model` to the ModuleList of blocks
+    attention: str  # the module whose attributes describe the heads (num_heads, head_dim, ...)
+    o: str  # output projection; its input is [..., heads * head_dim]: the mask seam
+    head_dim_attr: str
+    q: str | None = None
+    k: str | None = None
+    v: str | None = None
+    qkv: str | None = None  # fused [q | k | v] along the output features (GPT-2's c_attn)
+    attrs: Mapping[str, AttrRule] = field(default_factory=dict)
+    causal: bool = False
+    gqa: bool = False  # K/V heads may be fewer than query heads (repeat_kv semantics)
+
+    def projections(self) -> tuple[str, ...]:
+        return (self.qkv,) if self.qkv else (self.q, self.k, self.v)  # type: ignore[return-value]
+
+
+ADAPTERS: Registry[AttentionAdapter] = Registry("model_type")
+
+
+def register(adapter: AttentionAdapter, *model_types: str) -> AttentionAdapter:
+    for model_type in model_types:
+        ADAPTERS.add(model_type, adapter)
+    return adapter
+
+
+register(
+    AttentionAdapter(
+        name="gpt2",
+        layers="h",
+        attention="attn",
+        qkv="attn.c_attn",
+        o="attn.c_proj",
+        head_dim_attr="head_dim",
+        attrs={"num_heads": lambda h, kv, d: h, "split_size": lambda h, kv, d: h * d},
+        causal=True,
+    ),
+    "gpt2",
+)
+
+_BERT = AttentionAdapter(
+    name="bert",
+    layers="encoder.layer",
+    attention="attention.self",
+    q="attention.self.query",
+    k="attention.self.key",
+    v="attention.self.value",
+    o="attention.output.dense",
+    head_dim_attr="attention_head_size",
+    attrs={"num_attention_heads": lambda h, kv, d: h, "all_head_size": lambda h, kv, d: h * d},
+)
+register(_BERT, "bert", "roberta", "xlm-roberta")
+
+register(
+    AttentionAdapter(
+        name="distilbert",
+        layers="transformer.layer",
+        attention="attention",
+        q="attention.q_lin",
+        k="attention.k_lin",
+        v="attention.v_lin",
+        o="attention.out_lin",
+        head_dim_attr="attention_head_size",
+        attrs={"n_heads": lambda h, kv, d: h},
+    ),
+    "distilbert",
+)
+
+register(
+    AttentionAdapter(
+        name="llama",
+        layers="layers",
+        attention="self_attn",
+        q="self_attn.q_proj",
+        k="self_attn.k_proj",
+        v="self_attn.v_proj",
+        o="self_attn.o_proj",
+        head_dim_attr="head_dim",
+        # SDPA and eager attention repeat each KV head num_key_value_groups times
+        attrs={"num_key_value_groups": lambda h, kv, d: h // kv},
+        causal=True,
+        gqa=True,
+    ),
+    "llama",
+    "mistral",
+    "qwen2",
+)
+
+register(
+    AttentionAdapter(
+        name="opt",
+        layers="decoder.layers",
+        attention="self_attn",
+        q="self_attn.q_proj",
+        k="self_attn.k_proj",
+        v="self_attn.v_proj",
+        o="self_attn.out_proj",
+        head_dim_attr="head_dim",
+        attrs={"num_heads": lambda h, kv, d: h},  # OPT's forward views q/k/v with self.num_heads
+        causal=True,
+    ),
+    "opt",
+)
+
+
+def get_adapter(model: nn.Module) -> AttentionAdapter:
+    """The adapter for `model.config.model_type`; a ValueError listing the supported types otherwise."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is None:
+        raise ValueError(
+            f"model: {type(model).__name__} has no config.model_type; "
+            f"supported model types are {', '.join(ADAPTERS.names())}"
+        )
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"model_type: {model_type!r} has no head adapter; supported: {', '.join(ADAPTERS.names())}"
+        )
+    return ADAPTERS.get(model_type)
+
+
+def is_supported(model_type: str) -> bool:
+    return model_type in ADAPTERS
+
+
+def supported_model_types() -> list[str]:
+    return ADAPTERS.names()

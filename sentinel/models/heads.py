@@ -1,0 +1,301 @@
+"""Head layout, masking and physical removal: one generic implementation for every adapter.
+
+Head indices always refer to the model's *current* layout (after earlier prunes). Each attention
+module remembers which of the original (dense) heads it still holds in `sentinel_heads` /
+`sentinel_kv_heads`, so successive prunes compose and `save_pruned` can write a sidecar.
+
+GQA unit (Llama, Mistral, Qwen2): query head h reads KV head h // group_size (transformers'
+`repeat_kv`). A removal request is honoured when every KV group that keeps any query head keeps the
+*same number* of them; a group left with none is removed whole (its K/V rows go too). Removing whole
+groups, or the same number of query heads from every group, both satisfy this. Anything else is a
+ValueError naming the layer and the per-group counts it would leave.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D, prune_linear_layer
+
+from sentinel.models.adapters import AttentionAdapter, get_adapter
+
+HeadRequest = Mapping[int, Iterable[int]]
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """The heads of a model as it is now."""
+
+    num_layers: int
+    heads: tuple[int, ...]  # query heads per layer
+    kv_heads: tuple[int, ...]  # key/value heads per layer (== heads unless GQA)
+    head_dim: int
+
+    @property
+    def total_heads(self) -> int:
+        return sum(self.heads)
+
+    def group_size(self, layer: int) -> int:
+        return self.heads[layer] // self.kv_heads[layer]
+
+
+# ---------------------------------------------------------------------------- locating modules
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        root = getattr(root, name)
+    return root
+
+
+def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+    *parents, name = path.split(".")
+    setattr(_get(root, ".".join(parents)) if parents else root, name, module)
+
+
+def blocks(model: nn.Module, adapter: AttentionAdapter | None = None) -> list[nn.Module]:
+    adapter = adapter or get_adapter(model)
+    return list(_get(model.base_model, adapter.layers))
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The per-layer attention modules (what returns attention probabilities under eager attention)."""
+    adapter = get_adapter(model)
+    return [_get(block, adapter.attention) for block in blocks(model, adapter)]
+
+
+def output_projections(model: nn.Module) -> list[nn.Module]:
+    adapter = get_adapter(model)
+    return [_get(block, adapter.o) for block in blocks(model, adapter)]
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.nf if isinstance(module, Conv1D) else module.out_features
+
+
+def _layer_layout(block: nn.Module, adapter: AttentionAdapter) -> tuple[int, int, int]:
+    head_dim = int(getattr(_get(block, adapter.attention), adapter.head_dim_attr))
+    if adapter.qkv:
+        heads = _out_features(_get(block, adapter.qkv)) // (3 * head_dim)
+        return heads, heads, head_dim
+    heads = _out_features(_get(block, adapter.q)) // head_dim
+    kv_heads = _out_features(_get(block, adapter.k)) // head_dim
+    return heads, kv_heads, head_dim
+
+
+def head_layout(model: nn.Module) -> HeadLayout:
+    """Number of layers, query heads and KV heads per layer (as the model is now), and head_dim."""
+    adapter = get_adapter(model)
+    per_layer = [_layer_layout(block, adapter) for block in blocks(model, adapter)]
+    return HeadLayout(
+        num_layers=len(per_layer),
+        heads=tuple(h for h, _, _ in per_layer),
+        kv_heads=tuple(kv for _, kv, _ in per_layer),
+        head_dim=per_layer[0][2],
+    )
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def validate_request(
+    layout: HeadLayout, request: HeadRequest, *, allow_empty_layer: bool = False
+) -> dict[int, list[int]]:
+    """Checks a {layer: [head, ...]} request and returns it normalised (sorted lists).
+
+    Raises ValueError naming the layer/head and what is allowed; never changes anything.
+    """
+    if not isinstance(request, Mapping):
+        raise ValueError(f"heads: expected a mapping {{layer: [head, ...]}}, got {type(request).__name__}")
+    if not request or not any(list(v) if not isinstance(v, (str, bytes)) else [v] for v in request.values()):
+        raise ValueError("heads: the request is empty; give at least one {layer: [head, ...]}")
+    normalised: dict[int, list[int]] = {}
+    for layer, heads in request.items():
+        if not _is_index(layer) or not 0 <= layer < layout.num_layers:
+            raise ValueError(f"layer: {layer!r} is not a layer index in [0, {layout.num_layers - 1}]")
+        if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+            raise ValueError(f"layer {layer}: expected a list of head indices, got {heads!r}")
+        heads = list(heads)
+        n = layout.heads[layer]
+        for head in heads:
+            if not _is_index(head) or not 0 <= head < n:
+                raise ValueError(f"layer {layer}: head {head!r} is not a head index in [0, {n - 1}]")
+        if len(set(heads)) != len(heads):
+            dupes = sorted({h for h in heads if heads.count(h) > 1})
+            raise ValueError(f"layer {layer}: duplicate head indices {dupes}")
+        if not allow_empty_layer and len(heads) >= n:
+            raise ValueError(
+                f"layer {layer}: removing all {n} heads would empty the layer; at most {n - 1} may be removed"
+            )
+        if heads:
+            normalised[int(layer)] = sorted(int(h) for h in heads)
+    return normalised
+
+
+def _is_index(value: object) -> bool:
+    # bool is an int subclass; True as a head index is almost certainly a bug
+    return isinstance(value, int) and not isinstance(value, bool) or (
+        isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point()
+    )
+
+
+def _kept_groups(layout: HeadLayout, layer: int, removed: list[int]) -> tuple[list[int], list[int]]:
+    """Kept query heads and kept KV heads of one layer, or a ValueError for an uneven GQA request."""
+    group = layout.group_size(layer)
+    kept = [h for h in range(layout.heads[layer]) if h not in set(removed)]
+    per_group = [sum(1 for h in kept if h // group == g) for g in range(layout.kv_heads[layer])]
+    nonzero = {c for c in per_group if c}
+    if len(nonzero) > 1:
+        raise ValueError(
+            f"layer {layer}: GQA groups of {group} query heads would keep {per_group} heads; every kept group "
+            f"must keep the same number (remove whole groups, or the same number of heads from each group)"
+        )
+    kept_kv = [g for g, c in enumerate(per_group) if c]
+    return kept, kept_kv
+
+
+# ---------------------------------------------------------------------------- masking
+
+
+class HeadMask:
+    """Per-head gates applied by a forward pre-hook on each layer's output projection.
+
+    `gates[layer]` is a float tensor [heads]: 1 keeps a head, 0 masks it. With requires_grad=True the
+    gates are leaves that gradients reach (gradient head importance reads `gates[layer].grad`).
+    """
+
+    def __init__(self, model: nn.Module, gates: dict[int, torch.Tensor], head_dim: int) -> None:
+        self.gates = gates
+        self._handles = []
+        for layer, proj in enumerate(output_projections(model)):
+            self._handles.append(proj.register_forward_pre_hook(self._hook(layer, head_dim)))
+
+    def _hook(self, layer: int, head_dim: int):
+        def apply_gate(module: nn.Module, args: tuple):
+            x = args[0]  # [..., heads * head_dim], the concatenated head outputs
+            gate = self.gates[layer].to(device=x.device, dtype=x.dtype)
+            x = (x.unflatten(-1, (-1, head_dim)) * gate[:, None]).flatten(-2)
+            return (x, *args[1:])
+
+        return apply_gate
+
+    def remove(self) -> None:
+        """Detaches the hooks: the model computes exactly what it did before masking."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def masked(self) -> dict[int, list[int]]:
+        return {l: torch.nonzero(g == 0).flatten().tolist() for l, g in self.gates.items() if (g == 0).any()}
+
+    def __enter__(self) -> "HeadMask":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def mask_heads(model: nn.Module, heads: HeadRequest | None = None, *, requires_grad: bool = False) -> HeadMask:
+    """Masks heads without changing any weight. `heads=None` installs all-ones gates (for gradients).
+
+    Masking every head of a layer is allowed here (it ablates the attention block); removal is not.
+    """
+    layout = head_layout(model)
+    request = {} if heads is None else validate_request(layout, heads, allow_empty_layer=True)
+    device = next(model.parameters()).device
+    gates = {}
+    for layer, n in enumerate(layout.heads):
+        gate = torch.ones(n, device=device)
+        gate[request.get(layer, [])] = 0.0
+        gates[layer] = gate.requires_grad_(requires_grad)
+    return HeadMask(model, gates, layout.head_dim)
+
+
+# ---------------------------------------------------------------------------- physical removal
+
+
+def _rows(units: list[int], unit_size: int, offset: int = 0) -> torch.Tensor:
+    return torch.tensor([offset + u * unit_size + i for u in units for i in range(unit_size)], dtype=torch.long)
+
+
+def _keep_outputs(module: nn.Module, index: torch.Tensor) -> nn.Module:
+    """The same layer with only output features `index` (q/k/v rows and their biases)."""
+    if isinstance(module, Conv1D):  # weight is [in, out]: outputs are columns
+        new = Conv1D(len(index), module.weight.shape[0])
+        new.weight = nn.Parameter(module.weight.detach()[:, index].clone())
+        new.bias = nn.Parameter(module.bias.detach()[index].clone())
+        return new.to(module.weight.device)
+    return prune_linear_layer(module, index.to(module.weight.device), dim=0).to(module.weight.dtype)
+
+
+def _keep_inputs(module: nn.Module, index: torch.Tensor) -> nn.Module:
+    """The same layer with only input features `index` (o columns); the bias stays whole."""
+    if isinstance(module, Conv1D):  # weight is [in, out]: inputs are rows
+        new = Conv1D(module.nf, len(index))
+        new.weight = nn.Parameter(module.weight.detach()[index, :].clone())
+        new.bias = nn.Parameter(module.bias.detach().clone())
+        return new.to(module.weight.device)
+    return prune_linear_layer(module, index.to(module.weight.device), dim=1).to(module.weight.dtype)
+
+
+def _prune_block(block: nn.Module, adapter: AttentionAdapter, kept: list[int], kept_kv: list[int], d: int) -> None:
+    if adapter.qkv:
+        width = _out_features(_get(block, adapter.qkv)) // 3
+        index = torch.cat([_rows(kept, d, offset) for offset in (0, width, 2 * width)])
+        _set(block, adapter.qkv, _keep_outputs(_get(block, adapter.qkv), index))
+    else:
+        _set(block, adapter.q, _keep_outputs(_get(block, adapter.q), _rows(kept, d)))
+        for path in (adapter.k, adapter.v):
+            _set(block, path, _keep_outputs(_get(block, path), _rows(kept_kv, d)))
+    _set(block, adapter.o, _keep_inputs(_get(block, adapter.o), _rows(kept, d)))
+
+    attention = _get(block, adapter.attention)
+    for attr, rule in adapter.attrs.items():
+        setattr(attention, attr, rule(len(kept), len(kept_kv), d))
+    # remember which original heads survive, so prunes compose and save_pruned can write them out
+    attention.sentinel_heads = [attention.sentinel_heads[h] for h in kept]
+    attention.sentinel_kv_heads = [attention.sentinel_kv_heads[g] for g in kept_kv]
+
+
+def _ensure_provenance(model: nn.Module, layout: HeadLayout) -> None:
+    for layer, attention in enumerate(attention_modules(model)):
+        if getattr(attention, "sentinel_heads", None) is None:
+            attention.sentinel_heads = list(range(layout.heads[layer]))
+            attention.sentinel_kv_heads = list(range(layout.kv_heads[layer]))
+
+
+def prune_heads(model: nn.Module, heads: HeadRequest) -> nn.Module:
+    """Physically removes heads in place and returns the model.
+
+    Slices q/k/v output rows (and biases) and the output projection's input columns, then updates the
+    attributes the forward pass reads. The whole request is validated before anything changes.
+
+    Args:
+        model: a transformers model whose `config.model_type` has an adapter.
+        heads: {layer: [head, ...]} in the model's current layout.
+    Returns:
+        The same model object, smaller.
+    """
+    adapter = get_adapter(model)
+    layout = head_layout(model)
+    request = validate_request(layout, heads)
+    plan = {layer: _kept_groups(layout, layer, removed) for layer, removed in request.items()}
+    _ensure_provenance(model, layout)
+    layer_blocks = blocks(model, adapter)
+    for layer, (kept, kept_kv) in plan.items():
+        _prune_block(layer_blocks[layer], adapter, kept, kept_kv, layout.head_dim)
+    return model
+
+
+def kept_heads(model: nn.Module) -> dict[int, dict[str, list[int]]]:
+    """For each layer, the original indices of the query and KV heads the model still has."""
+    layout = head_layout(model)
+    out = {}
+    for layer, attention in enumerate(attention_modules(model)):
+        out[layer] = {
+            "heads": list(getattr(attention, "sentinel_heads", None) or range(layout.heads[layer])),
+            "kv_heads": list(getattr(attention, "sentinel_kv_heads", None) or range(layout.kv_heads[layer])),
+        }
+    return out
