@@ -1,0 +1,308 @@
+"""One grid cell, top to bottom: load -> dense baseline -> scores -> select -> prune -> evaluate ->
+fine-tune -> evaluate. Usable without Ray; the orchestrator calls `run_trial` and nothing else.
+
+Work shared between cells (the dense baseline of a model, the head scores of a strategy) goes through a
+`shared` store with `get_or_compute(key, fn) -> (value, reused)`; the default keeps it in this process.
+Dense models are kept in an in-process cache and copied per trial, so a worker that runs many trials
+loads each model from disk once.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import platform
+import socket
+import traceback
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable, Mapping, Protocol
+
+import torch
+from torch import nn
+
+from sentinel.finetune import FinetuneConfig, finetune
+from sentinel.models import get_adapter, head_layout, load_model, mask_heads, prune_heads
+from sentinel.pruning import HeadScores, score_heads, select_heads, STRATEGIES
+
+METHODS = ("remove", "mask")
+POLICIES = ("global", "per_layer")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a trial's text comes from and how it is cut. Splits are by document (sentinel.data)."""
+
+    source: str = "gutenberg"  # scoring and fine-tuning text, and evaluation text unless eval_source is set
+    eval_source: str | None = None  # e.g. "wikitext-2" to evaluate on another corpus (its eval split)
+    seq_len: int = 128
+    stride: int = 64  # sliding-window perplexity stride (== seq_len: disjoint windows)
+    batch_size: int = 8
+    score_batches: int = 4  # batches of the score split used to score heads
+    eval_tokens: int = 16384  # evaluation tokens taken from the eval split (0 = all of it)
+    split_seed: int = 0  # document split; fixed across trials so every cell sees the same data
+    sts_pairs: int = 0  # encoders: STS-B test pairs (0 = the full test set)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything that determines one cell's result. Its canonical JSON digest is the trial id."""
+
+    model: str
+    strategy: str
+    level: float
+    seed: int = 0
+    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    policy: str = "global"
+    min_heads_per_layer: int = 1
+    method: str = "remove"  # "remove": physical slicing (real speedup); "mask": gates only
+    data: DataSpec = field(default_factory=DataSpec)
+    finetune: FinetuneConfig | None = field(default_factory=lambda: FinetuneConfig(steps=20))
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto"
+    bf16: bool = False  # bf16 autocast, CUDA only
+    model_options: Mapping[str, Any] = field(default_factory=dict)  # passed to load_model
+    measure_speed: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(STRATEGIES.unknown_message(self.strategy))
+        if not isinstance(self.level, (int, float)) or not 0 <= self.level < 1:
+            raise ValueError(f"level: {self.level!r} is not in [0, 1)")
+        if self.method not in METHODS:
+            raise ValueError(f"method: {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy: {self.policy!r} is not one of {', '.join(POLICIES)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
+        d = dict(d)
+        if isinstance(d.get("data"), Mapping):
+            d["data"] = DataSpec(**d["data"])
+        if isinstance(d.get("finetune"), Mapping):
+            d["finetune"] = FinetuneConfig(**d["finetune"])
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
+
+    def trial_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class TrialResult:
+    spec: TrialSpec
+    status: str = "ok"  # "ok" or "failed"
+    error: str = ""
+    architecture: str = ""
+    metric_name: str = ""
+    higher_is_better: bool = False
+    dense: float = float("nan")
+    pruned: float = float("nan")
+    recovered: float = float("nan")
+    protocol: dict = field(default_factory=dict)
+    heads_total: int = 0
+    heads_pruned: int = 0
+    pruned_heads: list = field(default_factory=list)  # [[layer, head], ...] in the dense layout
+    selection_notes: list = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    speed_before: float = float("nan")  # forward tokens/s
+    speed_after: float = float("nan")
+    timings: dict = field(default_factory=dict)  # stage -> seconds
+    reused: dict = field(default_factory=dict)  # "baseline"/"scores" -> bool
+    device: str = ""
+    node: str = field(default_factory=socket.gethostname)
+    versions: dict = field(default_factory=dict)
+    curve: list = field(default_factory=list)  # fine-tuning rows {step, train_loss, eval_metric, lr}
+    scores: list = field(default_factory=list)  # [layers][heads] head scores (higher = more important)
+
+    def row(self) -> dict[str, Any]:
+        """One `trials` row (flat, JSON-friendly); curves and scores go to their own tables."""
+        s = self.spec
+        row = {k.name: getattr(self, k.name) for k in fields(self) if k.name not in ("spec", "curve", "scores")}
+        row.update(
+            trial_id=s.trial_id(), model=s.model, strategy=s.strategy, level=float(s.level), seed=s.seed,
+            method=s.method, policy=s.policy, strategy_options=json.dumps(dict(s.strategy_options), sort_keys=True),
+            spec=json.dumps(s.to_dict(), sort_keys=True),
+        )
+        return row
+
+
+class SharedWork(Protocol):
+    def get_or_compute(self, key: str, fn: Callable[[], Any]) -> tuple[Any, bool]: ...
+
+
+class LocalShared:
+    """Shared work kept in this process (the default, and what a plain loop over run_trial uses)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+
+    def get_or_compute(self, key: str, fn: Callable[[], Any]) -> tuple[Any, bool]:
+        if key in self._values:
+            return self._values[key], True
+        self._values[key] = fn()
+        return self._values[key], False
+
+
+_MODELS: dict[tuple, tuple[nn.Module, Any]] = {}  # dense models loaded in this worker process
+
+
+def dense_model(name: str, device: torch.device, options: Mapping[str, Any]) -> tuple[nn.Module, Any]:
+    """The dense model from the in-process cache (loaded once per worker), and its tokenizer."""
+    key = (name, str(device), json.dumps(dict(options), sort_keys=True, default=str))
+    if key not in _MODELS:
+        _MODELS[key] = load_model(name, device=str(device), **options)
+    return _MODELS[key]
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    from sentinel import __version__
+
+    out = {"sentinel_bench": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "python": platform.python_version()}
+    return out
+
+
+def run_trial(spec: TrialSpec, shared: SharedWork | None = None) -> TrialResult:
+    """Runs one cell. Never raises for a failure inside the trial: it returns status "failed" and the error."""
+    result = TrialResult(spec=spec, versions=versions())
+    try:
+        _run(spec, shared or LocalShared(), result)
+    except Exception as exc:  # one failing cell must not take down a grid; the row says what happened
+        result.status = "failed"
+        result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+    return result
+
+
+def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
+    from sentinel.eval import Stopwatch, autocast, count_parameters, resolve_device, throughput
+
+    watch = Stopwatch(result.timings)
+    device = resolve_device(spec.device)
+    result.device = str(device) + (" bf16" if spec.bf16 and device.type == "cuda" else "")
+
+    with watch("load"):
+        dense, tokenizer = dense_model(spec.model, device, spec.model_options)
+        model = copy.deepcopy(dense)  # the cached dense model is never modified
+        task = _cached_task(dense, spec, tokenizer)
+    result.architecture = model.config.model_type
+    layout = head_layout(model)
+    result.heads_total = layout.total_heads
+
+    with watch("baseline"):
+        baseline, result.reused["baseline"] = shared.get_or_compute(
+            f"baseline/{spec.model}/{task.key}/{device}", lambda: _baseline(dense, task, spec, device)
+        )
+    result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
+    result.dense, result.protocol = baseline["value"], baseline["protocol"]
+    result.params_before, result.speed_before = baseline["params"], baseline["speed"]
+
+    with watch("score"):
+        scores, result.reused["scores"] = shared.get_or_compute(
+            f"scores/{spec.model}/{spec.strategy}/{json.dumps(dict(spec.strategy_options), sort_keys=True)}"
+            f"/{spec.seed}/{task.score_key}",
+            lambda: score_heads(spec.strategy, model, task.score_batches, seed=spec.seed, **spec.strategy_options),
+        )
+    result.scores = scores.scores.tolist()
+
+    with watch("select"):
+        group = max(layout.group_size(l) for l in range(layout.num_layers))
+        selection = select_heads(
+            scores, spec.level, policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer, group_size=group
+        )
+    result.selection_notes = list(selection.notes)
+    result.pruned_heads = [[l, h] for l, heads in sorted(selection.heads.items()) for h in heads]
+    result.heads_pruned = len(result.pruned_heads)
+
+    with watch("prune"):
+        if selection.heads and spec.method == "remove":
+            prune_heads(model, selection.heads)
+        elif selection.heads:
+            model.sentinel_mask = mask_heads(model, selection.heads)
+    result.params_after = count_parameters(model)
+
+    with watch("eval_pruned"), autocast(device, spec.bf16):
+        result.pruned = task.evaluate(model).value
+    if spec.measure_speed:
+        with watch("speed"):
+            result.speed_after = throughput(model, seq_len=spec.data.seq_len, device=device)["tokens_per_s"]
+
+    if spec.finetune is not None and spec.finetune.steps > 0:
+        with watch("finetune"):
+            result.curve = finetune(
+                model, task.train_batches, replace(spec.finetune, seed=spec.seed),
+                evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, device=device, bf16=spec.bf16,
+            )
+        result.recovered = result.curve[-1]["eval_metric"]
+    else:
+        result.recovered = result.pruned
+
+
+@dataclass
+class _Task:
+    """What a model is measured on: the data and metric for causal LMs or for encoders."""
+
+    key: str  # identifies the evaluation data + protocol (baseline cache key)
+    score_key: str  # identifies the scoring data (scores cache key)
+    score_batches: list
+    train_batches: list
+    evaluate: Callable[[nn.Module], Any]
+    teacher: nn.Module | None = None
+
+
+_TASKS: dict[tuple, _Task] = {}  # tokenised data per (model, data spec), kept in this worker process
+
+
+def _cached_task(dense: nn.Module, spec: TrialSpec, tokenizer) -> _Task:
+    key = (spec.model, str(next(dense.parameters()).device), json.dumps(asdict(spec.data), sort_keys=True))
+    if key not in _TASKS:
+        _TASKS[key] = _task(dense, spec, tokenizer)
+    return _TASKS[key]
+
+
+def _task(dense: nn.Module, spec: TrialSpec, tokenizer) -> _Task:
+    """Data and metric for one model. `dense` is the cached dense model: read, never modified."""
+    from sentinel import data as sdata
+    from sentinel import eval as seval
+
+    d = spec.data
+    adapter = get_adapter(dense)  # unsupported architectures fail here, before any data work
+    sdata.check_seq_len(dense, d.seq_len)
+    splits = sdata.split_documents(sdata.load_documents(d.source), seed=d.split_seed)
+    blocks = lambda docs: sdata.pack_blocks(sdata.token_stream(tokenizer, docs), d.seq_len)  # noqa: E731
+    score_batches = sdata.batches(blocks(splits.score), d.batch_size)[: d.score_batches]
+    train_batches = sdata.batches(blocks(splits.train), d.batch_size)
+    data_key = f"{d.source}:split{d.split_seed}:seq{d.seq_len}"
+
+    if adapter.causal and dense.get_output_embeddings() is not None:
+        eval_docs = splits.eval if d.eval_source is None else sdata.split_documents(
+            sdata.load_documents(d.eval_source), seed=d.split_seed).eval
+        ids = sdata.token_stream(tokenizer, eval_docs)
+        ids = ids[: d.eval_tokens] if d.eval_tokens else ids
+        evaluate = lambda m: seval.perplexity(  # noqa: E731
+            m, ids, seq_len=d.seq_len, stride=d.stride, batch_size=d.batch_size,
+            dataset=d.eval_source or d.source, split="eval",
+        )
+        key = f"ppl/{d.eval_source or d.source}:split{d.split_seed}:seq{d.seq_len}:stride{d.stride}:tok{d.eval_tokens}"
+        return _Task(key, data_key, score_batches, train_batches, evaluate)
+
+    pairs = seval.load_stsb("test")
+    pairs = pairs[: d.sts_pairs] if d.sts_pairs else pairs
+    # encoders recover by distillation to the dense model's embeddings: the teacher is the cached dense model
+    evaluate = lambda m: seval.sts_spearman(m, tokenizer, pairs=pairs)  # noqa: E731
+    return _Task(f"stsb/test:{len(pairs)}", data_key, score_batches, train_batches, evaluate, teacher=dense)
+
+
+def _baseline(model: nn.Module, task: _Task, spec: TrialSpec, device: torch.device) -> dict[str, Any]:
+    from sentinel.eval import autocast, count_parameters, throughput
+
+    with autocast(device, spec.bf16):
+        metric = task.evaluate(model)
+    speed = throughput(model, seq_len=spec.data.seq_len, device=device)["tokens_per_s"] if spec.measure_speed else float("nan")
+    return {
+        "metric": metric.name, "higher_is_better": metric.higher_is_better, "value": metric.value,
+        "protocol": metric.protocol, "params": count_parameters(model), "speed": speed,
+    }
