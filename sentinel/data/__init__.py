@@ -1,0 +1,30 @@
+"""Bundled offline corpus, text sources, disjoint document splits, tokenisation into packed blocks."""
+from sentinel.data.blocks import batches, check_seq_len, max_positions, pack_blocks, split_tokens, token_stream
+from sentinel.data.sources import (
+    BUNDLED,
+    CORPUS_DIR,
+    Document,
+    hub_offline,
+    hub_reachable,
+    load_documents,
+    load_sts_pairs,
+)
+from sentinel.data.splits import Splits, split_documents
+
+__all__ = [
+    "BUNDLED",
+    "CORPUS_DIR",
+    "Document",
+    "Splits",
+    "batches",
+    "check_seq_len",
+    "hub_offline",
+    "hub_reachable",
+    "load_documents",
+    "load_sts_pairs",
+    "max_positions",
+    "pack_blocks",
+    "split_documents",
+    "split_tokens",
+    "token_stream",
+]

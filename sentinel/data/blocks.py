@@ -1,0 +1,97 @@
+"""Tokenise documents into one stream, pack it into fixed-length blocks, and batch the blocks."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sentinel.data.sources import Document, load_documents
+from sentinel.data.splits import split_documents
+
+
+def token_stream(tokenizer, docs: Sequence[Document]) -> torch.LongTensor:
+    """Tokenises each document (no special tokens) and joins them with the tokenizer's eos token (sep if none).
+
+    Args:
+        tokenizer: a transformers tokenizer with an `eos_token_id` or a `sep_token_id`.
+        docs: the documents, in order.
+
+    Returns:
+        `LongTensor[N]`: doc_0 <eos> doc_1 <eos> ... doc_k (a separator between documents, not after the last).
+    """
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if sep is None:
+        raise ValueError(f"tokenizer: {type(tokenizer).__name__} has neither an eos nor a sep token to join documents")
+    if not docs:
+        raise ValueError("docs: no documents to tokenise")
+    # verbose=False: whole books are longer than model_max_length, which is fine before packing.
+    encoded = tokenizer([d.text for d in docs], add_special_tokens=False, verbose=False)["input_ids"]
+    ids: list[int] = []
+    for k, piece in enumerate(encoded):
+        if k:
+            ids.append(sep)
+        ids.extend(piece)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def pack_blocks(ids: torch.Tensor, seq_len: int, source: str = "corpus") -> torch.LongTensor:
+    """Cuts a token stream into consecutive non-overlapping blocks, dropping the remainder.
+
+    Args:
+        ids: `LongTensor[N]`.
+        seq_len: block length.
+        source: a name for the stream, used in the error message.
+
+    Returns:
+        `LongTensor[N // seq_len, seq_len]`.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len: {seq_len} must be >= 1")
+    n = ids.numel() // seq_len
+    if n == 0:
+        raise ValueError(f"{source}: {ids.numel()} tokens is shorter than one block of seq_len {seq_len}")
+    return ids[: n * seq_len].reshape(n, seq_len)  # [n, seq_len]
+
+
+def batches(blocks: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Groups packed blocks into model inputs (the last batch may be smaller).
+
+    Args:
+        blocks: `LongTensor[n, seq_len]`.
+        batch_size: blocks per batch.
+
+    Returns:
+        `[{"input_ids": [b, seq_len], "attention_mask": [b, seq_len] (all ones: packed blocks have no padding)}]`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: {batch_size} must be >= 1")
+    return [
+        {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
+        for chunk in torch.split(blocks, batch_size)
+    ]
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position embeddings allow (None when the config sets no limit)."""
+    config = model.config
+    for field in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, field, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def check_seq_len(model: nn.Module, seq_len: int) -> None:
+    """Raises a ValueError when `seq_len` exceeds the model's maximum positions."""
+    limit = max_positions(model)
+    if seq_len < 1 or (limit is not None and seq_len > limit):
+        raise ValueError(f"seq_len: {seq_len} is not in 1..{limit} (the model's maximum positions)")
+
+
+def split_tokens(source: str, tokenizer, split: str, seed: int = 0) -> torch.LongTensor:
+    """`token_stream` of one split (`train`, `score` or `eval`) of `split_documents(load_documents(source), seed)`."""
+    parts = split_documents(load_documents(source), seed=seed)
+    if split not in parts._fields:
+        raise ValueError(f"split: {split!r} is not one of {', '.join(parts._fields)}")
+    return token_stream(tokenizer, getattr(parts, split))

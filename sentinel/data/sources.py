@@ -1,0 +1,164 @@
+"""Text sources: the bundled offline corpus, local files, and `datasets` hub sets, as whole documents.
+
+A `Document` is the unit of splitting: scoring, tuning and evaluation never share one (see `splits.py`).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import os
+import re
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+CORPUS_DIR = Path(__file__).parent / "corpus"
+BUNDLED = ("gutenberg", "wikitext-2", "wikitext-2-raw")
+# A top-level WikiText heading line is " = Title = "; sections are " = = Section = = ".
+_WIKI_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One whole text (a book, an article, a file): the unit that splits never cut across."""
+
+    name: str
+    text: str
+
+
+def load_documents(source: str) -> list[Document]:
+    """Loads a text source as a list of documents.
+
+    Args:
+        source: `gutenberg` (14 bundled public-domain books, one document per book), `wikitext-2` or
+            `wikitext-2-raw` (bundled WikiText-2 raw valid + test, one document per article), a local text
+            file (one document) or folder (one document per `*.txt`, sorted by name), or a `datasets` set as
+            `path:name:split` or `path:split` (e.g. `wikitext:wikitext-2-raw-v1:test`; column `text`).
+
+    Returns:
+        The documents, in a fixed order.
+    """
+    if source == "gutenberg":
+        books = sorted((CORPUS_DIR / "gutenberg").glob("*.txt.gz"))
+        return [Document(p.name.removesuffix(".txt.gz"), _read_gz(p)) for p in books]
+    if source in ("wikitext-2", "wikitext-2-raw"):
+        docs: list[Document] = []
+        for split in ("valid", "test"):
+            lines = _read_gz(CORPUS_DIR / "wikitext-2" / f"wiki.{split}.raw.gz").splitlines(keepends=True)
+            docs += _wiki_articles(lines, prefix=f"wiki.{split}")
+        return docs
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [Document(path.name, path.read_text(encoding="utf-8"))]
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise ValueError(f"source: folder {source!r} has no *.txt files")
+        return [Document(p.name, p.read_text(encoding="utf-8")) for p in files]
+    if ":" in source and not source.startswith((".", "/", "~")):
+        return _load_hub_dataset(source)
+    raise ValueError(
+        f"source: {source!r} is not one of {', '.join(BUNDLED)}, an existing file or folder, "
+        "or a datasets name as path:name:split"
+    )
+
+
+def load_sts_pairs(split: str = "test") -> list[tuple[str, str, float]]:
+    """Bundled STS Benchmark sentence pairs.
+
+    Args:
+        split: `dev` (1,500 pairs) or `test` (1,379 pairs).
+
+    Returns:
+        `(sentence1, sentence2, score)` with scores in [0, 5].
+    """
+    if split not in ("dev", "test"):
+        raise ValueError(f"split: {split!r} is not one of dev, test")
+    pairs = []
+    with open(CORPUS_DIR / "stsb" / f"sts-{split}.csv", encoding="utf-8", newline="") as f:
+        # Tab-separated despite .csv; sentences contain '"' so quoting is off. Extra columns are licences.
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            pairs.append((row[5], row[6], float(row[4])))
+    return pairs
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub accepts a TCP connection within `timeout` seconds (and offline mode is off)."""
+    if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Puts huggingface_hub and datasets in offline mode (cache only) for the duration of the block.
+
+    Their offline flags are read from the environment once, at import, so setting HF_HUB_OFFLINE here
+    would not be seen; the module constants are switched instead and restored afterwards.
+    """
+    import datasets
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+def _read_gz(path: Path) -> str:
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def _wiki_articles(lines: list[str], prefix: str) -> list[Document]:
+    """Cuts WikiText lines into articles at each top-level ` = Title = ` heading (the heading starts the article)."""
+    docs: list[Document] = []
+    title, body = None, []
+    for line in lines:
+        if _WIKI_TITLE.match(line.rstrip("\n")):
+            if title is not None or "".join(body).strip():
+                docs.append(Document(f"{prefix}/{len(docs):04d} {title or ''}".rstrip(), "".join(body)))
+            title, body = line.strip(" =\n"), []
+        body.append(line)
+    if title is not None or "".join(body).strip():
+        docs.append(Document(f"{prefix}/{len(docs):04d} {title or ''}".rstrip(), "".join(body)))
+    return docs
+
+
+def _load_hub_dataset(source: str) -> list[Document]:
+    """`path:name:split` or `path:split` via `datasets.load_dataset`; from the cache only if the hub is unreachable."""
+    parts = source.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"source: {source!r} is not a datasets name of the form path:name:split or path:split")
+    path, name, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
+    import datasets
+
+    online = hub_reachable()
+    try:
+        with contextlib.nullcontext() if online else hub_offline():
+            rows = datasets.load_dataset(path, name, split=split)["text"]
+    except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, DatasetNotFoundError...)
+        where = "could not be loaded" if online else "is not in the datasets cache and the hub is unreachable"
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ValueError(
+            f"source: {source!r} {where} ({reason}); pass a local .txt file or folder of .txt files instead, "
+            f"or one of {', '.join(BUNDLED)}"
+        ) from None
+    if any(_WIKI_TITLE.match(r.rstrip("\n")) for r in rows[:200]):
+        # WikiText rows are lines (ending in "\n"): regroup them into articles.
+        return _wiki_articles([r if r.endswith("\n") else r + "\n" for r in rows], prefix=source)
+    return [Document(f"{source}/{i}", r) for i, r in enumerate(rows) if r.strip()]
