@@ -1,0 +1,36 @@
+"""Evaluation: perplexity (sliding window), STS-B Spearman and embedding fidelity, speed and size.
+
+Every quality metric returns a `Metric` (value + direction + the protocol that produced it).
+The exact protocols are written down in docs/METRICS.md.
+"""
+from sentinel.eval.device import autocast, model_device, resolve_device
+from sentinel.eval.metric import Metric
+from sentinel.eval.perplexity import perplexity, windows
+from sentinel.eval.sentence import (
+    cosine_pairs,
+    embedding_fidelity,
+    encode,
+    load_stsb,
+    mean_pool,
+    sts_spearman,
+)
+from sentinel.eval.speed import Stopwatch, count_parameters, throughput, timed
+
+__all__ = [
+    "Metric",
+    "Stopwatch",
+    "autocast",
+    "cosine_pairs",
+    "count_parameters",
+    "embedding_fidelity",
+    "encode",
+    "load_stsb",
+    "mean_pool",
+    "model_device",
+    "perplexity",
+    "resolve_device",
+    "sts_spearman",
+    "throughput",
+    "timed",
+    "windows",
+]

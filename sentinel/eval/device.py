@@ -1,0 +1,52 @@
+"""Device selection and mixed precision, shared by evaluation, fine-tuning and the pipeline."""
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turns a device request into a torch.device, refusing CUDA where there is none.
+
+    Args:
+        device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N", or a torch.device.
+    Returns:
+        The torch.device to use.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device: {device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} was requested but CUDA is not available; use 'cpu' or 'auto'")
+        index = int(device[5:]) if ":" in device else None
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return torch.device(device)
+    raise ValueError(f"device: {device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+
+
+def autocast(device: str | torch.device, bf16: bool) -> ContextManager:
+    """bfloat16 autocast on CUDA when `bf16`, otherwise a context that changes nothing.
+
+    CPU runs always stay in float32: CPU bf16 autocast is slow on most hosts and would make CPU
+    results (the tests, the reference numbers) depend on the host's bf16 support.
+    """
+    device = torch.device(device)
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (models here live on one device)."""
+    return next(model.parameters()).device

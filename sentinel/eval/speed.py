@@ -1,0 +1,116 @@
+"""Size and speed: unique parameter count, forward throughput, and per-stage wall time."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from sentinel.eval.device import model_device
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of unique parameter elements (tied weights, e.g. GPT-2's embedding and LM head, count once)."""
+    # model.parameters() already de-duplicates by identity; the set keeps that explicit
+    unique = {id(p): p for p in model.parameters()}
+    return sum(p.numel() for p in unique.values())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput(
+    model: nn.Module,
+    *,
+    seq_len: int,
+    batch_size: int = 1,
+    warmup: int = 2,
+    iters: int = 5,
+    device: torch.device | str | None = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Forward-only tokens per second on random token ids, warm-up excluded.
+
+    Args:
+        model: any transformers model; it is put in eval mode and run under torch.inference_mode.
+        seq_len: tokens per sequence.
+        batch_size: sequences per forward pass.
+        warmup: untimed forward passes first (allocator, kernels, caches).
+        iters: timed forward passes.
+        device: where to run; default the model's device.
+        vocab_size: ids are drawn from [0, vocab_size); default `model.config.vocab_size`.
+        seed: seeds the private generator that draws the ids.
+    Returns:
+        {"tokens_per_s", "seconds_per_batch", "seq_len", "batch_size", "iters", "warmup"}.
+    """
+    for name, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1), ("iters", iters, 1)):
+        if value < low:
+            raise ValueError(f"{name}: {value} must be >= {low}")
+    if warmup < 0:
+        raise ValueError(f"warmup: {warmup} must be >= 0")
+    device = torch.device(device) if device is not None else model_device(model)
+    vocab_size = vocab_size or model.config.vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator).to(device)  # [B, T]
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(input_ids=ids)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            model(input_ids=ids)
+        _sync(device)  # CUDA kernels are asynchronous: wait before reading the clock
+        elapsed = time.perf_counter() - start
+    seconds = elapsed / iters
+    return {
+        "tokens_per_s": batch_size * seq_len / seconds,
+        "seconds_per_batch": seconds,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "iters": iters,
+        "warmup": warmup,
+    }
+
+
+class Stopwatch:
+    """Wall time per named stage; a stage timed twice accumulates.
+
+    >>> watch = Stopwatch()
+    >>> with watch.timed("score"):
+    ...     pass
+    >>> sorted(watch.seconds)
+    ['score']
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.seconds: dict[str, float] = {}
+        self._device = torch.device(device) if device is not None else None
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Adds the wall time of the `with` body to `seconds[stage]` (also when the body raises)."""
+        if self._device is not None:
+            _sync(self._device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._device is not None:
+                _sync(self._device)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def timed(stage: str, into: dict[str, float]) -> Iterator[None]:
+    """Adds the wall time of the `with` body to `into[stage]`, for callers that keep their own dict."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[stage] = into.get(stage, 0.0) + time.perf_counter() - start
