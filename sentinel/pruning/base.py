@@ -1,0 +1,202 @@
+"""What every head-scoring strategy shares: the result type, the registry, and input checks.
+
+A strategy is `score(model, batches, *, generator, **options) -> HeadScores`. For every strategy a
+HIGHER score means a MORE important head, so selection always prunes the lowest scores first.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from sentinel.models import get_adapter, head_layout
+from sentinel.registry import Registry
+
+Batch = Mapping[str, torch.Tensor]  # {"input_ids": [B, T], "attention_mask": [B, T]}
+ScoreFn = Callable[..., "HeadScores"]
+OptionCheck = Callable[[str, Any], None]  # raises ValueError for a bad value
+
+
+@dataclass
+class HeadScores:
+    """Per-head importance.
+
+    `scores` is float32 on CPU, [layers, max heads]; higher = more important. In a model whose layers
+    hold different numbers of heads (after physical pruning), missing heads are NaN.
+    """
+
+    scores: torch.Tensor
+    strategy: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered scorer with the options it accepts (name -> default) and their checks."""
+
+    name: str
+    fn: ScoreFn
+    defaults: Mapping[str, Any]
+    checks: Mapping[str, OptionCheck] = field(default_factory=dict)
+    summary: str = ""
+
+    def __call__(self, model: nn.Module, batches: list[Batch], *, generator: torch.Generator, **options) -> HeadScores:
+        return self.fn(model, batches, generator=generator, **options)
+
+    def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with `options`; a ValueError for an unknown name or a bad value."""
+        for name, value in options.items():
+            if name not in self.defaults:
+                allowed = ", ".join(sorted(self.defaults)) or "none"
+                raise ValueError(f"options: {name!r} is not an option of strategy {self.name!r}; allowed: {allowed}")
+            if name in self.checks:
+                self.checks[name](name, value)
+        return {**self.defaults, **options}
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+def register_strategy(
+    name: str, *, defaults: Mapping[str, Any] | None = None, checks: Mapping[str, OptionCheck] | None = None
+) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator: registers `fn` as strategy `name` accepting the options in `defaults`."""
+
+    def decorate(fn: ScoreFn) -> ScoreFn:
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        STRATEGIES.add(name, Strategy(name, fn, dict(defaults or {}), dict(checks or {}), summary))
+        return fn
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------- option checks
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: {value!r} is not a bool; allowed: True or False")
+
+
+def check_unit_interval(name: str, value: Any) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
+    if not ok:
+        raise ValueError(f"{name}: {value!r} is not a number in [0, 1]")
+
+
+# ---------------------------------------------------------------------------- input checks
+
+
+def validate_batches(batches: Any) -> int:
+    """Checks the scoring data before any work; returns the number of non-padding tokens.
+
+    Args:
+        batches: a non-empty list of dicts with integer `input_ids` and `attention_mask`, both [B, T].
+    Returns:
+        The number of positions whose attention_mask is 1, over all batches (at least 1).
+    """
+    if isinstance(batches, Mapping) or not isinstance(batches, (list, tuple)) or not batches:
+        raise ValueError(f"batches: expected a non-empty list of dicts with input_ids and attention_mask, got {_kind(batches)}")
+    tokens = 0
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, Mapping) or "input_ids" not in batch or "attention_mask" not in batch:
+            raise ValueError(f"batches[{i}]: expected a dict with input_ids and attention_mask, got {_kind(batch)}")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if not (isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor)) or ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(
+                f"batches[{i}]: input_ids and attention_mask must be tensors of the same shape [B, T], got "
+                f"{_shape(ids)} and {_shape(mask)}"
+            )
+        tokens += int(mask.sum())
+    if tokens == 0:
+        raise ValueError("batches: every attention_mask is 0; scoring needs at least one non-padding token")
+    return tokens
+
+
+def validate_model(model: Any) -> None:
+    """A ValueError (listing supported model types) unless `model` has a head adapter."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected a transformers nn.Module, got {type(model).__name__}")
+    get_adapter(model)
+
+
+def _kind(value: Any) -> str:
+    return f"an empty {type(value).__name__}" if isinstance(value, (list, tuple)) and not value else type(value).__name__
+
+
+def _shape(value: Any) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+# ---------------------------------------------------------------------------- shared helpers
+
+
+def round_half_up(x: float) -> int:
+    """Nearest integer, halves rounded up (2.5 -> 3). Python's round() would give 2 (banker's rounding)."""
+    return int(math.floor(x + 0.5))
+
+
+def score_grid(per_layer: list[torch.Tensor]) -> torch.Tensor:
+    """Stacks per-layer score vectors into float32 CPU [layers, max heads], NaN where a layer has fewer heads."""
+    width = max(len(s) for s in per_layer)
+    grid = torch.full((len(per_layer), width), float("nan"), dtype=torch.float32)
+    for layer, s in enumerate(per_layer):
+        grid[layer, : len(s)] = s.detach().to(device="cpu", dtype=torch.float32)
+    return grid
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+def layer_heads(model: nn.Module) -> tuple[int, ...]:
+    return head_layout(model).heads
+
+
+def score_heads(strategy: str, model: nn.Module, batches: list[Batch], *, seed: int = 0, **options) -> HeadScores:
+    """Scores every attention head of `model` with a registered strategy.
+
+    Everything is checked before any forward pass: the strategy name (the error lists the registered
+    names), its options, the model type, and that `batches` hold at least one non-padding token.
+
+    Args:
+        strategy: a name in `STRATEGIES` (entropy, gradient, hybrid, magnitude, random).
+        model: a transformers model whose `config.model_type` has a head adapter.
+        batches: list of {"input_ids": [B, T], "attention_mask": [B, T]}.
+        seed: seeds the `torch.Generator` handed to the strategy (global RNGs are never touched).
+        **options: strategy options (see docs/STRATEGIES.md).
+    Returns:
+        HeadScores with `scores` float32 CPU [layers, heads], higher = more important.
+    """
+    scorer = STRATEGIES.get(strategy)
+    resolved = scorer.resolve(options)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed: {seed!r} is not an int")
+    validate_model(model)
+    tokens = validate_batches(batches)
+    generator = torch.Generator().manual_seed(seed)
+    result = scorer(model, list(batches), generator=generator, **resolved)
+    result.meta.setdefault("options", resolved)
+    result.meta.setdefault("tokens", tokens)
+    result.meta["seed"] = seed
+    return result
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (no dropout) while scoring; the previous train/eval flag of every module comes back after."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
