@@ -56,9 +56,8 @@ def embedding_projection_loss(model: nn.Module, batch: dict[str, torch.Tensor], 
 
 
 def lm_targets(batch: Batch) -> int:
-    """Number of next-token targets in a batch: positions t >= 1 whose token and predecessor are not padding."""
-    mask = batch["attention_mask"].bool()
-    return int((mask[:, 1:] & mask[:, :-1]).sum())
+    """Number of next-token targets in a batch as transformers counts them: non-padding positions t >= 1."""
+    return int(batch["attention_mask"][:, 1:].sum())
 
 
 @contextmanager
@@ -86,7 +85,7 @@ def gradient_scores(
     """
     lm = uses_lm_loss(model)
     if lm and not any(lm_targets(b) for b in batches):
-        raise ValueError("batches: no sequence has two non-padding tokens; the next-token loss has no targets")
+        raise ValueError("batches: no non-padding token after the first position; the next-token loss has no targets")
     heads = head_layout(model).heads
     total = [torch.zeros(h, dtype=torch.float64) for h in heads]
     used = 0
