@@ -1,0 +1,100 @@
+"""score_heads checks everything before the first forward pass, and says what is allowed."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from sentinel.pruning import STRATEGIES, score_heads
+from tests.tiny_models import padded_batch, tiny_model
+
+
+@pytest.fixture
+def counted():
+    """A tiny gpt2 that counts its forward passes."""
+    model = tiny_model("gpt2")
+    calls = []
+    model.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    return model, calls
+
+
+def test_registry_holds_the_five_strategies():
+    assert STRATEGIES.names() == ["entropy", "gradient", "hybrid", "magnitude", "random"]
+
+
+def test_unknown_strategy_lists_allowed_names(counted):
+    model, calls = counted
+    with pytest.raises(ValueError) as err:
+        score_heads("entropi", model, [padded_batch()])
+    assert str(err.value) == (
+        "strategy: 'entropi' is not one of entropy, gradient, hybrid, magnitude, random (did you mean 'entropy'?)"
+    )
+    assert not calls
+
+
+def test_duplicate_strategy_name_is_an_error():
+    with pytest.raises(ValueError, match="strategy 'entropy' is already registered"):
+        STRATEGIES.add("entropy", STRATEGIES.get("random"))
+
+
+@pytest.mark.parametrize(
+    "strategy, options, message",
+    [
+        ("entropy", {"normalise": True}, "options: 'normalise' is not an option of strategy 'entropy'; allowed: normalize"),
+        ("magnitude", {"normalize": True}, "options: 'normalize' is not an option of strategy 'magnitude'; allowed: none"),
+        ("entropy", {"normalize": "yes"}, "normalize: 'yes' is not a bool"),
+        ("hybrid", {"alpha": 1.5}, r"alpha: 1.5 is not a number in \[0, 1\]"),
+    ],
+)
+def test_bad_options_are_rejected_before_work(counted, strategy, options, message):
+    model, calls = counted
+    with pytest.raises(ValueError, match=message):
+        score_heads(strategy, model, [padded_batch()], **options)
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    "batches, message",
+    [
+        ([], "batches: expected a non-empty list"),
+        (padded_batch(), "batches: expected a non-empty list"),  # a dict, not a list of dicts
+        ([{"input_ids": torch.ones(2, 3, dtype=torch.long)}], r"batches\[0\]: expected a dict with input_ids and attention_mask"),
+        ([{"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 4)}], "same shape"),
+        (
+            [{"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.zeros(2, 3, dtype=torch.long)}],
+            "batches: every attention_mask is 0",
+        ),
+    ],
+)
+@pytest.mark.parametrize("strategy", ["entropy", "gradient"])
+def test_batches_without_tokens_or_malformed_are_rejected_before_work(counted, batches, message, strategy):
+    model, calls = counted
+    with pytest.raises(ValueError, match=message):
+        score_heads(strategy, model, batches)
+    assert not calls
+
+
+def test_unsupported_model_type_lists_supported_types():
+    config = transformers.GPTNeoConfig(
+        vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global"], 2]], max_position_embeddings=64
+    )
+    model = transformers.GPTNeoModel(config).eval()
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match="model_type: 'gpt_neo' has no head adapter; supported: bert, distilbert, gpt2"):
+        score_heads("entropy", model, [padded_batch()])
+    assert not calls
+
+
+def test_non_module_model_is_rejected():
+    with pytest.raises(ValueError, match="model: expected a transformers nn.Module, got str"):
+        score_heads("magnitude", "gpt2", [padded_batch()])
+
+
+def test_meta_records_options_tokens_seed_and_passes():
+    data = [padded_batch(), padded_batch(1)]
+    result = score_heads("entropy", tiny_model("gpt2"), data, seed=4, normalize=True)
+    tokens = sum(int(b["attention_mask"].sum()) for b in data)
+    assert result.strategy == "entropy"
+    assert result.meta["options"] == {"normalize": True} and result.meta["seed"] == 4
+    assert result.meta["tokens"] == tokens == result.meta["positions"] and result.meta["forward_passes"] == 2
