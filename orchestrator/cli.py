@@ -1,0 +1,107 @@
+"""The `sentinel-bench` command line.
+
+    sentinel-bench run CONFIG [--set key=value ...] [--address ADDR] [--resume] [--overwrite] [--no-analyze]
+    sentinel-bench analyze | submit | status | logs ...   (provided by orchestrator.analyze / orchestrator.submit)
+
+Exit codes: 0 all trials ok; 1 some trials failed or did not finish; 2 bad input (one line on stderr,
+nothing started, nothing written); 130 interrupted.
+
+Other modules add subcommands through a hook: a module listed in PLUGINS that defines
+`add_cli(subparsers)` registers its own subparsers (each with `set_defaults(func=fn)`, `fn(args) -> int`).
+A module that is not there yet leaves a placeholder that says so.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from orchestrator.spec import SpecError, load_spec
+
+# module -> subcommands it is expected to provide (placeholders until the module exists)
+PLUGINS = {"orchestrator.analyze": ("analyze",), "orchestrator.submit": ("submit", "status", "logs")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentinel-bench", description="Benchmark attention-head pruning with Ray Tune.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run (or resume) an experiment from a YAML config")
+    run.add_argument("config", help="experiment YAML (see configs/)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value with a dotted key, e.g. --set finetune.steps=10 (repeatable)")
+    run.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    run.add_argument("--overwrite", action="store_true", help="replace a previous experiment of the same name")
+    run.add_argument("--no-analyze", action="store_true", help="write Parquet only, no tables or plots")
+    run.set_defaults(func=cmd_run)
+
+    for module_name, commands in PLUGINS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            module = None
+        if module is not None and hasattr(module, "add_cli"):
+            module.add_cli(sub)
+            continue
+        for command in commands:
+            placeholder = sub.add_parser(command, help=f"(needs {module_name})")
+            placeholder.add_argument("args", nargs=argparse.REMAINDER)
+            placeholder.set_defaults(func=_missing(command, module_name))
+    return parser
+
+
+def _missing(command: str, module_name: str):
+    def fn(args: argparse.Namespace) -> int:
+        print(f"sentinel-bench {command}: not available in this installation ({module_name} is missing)",
+              file=sys.stderr)
+        return 2
+
+    return fn
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validates the config (exit 2 on bad input, before Ray starts), runs the grid, analyzes the results."""
+    spec = load_spec(args.config, args.overrides)
+    from orchestrator.runner import run_experiment
+
+    summary = run_experiment(spec, address=args.address, resume=args.resume, overwrite=args.overwrite)
+    print(f"{spec.experiment}: {summary.ok} ok, {summary.failed} failed, {summary.missing} not run "
+          f"of {summary.total} trials in {summary.wall_s:.0f}s; results in {summary.output_dir}")
+    if summary.missing:
+        print(f"interrupted: `sentinel-bench run {args.config} --resume` runs the {summary.missing} remaining trials")
+    if not args.no_analyze and summary.ok:
+        analyze_results(summary.output_dir)
+    if summary.missing:
+        return 130
+    return 0 if summary.failed == 0 else 1
+
+
+def analyze_results(output_dir: str) -> None:
+    """Tables and plots from the Parquet files, if orchestrator.analyze is installed (it is optional)."""
+    try:
+        from orchestrator import analyze
+    except ImportError:
+        return
+    fn = getattr(analyze, "analyze", None)
+    if fn is not None:
+        fn(output_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sentinel-bench` console script. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except SpecError as exc:
+        print(f"sentinel-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the experiment state is saved; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
