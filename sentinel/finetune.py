@@ -1,0 +1,270 @@
+"""Recovery fine-tuning after pruning: AdamW, linear warm-up then cosine decay, gradient clipping.
+
+Two objectives, chosen by the kind of model:
+- causal LMs (an adapter with `causal=True` and an LM head): next-token cross-entropy, labels =
+  input_ids with padding set to -100;
+- encoders (no LM head): distillation to the dense model's sentence embeddings,
+  loss = mean over the batch of 1 - cos(mean_pool(student), mean_pool(teacher)); the teacher is
+  frozen, in eval mode, and runs without gradients.
+
+Pruned heads stay pruned. Physically removed heads no longer exist. Masked heads (a `HeadMask`
+with zeros) get exactly zero gradient, because their outputs are multiplied by a zero gate before
+the output projection; AdamW's decoupled weight decay would still shrink their weights, so when
+the mask is passed in, their q/k/v rows and o columns are put back after every step: removing the
+mask afterwards gives back the original heads. Gates are plain tensors, never optimised.
+
+The recipe is written down in docs/METRICS.md ("Recovery fine-tuning").
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from sentinel.eval.device import autocast, model_device
+from sentinel.eval.sentence import mean_pool
+from sentinel.models import HeadMask, get_adapter, head_layout
+from sentinel.models.heads import blocks
+
+Batch = dict[str, torch.Tensor]
+Curve = list[dict[str, Any]]  # rows {step, train_loss, eval_metric, lr}
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters of one recovery run.
+
+    `batch_size` is the number of sequences per batch that callers use when building
+    `train_batches` (e.g. with `sentinel.data.batches`); it is recorded with the run, and
+    `finetune` checks the batches against it.
+    """
+
+    steps: int = 100
+    lr: float = 5e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    batch_size: int = 8
+    eval_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps: {self.warmup_steps} must be in [0, steps={self.steps}]")
+        for name in ("lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: {getattr(self, name)} must be > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: {self.weight_decay} must be >= 0")
+
+
+def lr_factor(step: int, config: FinetuneConfig) -> float:
+    """Multiplier of config.lr for optimizer step `step` (0-based): linear warm-up, then cosine to 0.
+
+    Warm-up reaches the full rate at step warmup_steps - 1 (the first step is not wasted at lr 0);
+    the cosine goes from 1 at step warmup_steps to 0 at step `steps` (one past the last step).
+    """
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; biases and norm weights (1-D) are not decayed (nanoGPT's rule)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+# ---------------------------------------------------------------------------- objectives
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A causal family (per its adapter) with an LM head."""
+    return get_adapter(model).causal and model.get_output_embeddings() is not None
+
+
+def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over real tokens (transformers shifts the labels)."""
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)  # [B, T]
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+
+
+def distillation_loss(model: nn.Module, teacher: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean over the batch of 1 - cos(student embedding, teacher embedding), mean-pooled on real tokens."""
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        target = mean_pool(teacher(**batch).last_hidden_state.float(), mask)  # [B, D]
+    student = mean_pool(model(**batch).last_hidden_state.float(), mask)  # [B, D]
+    return (1.0 - F.cosine_similarity(student, target, dim=-1)).mean()
+
+
+def _objective(model: nn.Module, teacher: nn.Module | None) -> Callable[[Batch], torch.Tensor]:
+    if is_causal_lm(model):
+        if teacher is not None:
+            raise ValueError("teacher: distillation is for encoders; causal LMs train on next-token loss")
+        return lambda batch: lm_loss(model, batch)
+    if teacher is None:
+        raise ValueError(
+            f"teacher: {type(model).__name__} has no LM head, so it is distilled; pass the dense model as teacher"
+        )
+    return lambda batch: distillation_loss(model, teacher, batch)
+
+
+# ---------------------------------------------------------------------------- masked heads
+
+
+def _head_slices(module: nn.Module, units: list[int], unit: int, offset: int, outputs: bool):
+    """(param, dim, index) for `units` blocks of `unit` features of a Linear/Conv1D, outputs or inputs."""
+    index = torch.tensor([offset + u * unit + i for u in units for i in range(unit)], dtype=torch.long)
+    index = index.to(module.weight.device)
+    # Linear weight is [out, in]; Conv1D weight is [in, out]
+    weight_dim = (0 if outputs else 1) if not isinstance(module, Conv1D) else (1 if outputs else 0)
+    slices = [(module.weight, weight_dim, index)]
+    if outputs and module.bias is not None:  # an output bias is per feature; an input never has one
+        slices.append((module.bias, 0, index))
+    return slices
+
+
+def masked_slices(model: nn.Module, mask: HeadMask) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
+    """The weights that belong only to masked heads: their q rows, o columns, and the k/v rows of
+    KV groups whose query heads are all masked (a KV head shared with a kept head is not frozen)."""
+    adapter, layout = get_adapter(model), head_layout(model)
+    d = layout.head_dim
+    out = []
+    for layer, block in enumerate(blocks(model, adapter)):
+        heads = torch.nonzero(mask.gates[layer] == 0).flatten().tolist()
+        if not heads:
+            continue
+        group = layout.group_size(layer)
+        kv = [g for g in range(layout.kv_heads[layer]) if all(h in heads for h in range(g * group, (g + 1) * group))]
+        if adapter.qkv:  # fused [q | k | v] along the outputs, no GQA
+            qkv, width = block.get_submodule(adapter.qkv), layout.heads[layer] * d
+            for offset in (0, width, 2 * width):
+                out += _head_slices(qkv, heads, d, offset, outputs=True)
+        else:
+            out += _head_slices(block.get_submodule(adapter.q), heads, d, 0, outputs=True)
+            for path in (adapter.k, adapter.v):
+                if kv:
+                    out += _head_slices(block.get_submodule(path), kv, d, 0, outputs=True)
+        out += _head_slices(block.get_submodule(adapter.o), heads, d, 0, outputs=False)
+    return out
+
+
+def _snapshot(slices):
+    return [(p, dim, index, p.detach().index_select(dim, index).clone()) for p, dim, index in slices]
+
+
+def _restore(snapshot) -> None:
+    with torch.no_grad():
+        for p, dim, index, values in snapshot:
+            p.index_copy_(dim, index, values)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def _batch_order(n_batches: int, steps: int, generator: torch.Generator) -> list[int]:
+    """Which batch each step uses: a fresh permutation of all batches per pass, from `generator`."""
+    order: list[int] = []
+    while len(order) < steps:
+        order += torch.randperm(n_batches, generator=generator).tolist()
+    return order[:steps]
+
+
+def _evaluate(model: nn.Module, evaluate: Callable[[nn.Module], float] | None) -> float | None:
+    if evaluate is None:
+        return None
+    model.eval()
+    value = float(evaluate(model))
+    model.train()
+    return value
+
+
+def _check_batches(train_batches: list[Batch], config: FinetuneConfig) -> None:
+    if not train_batches:
+        raise ValueError("train_batches: empty; give at least one {'input_ids', 'attention_mask'} batch")
+    for i, batch in enumerate(train_batches):
+        if "input_ids" not in batch or "attention_mask" not in batch:
+            raise ValueError(f"train_batches[{i}]: keys {sorted(batch)}; need 'input_ids' and 'attention_mask'")
+        if batch["input_ids"].shape[0] > config.batch_size:
+            raise ValueError(
+                f"train_batches[{i}]: {batch['input_ids'].shape[0]} sequences, more than batch_size={config.batch_size}"
+            )
+
+
+def finetune(
+    model: nn.Module,
+    train_batches: list[Batch],
+    config: FinetuneConfig,
+    *,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    teacher: nn.Module | None = None,
+    mask: HeadMask | None = None,
+    device: torch.device | str | None = None,
+    bf16: bool = False,
+) -> Curve:
+    """Fine-tunes `model` in place to recover from pruning, and returns its learning curve.
+
+    Args:
+        model: a pruned (or masked) causal LM or encoder; trained in train mode, returned in eval mode.
+        train_batches: {"input_ids", "attention_mask"} [B, T] batches, cycled in an order drawn
+            from a torch.Generator seeded with config.seed (a new permutation per pass).
+        config: the hyper-parameters.
+        evaluate: model -> float, called in eval mode before training (step 0), every
+            config.eval_every steps, and after the last step.
+        teacher: the dense model, required for encoders (embedding distillation); not for causal LMs.
+        mask: the HeadMask installed on `model`, if any: its masked heads' weights are kept unchanged.
+        device: where to train; default the model's device (the model and teacher are moved there).
+        bf16: bfloat16 autocast on CUDA (ignored on CPU).
+    Returns:
+        One row per step: {"step", "train_loss", "eval_metric" (None where not evaluated), "lr"};
+        step 0 is the evaluation before training (train_loss and lr None).
+    """
+    _check_batches(train_batches, config)
+    device = torch.device(device) if device is not None else model_device(model)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    loss_fn = _objective(model, teacher)
+    frozen = _snapshot(masked_slices(model, mask)) if mask is not None else []
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    order = _batch_order(len(train_batches), config.steps, torch.Generator().manual_seed(config.seed))
+
+    # dropout draws from torch's global RNG; fork it (the caller's state is restored afterwards) and
+    # seed the fork, so two runs with the same seed are identical
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(config.seed)
+        model.train()
+        curve: Curve = [{"step": 0, "train_loss": None, "eval_metric": _evaluate(model, evaluate), "lr": None}]
+        for step, index in enumerate(order, start=1):
+            batch = {k: v.to(device) for k, v in train_batches[index].items()}
+            lr = scheduler.get_last_lr()[0]
+            with autocast(device, bf16):
+                loss = loss_fn(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            _restore(frozen)  # undo weight decay on masked heads (their gradient is exactly zero)
+            due = step % config.eval_every == 0 or step == config.steps
+            metric = _evaluate(model, evaluate) if due else None
+            curve.append({"step": step, "train_loss": loss.item(), "eval_metric": metric, "lr": lr})
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return curve
