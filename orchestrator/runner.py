@@ -101,9 +101,9 @@ def trainable(config: dict[str, Any]) -> None:
 
 def failed_row(cell: Mapping[str, Any], error: str) -> dict[str, Any]:
     """A `trials` row for a cell that produced no TrialResult (refused spec, dead worker)."""
-    from sentinel.pipeline import TrialSpec
-
     try:
+        from sentinel.pipeline import TrialSpec
+
         spec = TrialSpec.from_dict(cell)
         trial_id, spec_json = spec.trial_id(), json.dumps(spec.to_dict(), sort_keys=True)
     except Exception:  # the cell itself is what failed: identify it by its raw JSON
@@ -132,10 +132,11 @@ class Progress(Callback):
         self.total = total
         self.stream = stream
         self.last: dict[str, dict] = {}
+        self.finished: set[str] | None = None
         self.started = time.time()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "stream": None, "last": {}}
+        return {**self.__dict__, "stream": None, "last": {}, "finished": None}
 
     def _write(self, text: str) -> None:
         stream = self.stream or sys.stdout
@@ -143,7 +144,10 @@ class Progress(Callback):
         stream.flush()
 
     def _line(self, trials, trial, note: str) -> None:
-        done = max(sum(t.status in ("TERMINATED", "ERROR") for t in trials), 1)
+        if self.finished is None:  # first event: count trials already finished (a resumed experiment)
+            self.finished = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        self.finished.add(trial.trial_id)
+        done = len(self.finished)
         self._write(f"[{done}/{self.total}] {_cell_name(trial)}: {note} ({time.time() - self.started:.0f}s)")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -270,14 +274,15 @@ def run_experiment(
     from orchestrator.shared import start_store
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the verbose=0 path prints nothing per iteration
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the progress line and the row carry the error  # the verbose=0 path prints nothing per iteration
     path = prepare(spec, resume, overwrite)
     cells = spec.cells()
     summary = RunSummary(path, spec.output_dir, total=len(cells))
     started = time.time()
     owns_ray = start_ray(address, **dict(ray_init or {}))
     try:
-        start_store(spec.experiment)
+        store = start_store(spec.experiment)  # noqa: F841  (the handle keeps the actor alive until the end)
         resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
         fn = tune.with_resources(trainable_fn or trainable, resources)
         storage, name = spec.tune_location

@@ -394,9 +394,7 @@ def _typed_section(value: Any, defaults: Mapping[str, Any], where: str) -> dict[
         elif isinstance(default, int):
             item = _int(item, at)
         elif isinstance(default, float):
-            if isinstance(item, bool) or not isinstance(item, (int, float)):
-                raise SpecError(f"{at}: {item!r} is not a number")
-            item = float(item)
+            item = _float(item, at)
         elif isinstance(default, str) and not isinstance(item, str):
             raise SpecError(f"{at}: {item!r} is not a string")
         out[key] = item
@@ -506,6 +504,18 @@ def _bool(value: Any, at: str) -> bool:
     if not isinstance(value, bool):
         raise SpecError(f"{at}: {value!r} is not true or false")
     return value
+
+
+def _float(value: Any, at: str) -> float:
+    # PyYAML reads `1e-3` (no dot) as a string, per YAML 1.1: accept the numbers people write
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{at}: {value!r} is not a number")
+    return float(value)
 
 
 def _int(value: Any, at: str, minimum: int | None = None) -> int:

@@ -1,0 +1,236 @@
+"""Reading results: folders or Parquet files, local or URIs (s3://, file://) through pyarrow.fs, merged.
+
+A results folder holds `trials.parquet` (required), `curves.parquet` and `heads.parquet` (optional: a run
+without fine-tuning has no curves) and `config.yaml`. A Parquet file given directly is classified by its
+columns, so `trials.parquet` copied under another name still works. Every problem with an input raises
+AnalyzeError with one line that names the file and says what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import yaml
+
+SUPPORTED_SCHEMA_VERSIONS = (1,)  # orchestrator.results.SCHEMA_VERSION values this reader understands
+TABLES = ("trials", "curves", "heads")
+# columns without which a table cannot be analysed at all; everything else is optional and filled with NA
+REQUIRED = {
+    "trials": ("schema_version", "model", "strategy", "level", "seed", "status"),
+    "curves": ("schema_version", "trial_id", "step", "eval_metric"),
+    "heads": ("schema_version", "trial_id", "layer", "head", "score", "pruned"),
+}
+
+
+class AnalyzeError(ValueError):
+    """Bad input to analyze: a missing path, a file that is not Parquet, an unknown schema, an empty table."""
+
+
+@dataclass
+class Results:
+    """All inputs merged: one DataFrame per table, plus what was read and what was noticed on the way."""
+
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    heads: pd.DataFrame
+    sources: list[str] = field(default_factory=list)  # every file read
+    configs: list[dict] = field(default_factory=list)  # config.yaml of each folder that had one
+    notes: list[str] = field(default_factory=list)  # partial results, duplicates, missing tables
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI; pyarrow.fs reads s3://, gs://, file://."""
+    if "://" in path:
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise AnalyzeError(f"{path}: cannot open this URI ({_first_line(exc)})") from None
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _join(path: str, name: str) -> str:
+    return path.rstrip("/") + "/" + name
+
+
+def _read_parquet(path: str) -> pd.DataFrame:
+    """One Parquet file as a DataFrame; AnalyzeError naming the file if it is missing or not Parquet."""
+    fs, inner = _filesystem(path)
+    try:
+        table = pq.read_table(inner, filesystem=fs)
+    except FileNotFoundError:
+        raise AnalyzeError(f"{path}: no such file") from None
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise AnalyzeError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+    return table.to_pandas()
+
+
+def _kind(path: str, df: pd.DataFrame) -> str:
+    """Which table a DataFrame is, from its columns (layer/head -> heads, step -> curves, status -> trials)."""
+    columns = set(df.columns)
+    if {"layer", "head"} <= columns:
+        return "heads"
+    if "step" in columns:
+        return "curves"
+    if "status" in columns:
+        return "trials"
+    raise AnalyzeError(f"{path}: not a sentinel-bench results table (no status, step or layer/head columns)")
+
+
+def _check(path: str, kind: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Validates one table: required columns, a schema_version this reader knows, at least one trial."""
+    missing = [c for c in REQUIRED[kind] if c not in df.columns]
+    if missing:
+        raise AnalyzeError(f"{path}: {kind} table lacks column(s) {', '.join(missing)}")
+    versions = sorted({int(v) for v in df["schema_version"].dropna().unique()})
+    unknown = [v for v in versions if v not in SUPPORTED_SCHEMA_VERSIONS]
+    if unknown:
+        supported = ", ".join(map(str, SUPPORTED_SCHEMA_VERSIONS))
+        raise AnalyzeError(f"{path}: schema_version {unknown[0]} is not understood (this reader knows {supported})")
+    if kind == "trials" and df.empty:
+        raise AnalyzeError(f"{path}: trials table is empty (no trial finished)")
+    return df
+
+
+def _read_config(folder: str) -> dict | None:
+    """config.yaml of a results folder, or None if there is none or it does not parse (it is only metadata)."""
+    fs, inner = _filesystem(_join(folder, "config.yaml"))
+    try:
+        with fs.open_input_stream(inner) as f:
+            data = yaml.safe_load(f.read())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_path(path: str, tables: dict[str, list[pd.DataFrame]], results: Results) -> None:
+    """Adds the tables of one input (a results folder or one Parquet file) to `tables`."""
+    fs, inner = _filesystem(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise AnalyzeError(f"{path}: no such file or folder")
+    if info.type == pafs.FileType.Directory:
+        trials_path = _join(path, "trials.parquet")
+        if fs.get_file_info(_join(inner, "trials.parquet")).type == pafs.FileType.NotFound:
+            raise AnalyzeError(f"{path}: no trials.parquet in this folder (is it a results folder?)")
+        for name in TABLES:
+            file = _join(path, f"{name}.parquet")
+            if name != "trials" and fs.get_file_info(_join(inner, f"{name}.parquet")).type == pafs.FileType.NotFound:
+                results.notes.append(f"{path}: no {name}.parquet, so no {name} plots from it")
+                continue
+            tables[name].append(_check(file, name, _read_parquet(file)))
+            results.sources.append(file if name != "trials" else trials_path)
+        config = _read_config(path)
+        if config is not None:
+            results.configs.append(config)
+        return
+    df = _read_parquet(path)
+    if df.empty and not len(df.columns):
+        raise AnalyzeError(f"{path}: empty table (no columns, no rows)")
+    kind = _kind(path, df)
+    tables[kind].append(_check(path, kind, df))
+    results.sources.append(path)
+
+
+def _concat(frames: list[pd.DataFrame], kind: str) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=list(REQUIRED[kind]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _dedupe_trials(trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """One row per trial_id across runs (a resumed or repeated run): an ok row beats a failed one, then newest."""
+    if "trial_id" not in trials.columns or trials["trial_id"].isna().all():
+        return trials
+    order = trials.assign(_ok=trials["status"].eq("ok"), _t=trials.get("finished_at"))
+    order = order.sort_values(["_ok", "_t"], na_position="first", kind="stable")
+    kept = order.drop_duplicates("trial_id", keep="last").drop(columns=["_ok", "_t"])
+    if len(kept) < len(trials):
+        notes.append(f"{len(trials) - len(kept)} duplicate trial row(s) (same trial_id in several runs) were "
+                     "dropped: an ok row is kept over a failed one, then the newest")
+    return kept.sort_index().reset_index(drop=True)
+
+
+def _matching(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Rows of curves/heads that belong to a kept trial (same trial_id and, when known, the same run)."""
+    if table.empty:
+        return table
+    keys = ["trial_id", "run_id"] if {"run_id"} <= set(table.columns) & set(trials.columns) else ["trial_id"]
+    kept = trials[keys].astype("string").fillna("").drop_duplicates()
+    probe = table[keys].astype("string").fillna("")
+    mask = pd.MultiIndex.from_frame(probe).isin(pd.MultiIndex.from_frame(kept))
+    return table[mask].reset_index(drop=True)
+
+
+def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Types and defaults the analysis relies on, for tables written by other tools or older runs."""
+    trials = trials.copy()
+    for column in ("dense", "pruned", "recovered", "params_before", "params_after", "speed_before",
+                   "speed_after", "heads_pruned", "heads_total"):
+        trials[column] = pd.to_numeric(trials[column], errors="coerce") if column in trials else float("nan")
+    for column in ("metric_name", "error", "strategy_options", "trial_id", "run_id", "experiment"):
+        if column not in trials:
+            trials[column] = pd.NA
+    if "higher_is_better" not in trials:
+        trials["higher_is_better"] = pd.NA
+    trials["level"] = trials["level"].astype(float)
+    trials["seed"] = trials["seed"].astype("int64")
+    trials["label"] = [_label(s, o) for s, o in zip(trials["strategy"], trials["strategy_options"])]
+    return trials
+
+
+def _label(strategy: str, options: object) -> str:
+    """The strategy as compared in tables: its name, plus its options when any were set (they change it)."""
+    try:
+        parsed = json.loads(options) if isinstance(options, str) else {}
+    except json.JSONDecodeError:
+        parsed = {}
+    if not parsed:
+        return str(strategy)
+    return f"{strategy} (" + ", ".join(f"{k}={v}" for k, v in sorted(parsed.items())) + ")"
+
+
+def load(paths: list[str] | str) -> Results:
+    """Reads and merges results folders and Parquet files.
+
+    Args:
+        paths: results folders (with trials.parquet, optionally curves/heads.parquet and config.yaml) or
+            Parquet files, local paths or URIs (s3://bucket/prefix, file:///abs/path).
+    Returns:
+        Results with the merged trials (one row per trial_id, a `label` column added), curves and heads.
+    Raises:
+        AnalyzeError: one line naming the input and what is wrong with it.
+    """
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if not paths:
+        raise AnalyzeError("no results given: pass one or more results folders or Parquet files")
+    results = Results(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    for path in paths:
+        _read_path(str(path), tables, results)
+    if not tables["trials"]:
+        raise AnalyzeError(f"{', '.join(map(str, paths))}: no trials table among the inputs (only curves/heads)")
+    trials = _dedupe_trials(_concat(tables["trials"], "trials"), results.notes)
+    results.trials = _normalise_trials(trials)
+    results.curves = _with_trial_columns(_matching(_concat(tables["curves"], "curves"), trials), results.trials)
+    results.heads = _with_trial_columns(_matching(_concat(tables["heads"], "heads"), trials), results.trials)
+    return results
+
+
+def _with_trial_columns(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Adds the trial's label, metric and protocol to curve/head rows (one trial row per trial_id now)."""
+    columns = ["trial_id", "label", "metric_name", "higher_is_better", "dense", "model", "strategy", "level", "seed"]
+    extra = [c for c in trials.columns if c.startswith("protocol")]
+    own = trials[columns + extra].drop_duplicates("trial_id")
+    table = table.drop(columns=[c for c in columns[1:] + extra if c in table.columns])
+    return table.merge(own, on="trial_id", how="left")

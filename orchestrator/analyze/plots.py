@@ -1,0 +1,258 @@
+"""Plots: each is a function of a DataFrame that returns a matplotlib Figure (no pyplot, no global state).
+
+Means are over seeds with 95% t confidence bands (stats.ci_half_width); a single seed draws the line alone.
+Every axis says the metric, its direction and the evaluation protocol, so a PNG read on its own is unambiguous.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from orchestrator.analyze.stats import BASELINE, ci_half_width, ok_trials, pareto_front
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+RANDOM_COLOR = "#7f7f7f"  # the baseline is grey in every plot
+
+
+def colors(labels) -> dict[str, str]:
+    """A fixed colour per strategy label (sorted, random always grey) so all plots agree."""
+    others = sorted(l for l in set(labels) if l != BASELINE)
+    out = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(others)}
+    out[BASELINE] = RANDOM_COLOR
+    return out
+
+
+def metric_label(metric: object, higher_is_better: object) -> str:
+    """'perplexity (lower is better)'; perplexity is exp(mean NLL per token), a unitless ratio."""
+    name = str(metric) if pd.notna(metric) and metric else "metric"
+    if pd.isna(higher_is_better):
+        return name
+    return f"{name} ({'higher' if higher_is_better else 'lower'} is better)"
+
+
+def protocol_label(row: pd.Series | dict) -> str:
+    """'perplexity, gutenberg eval split, seq 128 stride 64, 16384 tokens' from a trials row's protocol."""
+    get = lambda key: row.get(f"protocol_{key}") if pd.notna(row.get(f"protocol_{key}", None)) else None  # noqa: E731
+    protocol = {}
+    if get("dataset") is None and isinstance(row.get("protocol"), str):  # only the JSON column: read it
+        try:
+            protocol = json.loads(row["protocol"])
+        except json.JSONDecodeError:
+            protocol = {}
+        get = protocol.get  # noqa: F811
+    parts = [str(row.get("metric_name") or "metric")]
+    if get("dataset"):
+        parts.append(f"{get('dataset')} {get('split') or ''} split".replace("  ", " "))
+    if get("seq_len"):
+        parts.append(f"seq {int(get('seq_len'))}" + (f" stride {int(get('stride'))}" if get("stride") else ""))
+    if get("tokens"):
+        parts.append(f"{int(get('tokens'))} tokens")
+    if get("pairs"):
+        parts.append(f"{int(get('pairs'))} pairs")
+    return ", ".join(parts)
+
+
+def _first(df: pd.DataFrame) -> dict:
+    return df.iloc[0].to_dict() if not df.empty else {}
+
+
+def _mean_ci(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    return df.groupby(by, sort=True)[value].agg(mean="mean", ci=ci_half_width, n="count").reset_index()
+
+
+def _band(ax: Axes, stats: pd.DataFrame, x: str, color: str, linestyle: str, label: str | None) -> None:
+    """A mean line with markers and a shaded 95% CI band (no band where the CI is NaN: one seed)."""
+    ax.plot(stats[x], stats["mean"], color=color, linestyle=linestyle, marker="o", markersize=3.5, label=label)
+    ci = stats["ci"].fillna(0.0)
+    ax.fill_between(stats[x], stats["mean"] - ci, stats["mean"] + ci, color=color, alpha=0.18, linewidth=0)
+
+
+def _log_if_wide(ax: Axes, values: pd.Series, higher_is_better: object) -> None:
+    """Perplexity after pruning can grow by orders of magnitude: a log axis keeps the small changes visible."""
+    values = values[values > 0].dropna()
+    if not higher_is_better and len(values) and values.max() / values.min() > 10:
+        ax.set_yscale("log")
+
+
+def plot_metric_vs_level(trials: pd.DataFrame) -> Figure:
+    """Metric vs fraction of heads pruned, per strategy: pruned (dashed) and recovered (solid), dense line.
+
+    Args:
+        trials: the merged trials table (failed rows are skipped).
+    Returns:
+        A Figure with one panel per model.
+    """
+    ok = ok_trials(trials)
+    models = sorted(ok["model"].unique())
+    palette = colors(ok["label"])
+    fig = Figure(figsize=(5.2 * max(1, len(models)), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(models)), squeeze=False)[0])
+    for ax, model in zip(axes, models):
+        rows = ok[ok["model"].eq(model)]
+        first = _first(rows)
+        for label, group in rows.groupby("label", sort=True):
+            for value, style in (("pruned", "--"), ("recovered", "-")):
+                _band(ax, _mean_ci(group, ["level"], value), "level", palette[label], style,
+                      label if value == "recovered" else None)
+        dense = rows["dense"].mean()
+        ax.axhline(dense, color="black", linewidth=1, linestyle=":", label="dense")
+        _log_if_wide(ax, pd.concat([rows["pruned"], rows["recovered"], rows["dense"]]), first.get("higher_is_better"))
+        ax.set_title(f"{model}\n{protocol_label(first)}", fontsize=9)
+        ax.set_xlabel("fraction of attention heads pruned")
+        ax.set_ylabel(metric_label(first.get("metric_name"), first.get("higher_is_better")))
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="black", linestyle="--"), Line2D([], [], color="black", linestyle="-")]
+        labels += ["after pruning", "after recovery fine-tuning"]
+        ax.legend(handles, labels, fontsize=7)
+    fig.suptitle("Quality vs pruning level: mean over seeds, 95% CI bands", fontsize=11)
+    return fig
+
+
+def plot_recovery_curves(curves: pd.DataFrame) -> Figure:
+    """Evaluation metric over recovery fine-tuning steps, per strategy; one panel per model x level.
+
+    Args:
+        curves: curves rows with the trial columns joined (label, metric_name, higher_is_better, dense,
+            protocol_*), as returned by orchestrator.analyze.load. Steps without an evaluation are skipped.
+    Returns:
+        A Figure (a placeholder text if there are no evaluated steps).
+    """
+    evaluated = curves.dropna(subset=["eval_metric"])
+    cells = evaluated[["model", "level"]].drop_duplicates().sort_values(["model", "level"])
+    models, levels = sorted(cells["model"].unique()), sorted(cells["level"].unique())
+    fig = Figure(figsize=(4.2 * max(1, len(levels)), 3.6 * max(1, len(models))), layout="constrained")
+    if evaluated.empty:
+        fig.text(0.5, 0.5, "no recovery curves (fine-tuning off or no trial finished)", ha="center")
+        return fig
+    axes = fig.subplots(len(models), len(levels), squeeze=False)
+    palette = colors(evaluated["label"])
+    for i, model in enumerate(models):
+        for j, level in enumerate(levels):
+            ax = axes[i][j]
+            rows = evaluated[evaluated["model"].eq(model) & evaluated["level"].eq(level)]
+            if rows.empty:
+                ax.set_visible(False)
+                continue
+            first = _first(rows)
+            for label, group in rows.groupby("label", sort=True):
+                _band(ax, _mean_ci(group, ["step"], "eval_metric"), "step", palette[label], "-", label)
+            if pd.notna(first.get("dense")):
+                ax.axhline(first["dense"], color="black", linewidth=1, linestyle=":", label="dense")
+            ax.set_title(f"{model}, {level:g} of heads pruned\n{protocol_label(first)}", fontsize=8)
+            ax.set_xlabel("fine-tuning step (0 = just pruned)")
+            ax.set_ylabel(metric_label(first.get("metric_name"), first.get("higher_is_better")))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("Recovery fine-tuning: mean over seeds, 95% CI bands", fontsize=11)
+    return fig
+
+
+def plot_head_heatmaps(heads: pd.DataFrame, model: str | None = None) -> Figure:
+    """Per-head maps (layers x heads) for one model: each strategy's scores and how often it pruned each head.
+
+    Args:
+        heads: heads rows with the trial columns joined (label, model, level, seed, score, pruned).
+        model: which model; may be omitted when the table holds one.
+    Returns:
+        A Figure with a row per strategy: mean score over seeds, then, per level, the fraction of seeds in
+        which the head was pruned.
+    """
+    model = model if model is not None else sorted(heads["model"].unique())[0]
+    rows = heads[heads["model"].eq(model)]
+    labels, levels = sorted(rows["label"].unique()), sorted(rows["level"].unique())
+    fig = Figure(figsize=(2.9 * (1 + len(levels)) + 1, 2.5 * max(1, len(labels)) + 0.6), layout="constrained")
+    axes = fig.subplots(max(1, len(labels)), 1 + len(levels), squeeze=False)
+    for i, label in enumerate(labels):
+        group = rows[rows["label"].eq(label)]
+        # scores do not depend on the level (one scoring per seed): average per seed first, then across seeds
+        per_seed = group.groupby(["seed", "layer", "head"])["score"].mean()
+        seeds = per_seed.index.get_level_values("seed").nunique()
+        _heatmap(fig, axes[i][0], per_seed.groupby(["layer", "head"]).mean().unstack("head"), "viridis",
+                 f"{label}: score (mean of {seeds} seed{'s' * (seeds != 1)})", "score (higher = more important)")
+        for j, level in enumerate(levels, start=1):
+            at = group[group["level"].eq(level)]
+            frequency = at.assign(pruned=at["pruned"].astype(float)).groupby(["layer", "head"])["pruned"].mean()
+            _heatmap(fig, axes[i][j], frequency.unstack("head"), "Reds", f"{label}: pruned at level {level:g}",
+                     "fraction of seeds pruned", vmin=0.0, vmax=1.0)
+    fig.suptitle(f"{model}: head scores and pruned heads (rows: layers, columns: heads)", fontsize=11)
+    return fig
+
+
+def _heatmap(fig: Figure, ax: Axes, grid: pd.DataFrame, cmap: str, title: str, unit: str, **limits) -> None:
+    if grid.empty:
+        ax.set_visible(False)
+        return
+    image = ax.imshow(grid.to_numpy(float), cmap=cmap, aspect="auto", interpolation="nearest", **limits)
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=6)
+    ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index], fontsize=6)
+    fig.colorbar(image, ax=ax, label=unit, shrink=0.85)
+
+
+def pareto_points(trials: pd.DataFrame) -> pd.DataFrame:
+    """One point per cell (means over seeds) for the quality vs speed plot.
+
+    Speed is forward tokens/s after / before pruning; when speed was not measured (measure_speed: false)
+    the gain is the parameter compression params_before / params_after instead, and `x_name` says so.
+    """
+    ok = ok_trials(trials)
+    cells = ok.groupby(["model", "label", "level"], sort=True).agg(
+        recovered=("recovered", "mean"), speed_before=("speed_before", "mean"), speed_after=("speed_after", "mean"),
+        params_before=("params_before", "mean"), params_after=("params_after", "mean"),
+        higher_is_better=("higher_is_better", "first"), metric_name=("metric_name", "first"),
+        dense=("dense", "mean"),
+    ).reset_index()
+    cells["speedup"] = cells["speed_after"] / cells["speed_before"]
+    cells["compression"] = cells["params_before"] / cells["params_after"]
+    has_speed = cells.groupby("model")["speedup"].transform(lambda s: s.notna().any())
+    cells["x"] = cells["speedup"].where(has_speed, cells["compression"])
+    cells["x_name"] = np.where(has_speed, "speedup (forward tokens/s after / before)",
+                               "compression (parameters before / after; speed not measured)")
+    cells["front"] = False
+    for _, group in cells.groupby("model"):
+        cells.loc[group.index, "front"] = pareto_front(group["x"], group["recovered"], bool(group["higher_is_better"].iloc[0]))
+    return cells
+
+
+def plot_pareto(trials: pd.DataFrame) -> Figure:
+    """Quality after recovery vs speed gain for every cell, with the Pareto front marked; a panel per model.
+
+    Args:
+        trials: the merged trials table.
+    Returns:
+        A Figure; the front is drawn as a step line through the non-dominated cells (ringed).
+    """
+    points = pareto_points(trials)
+    models = sorted(points["model"].unique())
+    palette = colors(points["label"])
+    fig = Figure(figsize=(5.2 * max(1, len(models)), 4.2), layout="constrained")
+    axes = fig.subplots(1, max(1, len(models)), squeeze=False)[0]
+    first_trial = {m: _first(ok_trials(trials)[ok_trials(trials)["model"].eq(m)]) for m in models}
+    for ax, model in zip(axes, models):
+        rows = points[points["model"].eq(model)]
+        for label, group in rows.groupby("label", sort=True):
+            ax.scatter(group["x"], group["recovered"], color=palette[label], label=label, s=28, zorder=3)
+            for row in group.itertuples():
+                ax.annotate(f"{row.level:g}", (row.x, row.recovered), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        front = rows[rows["front"]].sort_values("x")
+        ax.scatter(front["x"], front["recovered"], facecolors="none", edgecolors="black", s=90, zorder=4,
+                   label="Pareto front")
+        ax.plot(front["x"], front["recovered"], color="black", linewidth=1, drawstyle="steps-post", zorder=2)
+        ax.scatter([1.0], [rows["dense"].mean()], marker="*", color="black", s=110, label="dense", zorder=5)
+        first = first_trial[model]
+        ax.set_title(f"{model}\n{protocol_label(first)}", fontsize=9)
+        ax.set_xlabel(rows["x_name"].iloc[0])
+        ax.set_ylabel("after recovery: " + metric_label(first.get("metric_name"), first.get("higher_is_better")))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Quality vs speed per cell (mean over seeds; numbers are pruning levels)", fontsize=11)
+    return fig

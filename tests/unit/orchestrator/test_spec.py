@@ -1,0 +1,198 @@
+"""Experiment spec validation: every bad input is one line naming the field, exit code 2, nothing started."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import cli
+from orchestrator.spec import SpecError, apply_overrides, load_spec
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A folder that validation accepts as a GPT-2 model (validation reads config.json only)."""
+    folder = tmp_path / "gpt2-folder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    return folder
+
+
+@pytest.fixture
+def base(tmp_path: Path, model_dir: Path) -> dict:
+    return {
+        "experiment": "t", "models": [str(model_dir)], "strategies": ["entropy", "random"],
+        "levels": [0.25, 0.5], "seeds": [0, 1], "data": {"source": "gutenberg", "seq_len": 32},
+        "finetune": {"steps": 2, "warmup_steps": 0, "eval_every": 1}, "output": str(tmp_path / "out"),
+    }
+
+
+def write(tmp_path: Path, raw) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    return path
+
+
+def run_cli(tmp_path: Path, raw, capsys, *overrides: str) -> str:
+    """Runs `sentinel-bench run` on a bad config; checks exit 2, one line, no files, no Ray. Returns the line."""
+    import ray
+
+    argv = ["run", str(write(tmp_path, raw))] + [a for o in overrides for a in ("--set", o)]
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+    assert not ray.is_initialized()
+    return err
+
+
+def test_valid_spec_expands_to_grid(tmp_path, base):
+    spec = load_spec(write(tmp_path, base))
+    cells = spec.cells()
+    assert len(cells) == 1 * 2 * 2 * 2
+    assert {(c["strategy"], c["level"], c["seed"]) for c in cells} == {
+        (s, l, d) for s in ("entropy", "random") for l in (0.25, 0.5) for d in (0, 1)}
+    assert cells[0]["data"] == {"source": "gutenberg", "seq_len": 32}
+    assert cells[0]["finetune"]["batch_size"] == 8  # follows data.batch_size
+    assert spec.output_dir == str(tmp_path / "out" / "t")
+
+
+def test_unknown_strategy_lists_allowed_names(tmp_path, base, capsys):
+    base["strategies"] = ["entropy", "entropi"]
+    err = run_cli(tmp_path, base, capsys)
+    assert "strategies[1]" in err and "'entropi'" in err
+    for name in ("entropy", "magnitude", "random", "gradient"):
+        assert name in err
+
+
+def test_unknown_model_type_names_supported_types(tmp_path, base, capsys):
+    folder = tmp_path / "mamba"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    base["models"] = [str(folder)]
+    err = run_cli(tmp_path, base, capsys)
+    assert "models[0]" in err and "'mamba'" in err and "gpt2" in err
+
+
+def test_unknown_shipped_model_lists_shipped(tmp_path, base, capsys):
+    base["models"] = ["sentinel/no-such-model"]
+    err = run_cli(tmp_path, base, capsys)
+    assert "models[0]" in err and "sentinel/tiny-gpt2" in err
+
+
+@pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, "half"])
+def test_level_outside_open_unit_interval(tmp_path, base, capsys, level):
+    base["levels"] = [0.25, level]
+    err = run_cli(tmp_path, base, capsys)
+    assert "levels[1]" in err and "(0, 1)" in err
+
+
+@pytest.mark.parametrize("field,value", [
+    ("levels", [0.25, 0.25]), ("seeds", [3, 3]), ("strategies", ["random", "random"]),
+])
+def test_duplicate_grid_cells(tmp_path, base, capsys, field, value):
+    base[field] = value
+    err = run_cli(tmp_path, base, capsys)
+    assert err.startswith(f"sentinel-bench: error: {field}") and "twice" in err
+
+
+def test_duplicate_models(tmp_path, base, capsys):
+    base["models"] = base["models"] * 2
+    assert "models" in run_cli(tmp_path, base, capsys)
+
+
+def test_missing_data_source(tmp_path, base, capsys):
+    base["data"]["source"] = str(tmp_path / "no-such-corpus.txt")
+    err = run_cli(tmp_path, base, capsys)
+    assert "data.source" in err and "gutenberg" in err
+
+
+def test_unwritable_output(tmp_path, base, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    base["output"] = str(blocker / "results")
+    err = run_cli(tmp_path, base, capsys)
+    assert "output" in err and "not writable" in err
+
+
+def test_unwritable_storage_path(tmp_path, base, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    base["storage_path"] = str(blocker / "tune")
+    assert "storage_path" in run_cli(tmp_path, base, capsys)
+
+
+def test_s3_storage_path_is_accepted_without_network(tmp_path, base):
+    base["storage_path"] = "s3://bucket/prefix"
+    spec = load_spec(write(tmp_path, base))
+    assert spec.tune_location == ("s3://bucket/prefix", "t")
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    err = run_cli(tmp_path, "models: [a, b\nlevels: {", capsys)
+    assert "config" in err and "not valid YAML" in err and "line" in err
+
+
+def test_unknown_top_level_key_lists_allowed(tmp_path, base, capsys):
+    base["strategy"] = "entropy"
+    err = run_cli(tmp_path, base, capsys)
+    assert "strategy: unknown key" in err and "strategies" in err and "levels" in err
+
+
+def test_unknown_nested_key_lists_allowed(tmp_path, base, capsys):
+    base["data"]["seqlen"] = 32
+    err = run_cli(tmp_path, base, capsys)
+    assert "data.seqlen" in err and "seq_len" in err
+
+
+@pytest.mark.parametrize("field,value,expect", [
+    ("method", "prune", "method: 'prune' is not one of remove, mask"),
+    ("device", "tpu", "device: 'tpu'"),
+    ("resources", {"cpu": -1}, "resources.cpu"),
+    ("max_failures", -1, "max_failures"),
+    ("finetune", {"steps": 0}, "finetune.steps"),
+    ("experiment", "a/b", "experiment"),
+])
+def test_bad_scalar_fields(tmp_path, base, capsys, field, value, expect):
+    base[field] = value
+    assert expect in run_cli(tmp_path, base, capsys)
+
+
+def test_cuda_device_needs_a_gpu_share(tmp_path, base, capsys):
+    base["device"] = "cuda"
+    assert "resources.gpu" in run_cli(tmp_path, base, capsys)
+
+
+def test_overrides_are_yaml_values(tmp_path, base):
+    spec = load_spec(write(tmp_path, base), ["levels=[0.1, 0.2]", "data.seq_len=16", "finetune.lr=1e-3",
+                                             "bf16=true", "resources.gpu=0.5"])
+    assert spec.levels == (0.1, 0.2) and spec.data["seq_len"] == 16 and spec.bf16 is True
+    assert spec.finetune["lr"] == 1e-3 and spec.resources.gpu == 0.5
+
+
+def test_bad_override_is_reported(tmp_path, base, capsys):
+    assert "--set" in run_cli(tmp_path, base, capsys, "levels")
+    assert "levels[0]" in run_cli(tmp_path, base, capsys, "levels=[2]")
+
+
+def test_override_cannot_descend_into_scalar():
+    with pytest.raises(SpecError, match="method is not a mapping"):
+        apply_overrides({"method": "remove"}, ["method.x=1"])
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "seed-distilgpt2"])
+def test_shipped_configs_validate(name):
+    spec = load_spec(CONFIGS / f"{name}.yaml")
+    assert spec.experiment == name and spec.cells()
+
+
+def test_seed_config_reproduces_seed_grid():
+    spec = load_spec(CONFIGS / "seed-distilgpt2.yaml")
+    assert [m.name for m in spec.models] == ["distilgpt2"]
+    assert [s.name for s in spec.strategies] == ["entropy", "magnitude", "random"]
+    assert spec.levels == (0.1, 0.3, 0.5) and spec.finetune["steps"] == 100 and spec.data["source"] == "gutenberg"
