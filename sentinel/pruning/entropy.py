@@ -58,7 +58,8 @@ class AttentionStats:
         spread = query & (log_keys > 0)  # [B, Tq] positions whose normalised entropy is defined
         safe_log = torch.where(spread, log_keys, torch.ones_like(log_keys))
         for head in range(probs.shape[1]):  # one head at a time: temporaries stay 1/H of a map
-            entropy = torch.special.entr(probs[:, head].float()).sum(-1)  # [B, Tq]
+            p = probs[:, head].float()  # [B, Tq, Tk]
+            entropy = -torch.xlogy(p, p).sum(-1)  # [B, Tq]; xlogy(0, 0) = 0
             # masked_fill, not multiply: padded rows may hold NaN (all keys masked) and NaN * 0 is NaN
             self.entropy_sum[layer][head] += entropy.masked_fill(~query, 0).sum().double().cpu()
             self.normalized_sum[layer][head] += (entropy / safe_log).masked_fill(~spread, 0).sum().double().cpu()
