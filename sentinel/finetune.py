@@ -40,9 +40,7 @@ IGNORE = -100
 class FinetuneConfig:
     """Hyper-parameters of one recovery run.
 
-    `batch_size` is the number of sequences per batch that callers use when building
-    `train_batches` (e.g. with `sentinel.data.batches`); it is recorded with the run, and
-    `finetune` checks the batches against it.
+    `batch_size` is the most sequences per optimizer step: larger `train_batches` are split.
     """
 
     steps: int = 100
@@ -193,16 +191,17 @@ def _evaluate(model: nn.Module, evaluate: Callable[[nn.Module], float] | None) -
     return value
 
 
-def _check_batches(train_batches: list[Batch], config: FinetuneConfig) -> None:
+def _rebatch(train_batches: list[Batch], batch_size: int) -> list[Batch]:
+    """The batches, each split into consecutive pieces of at most `batch_size` sequences."""
     if not train_batches:
         raise ValueError("train_batches: empty; give at least one {'input_ids', 'attention_mask'} batch")
+    out = []
     for i, batch in enumerate(train_batches):
         if "input_ids" not in batch or "attention_mask" not in batch:
             raise ValueError(f"train_batches[{i}]: keys {sorted(batch)}; need 'input_ids' and 'attention_mask'")
-        if batch["input_ids"].shape[0] > config.batch_size:
-            raise ValueError(
-                f"train_batches[{i}]: {batch['input_ids'].shape[0]} sequences, more than batch_size={config.batch_size}"
-            )
+        for start in range(0, batch["input_ids"].shape[0], batch_size):
+            out.append({k: v[start : start + batch_size] for k, v in batch.items()})
+    return out
 
 
 def finetune(
@@ -220,25 +219,28 @@ def finetune(
 
     Args:
         model: a pruned (or masked) causal LM or encoder; trained in train mode, returned in eval mode.
-        train_batches: {"input_ids", "attention_mask"} [B, T] batches, cycled in an order drawn
-            from a torch.Generator seeded with config.seed (a new permutation per pass).
+        train_batches: {"input_ids", "attention_mask"} [B, T] batches (any larger than
+            config.batch_size are split), cycled in an order drawn from a torch.Generator seeded
+            with config.seed (a new permutation per pass).
         config: the hyper-parameters.
         evaluate: model -> float, called in eval mode before training (step 0), every
             config.eval_every steps, and after the last step.
         teacher: the dense model, required for encoders (embedding distillation); not for causal LMs.
-        mask: the HeadMask installed on `model`, if any: its masked heads' weights are kept unchanged.
+        mask: the HeadMask installed on `model`, if any (default `model.sentinel_mask`, where the
+            pipeline and the pruning strategies keep it): its masked heads' weights are kept unchanged.
         device: where to train; default the model's device (the model and teacher are moved there).
         bf16: bfloat16 autocast on CUDA (ignored on CPU).
     Returns:
         One row per step: {"step", "train_loss", "eval_metric" (None where not evaluated), "lr"};
         step 0 is the evaluation before training (train_loss and lr None).
     """
-    _check_batches(train_batches, config)
+    train_batches = _rebatch(train_batches, config.batch_size)
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval().requires_grad_(False)
     loss_fn = _objective(model, teacher)
+    mask = mask if mask is not None else getattr(model, "sentinel_mask", None)
     frozen = _snapshot(masked_slices(model, mask)) if mask is not None else []
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))

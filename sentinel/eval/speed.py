@@ -79,17 +79,22 @@ def throughput(
 
 
 class Stopwatch:
-    """Wall time per named stage; a stage timed twice accumulates.
+    """Wall time per named stage, into a dict; a stage timed twice accumulates.
 
-    >>> watch = Stopwatch()
-    >>> with watch.timed("score"):
+    >>> timings = {}
+    >>> watch = Stopwatch(timings)
+    >>> with watch("score"):  # same as watch.timed("score")
     ...     pass
-    >>> sorted(watch.seconds)
+    >>> sorted(timings)
     ['score']
+
+    Args:
+        seconds: the dict to record into (default a new one, at `.seconds`).
+        device: a CUDA device to synchronise before reading the clock (kernels run asynchronously).
     """
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, seconds: dict[str, float] | None = None, device: torch.device | str | None = None) -> None:
+        self.seconds: dict[str, float] = seconds if seconds is not None else {}
         self._device = torch.device(device) if device is not None else None
 
     @contextlib.contextmanager
@@ -104,6 +109,8 @@ class Stopwatch:
             if self._device is not None:
                 _sync(self._device)
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+    __call__ = timed
 
 
 @contextlib.contextmanager

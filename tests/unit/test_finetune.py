@@ -188,6 +188,18 @@ def test_bad_config_names_the_field(fields, message):
         FinetuneConfig(**fields)
 
 
-def test_batches_larger_than_batch_size_are_rejected():
-    with pytest.raises(ValueError, match=r"train_batches\[0\]: 3 sequences, more than batch_size=2"):
-        finetune(tiny_model("gpt2"), [padded_batch()], FinetuneConfig(batch_size=2, warmup_steps=1))
+def test_batches_larger_than_batch_size_are_split():
+    batch = pattern_batches(n=1, batch=4)[0]
+    rows = []
+    model = tiny_model("gpt2")
+    model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    finetune(model, [batch], FinetuneConfig(steps=4, warmup_steps=1, batch_size=3))
+    assert sorted(rows[:2]) == [1, 3] and sorted(rows[2:]) == [1, 3]  # each pass uses both pieces once
+
+
+def test_mask_kept_on_the_model_is_used_by_default():
+    model = tiny_model("gpt2")
+    model.sentinel_mask = mask = mask_heads(model, MASKS["gpt2"])  # where the pipeline keeps it
+    frozen = [(p, d, i, p.detach().index_select(d, i).clone()) for p, d, i in masked_slices(model, mask)]
+    finetune(model, pattern_batches(), FinetuneConfig(steps=5, warmup_steps=1, batch_size=4, weight_decay=0.5))
+    assert all(torch.equal(p.detach().index_select(d, i), before) for p, d, i, before in frozen)

@@ -45,6 +45,10 @@ def test_stopwatch_accumulates_per_stage_even_on_error():
         time.sleep(0.01)
         raise RuntimeError
     assert watch.seconds["load"] >= 0.02 and list(watch.seconds) == ["load"]
+    timings: dict[str, float] = {"load": 1.0}
+    with Stopwatch(timings)("load"):  # the caller's dict, called like the pipeline does
+        pass
+    assert timings["load"] > 1.0
     stages: dict[str, float] = {}
     with timed("eval", stages):
         time.sleep(0.01)
