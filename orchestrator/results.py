@@ -61,7 +61,8 @@ TRIALS_SCHEMA = pa.schema(
         ("time_total", pa.float64()),
         ("reused_baseline", pa.bool_()),
         ("reused_scores", pa.bool_()),
-        ("device", pa.string()),
+        ("device", pa.string()),  # where the trial ran ("cpu", "cuda:0", "cuda:0 bf16")
+        ("device_assigned", pa.string()),  # what Ray's assignment calls for: "cuda" when it gave the trial a GPU
         ("gpu_ids", pa.string()),  # GPUs Ray assigned to the trial (comma-separated), "" if none
         ("cuda_visible_devices", pa.string()),
         ("node", pa.string()),
@@ -114,6 +115,7 @@ def trial_row(payload: Mapping[str, Any]) -> dict[str, Any]:
         "tune_trial_id": ctx.get("tune_trial_id"),
         "attempts": ctx.get("attempts"),
         "gpu_ids": ctx.get("gpu_ids", ""),
+        "device_assigned": ctx.get("device_assigned"),
         "cuda_visible_devices": ctx.get("cuda_visible_devices", ""),
         "started_at": ctx.get("started_at"),
         "finished_at": ctx.get("finished_at"),

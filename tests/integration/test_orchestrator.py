@@ -1,0 +1,148 @@
+"""The orchestrator on a real Ray runtime: a grid end to end, a failing trial, resume after SIGKILL, logical GPUs."""
+from __future__ import annotations
+
+import io
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from orchestrator.runner import run_experiment, trainable
+from orchestrator.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+TINY = {"source": "gutenberg", "seq_len": 32, "stride": 32, "batch_size": 4, "score_batches": 1, "eval_tokens": 256}
+
+
+def experiment(name: str, out: Path, models, **extra) -> dict:
+    raw = {"experiment": name, "models": [str(m) for m in models], "strategies": ["magnitude", "random"],
+           "levels": [0.25, 0.5], "seeds": [0], "data": dict(TINY), "device": "cpu", "measure_speed": False,
+           "finetune": {"steps": 2, "warmup_steps": 0, "eval_every": 1}, "resources": {"cpu": 1},
+           "max_concurrent_trials": 2, "max_failures": 0, "output": str(out)}
+    raw.update(extra)
+    return raw
+
+
+def test_grid_end_to_end_writes_complete_tables(ray_cluster, tiny_gpt2, tmp_path):
+    spec = parse_spec(experiment("grid", tmp_path, [tiny_gpt2], seeds=[0, 1]))
+    summary = run_experiment(spec, stream=io.StringIO())
+    assert (summary.ok, summary.failed, summary.missing) == (8, 0, 0)
+
+    trials = pd.read_parquet(summary.written["trials"])
+    assert len(trials) == 8 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
+    assert {(s, l, d) for s, l, d in trials[["strategy", "level", "seed"]].values} == {
+        (s, l, d) for s in ("magnitude", "random") for l in (0.25, 0.5) for d in (0, 1)}
+    for column in ("dense", "pruned", "recovered"):
+        assert trials[column].map(math.isfinite).all() and (trials[column] > 1).all()
+    assert (trials.metric_name == "perplexity").all() and (trials.architecture == "gpt2").all()
+    assert (trials.heads_total == 8).all() and set(trials.heads_pruned) == {2, 4}
+    assert (trials.params_after < trials.params_before).all()
+    assert (trials.protocol_seq_len == 32).all() and (trials.protocol_tokens > 0).all()
+    assert trials.version_ray.notna().all() and trials.version_torch.notna().all()
+    # the dense baseline is computed by one trial; the scores once per (strategy, seed), reused across levels
+    assert (~trials.reused_baseline).sum() == 1
+    assert (~trials.reused_scores).sum() == 4
+
+    curves = pd.read_parquet(summary.written["curves"])
+    assert set(curves.trial_id) == set(trials.trial_id) and curves.train_loss.map(math.isfinite).all()
+    heads = pd.read_parquet(summary.written["heads"])
+    assert len(heads) == 8 * 8
+    assert (heads.groupby("trial_id").pruned.sum().sort_index()
+            == trials.set_index("trial_id").heads_pruned.sort_index()).all()
+    config = yaml.safe_load(Path(summary.written["config"]).read_text())
+    assert config["levels"] == [0.25, 0.5] and config["seeds"] == [0, 1]
+
+
+def test_failing_trial_is_a_failed_row_after_retries(ray_cluster, tiny_gpt2, broken_gpt2, tmp_path):
+    raw = experiment("faults", tmp_path, [tiny_gpt2, broken_gpt2], strategies=["random"], levels=[0.5],
+                     max_failures=1)
+    summary = run_experiment(parse_spec(raw), stream=io.StringIO())
+    trials = pd.read_parquet(summary.written["trials"]).set_index("model")
+    assert (summary.ok, summary.failed) == (1, 1)
+    bad, good = trials.loc[str(broken_gpt2)], trials.loc[str(tiny_gpt2)]
+    assert bad.status == "failed" and bad.error and pd.isna(bad.dense) and bad.attempts == 2
+    assert good.status == "ok" and math.isfinite(good.recovered) and good.attempts == 1
+
+
+def test_resume_after_sigkill_runs_every_trial_once(ray_home, tiny_gpt2, tmp_path):
+    raw = experiment("resume", tmp_path / "out", [tiny_gpt2], strategies=["magnitude", "random", "entropy"],
+                     max_concurrent_trials=1)
+    config = tmp_path / "resume.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "orchestrator.cli", "run", str(config), "--no-analyze"]
+
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)  # its own process group: the kill reaches Ray's processes too
+    finished = []
+    try:
+        for line in proc.stdout:
+            if line.startswith("[") and "/6]" in line:
+                finished.append(line)
+            if len(finished) == 2:
+                break
+        time.sleep(1.5)  # > the experiment-state save period, so the two finished trials are on disk
+        killed_at = time.time()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(finished) == 2, "the driver did not finish two trials before the kill"
+    assert not (tmp_path / "out" / "resume" / "trials.parquet").exists()
+
+    result = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = pd.read_parquet(tmp_path / "out" / "resume" / "trials.parquet")
+    assert len(trials) == 6 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
+    # trials that finished before the kill were kept, not run again
+    assert (trials.finished_at.map(lambda t: t.timestamp()) < killed_at).sum() >= 2
+
+
+def test_logical_gpus_pack_four_trials_at_half_a_gpu(ray_cluster, tiny_gpt2, tmp_path):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Barrier:
+        """Counts trials inside the trainable at once; each waits until `n` are in or a timeout passes."""
+
+        def __init__(self) -> None:
+            self.inside = self.peak = 0
+
+        def enter(self) -> None:
+            self.inside += 1
+            self.peak = max(self.peak, self.inside)
+
+        def leave(self) -> None:
+            self.inside -= 1
+
+        def get_peak(self) -> int:
+            return self.peak
+
+    barrier = Barrier.options(name="gpu-barrier", namespace="tests").remote()
+
+    def concurrent_trainable(config):
+        handle = ray.get_actor("gpu-barrier", namespace="tests")
+        ray.get(handle.enter.remote())
+        deadline = time.time() + 60
+        while ray.get(handle.get_peak.remote()) < 4 and time.time() < deadline:
+            time.sleep(0.1)
+        try:
+            trainable(config)
+        finally:
+            ray.get(handle.leave.remote())
+
+    raw = experiment("gpus", tmp_path, [tiny_gpt2], device="auto", gpu_dry_run=True,
+                     resources={"cpu": 0.5, "gpu": 0.5}, max_concurrent_trials=None)
+    summary = run_experiment(parse_spec(raw), trainable_fn=concurrent_trainable, stream=io.StringIO())
+    assert ray.get(barrier.get_peak.remote()) == 4
+    trials = pd.read_parquet(summary.written["trials"])
+    assert len(trials) == 4 and set(trials.status) == {"ok"}
+    assert (trials.device_assigned == "cuda").all() and (trials.device == "cpu").all()
+    assert set(trials.gpu_ids) == {"0", "1"} and (trials.cuda_visible_devices == trials.gpu_ids).all()
