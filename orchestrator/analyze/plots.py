@@ -194,7 +194,9 @@ def _heatmap(fig: Figure, ax: Axes, grid: pd.DataFrame, cmap: str, title: str, u
     ax.set_ylabel("layer")
     ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=6)
     ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index], fontsize=6)
-    fig.colorbar(image, ax=ax, label=unit, shrink=0.85)
+    bar = fig.colorbar(image, ax=ax, shrink=0.85)
+    bar.set_label(unit, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
 
 
 def pareto_points(trials: pd.DataFrame) -> pd.DataFrame:
@@ -246,7 +248,7 @@ def plot_pareto(trials: pd.DataFrame) -> Figure:
         front = rows[rows["front"]].sort_values("x")
         ax.scatter(front["x"], front["recovered"], facecolors="none", edgecolors="black", s=90, zorder=4,
                    label="Pareto front")
-        ax.plot(front["x"], front["recovered"], color="black", linewidth=1, drawstyle="steps-post", zorder=2)
+        ax.plot(front["x"], front["recovered"], color="black", linewidth=1, drawstyle="steps-pre", zorder=2)
         ax.scatter([1.0], [rows["dense"].mean()], marker="*", color="black", s=110, label="dense", zorder=5)
         first = first_trial[model]
         ax.set_title(f"{model}\n{protocol_label(first)}", fontsize=9)
@@ -254,5 +256,5 @@ def plot_pareto(trials: pd.DataFrame) -> Figure:
         ax.set_ylabel("after recovery: " + metric_label(first.get("metric_name"), first.get("higher_is_better")))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Quality vs speed per cell (mean over seeds; numbers are pruning levels)", fontsize=11)
+    fig.suptitle("Quality vs speed per cell\n(mean over seeds; point labels = pruning level)", fontsize=10)
     return fig

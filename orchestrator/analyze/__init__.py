@@ -1,0 +1,76 @@
+"""`sentinel-bench analyze`: comparison tables, plots and a report from Parquet results.
+
+    sentinel-bench analyze RESULTS [RESULTS ...] [--out DIR]
+
+Python API: `analyze(paths, out=None) -> report path`. Inputs are results folders or Parquet files, local
+or URIs (s3://...); several are merged. The output folder defaults to `<first results folder>/analysis/`.
+Bad input raises AnalyzeError (the CLI prints one line and exits with 2). See docs/ANALYZE.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchestrator.analyze.load import AnalyzeError, Results, load
+
+__all__ = ["AnalyzeError", "Results", "add_arguments", "add_cli", "analyze", "default_out", "load", "main"]
+
+
+def default_out(path: str) -> str:
+    """`<results folder>/analysis`, or next to a Parquet file given directly (its folder's `analysis/`)."""
+    path = str(path).rstrip("/")
+    if path.endswith(".parquet"):
+        path = path.rsplit("/", 1)[0] if "/" in path else "."
+    return f"{path}/analysis"
+
+
+def analyze(paths: list[str] | str, out: str | None = None) -> Path | str:
+    """Reads results, writes summary tables, plots and report.md (+ report.html) into `out`.
+
+    Args:
+        paths: results folders or Parquet files (local or URIs); a single string is one path.
+        out: output folder (local or URI); default `<first input>/analysis/`.
+    Returns:
+        The path of report.md: a Path for a local folder, the URI string for a remote one.
+    Raises:
+        AnalyzeError: a missing path, a file that is not Parquet, an unknown schema_version, an empty table.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # headless: we only write files (Figure objects need no GUI anyway)
+    from orchestrator.analyze.report import write_report
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    results = load([str(p) for p in paths])
+    target = out if out is not None else default_out(str(paths[0]))
+    report = write_report(results, str(target))
+    return report if "://" in report else Path(report)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `analyze` arguments to a (sub)parser."""
+    parser.add_argument("results", nargs="+", metavar="RESULTS",
+                        help="results folders (with trials.parquet) or Parquet files, local or s3://; merged")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder for report.md, tables and plots (default: RESULTS/analysis)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs `analyze` for parsed arguments. Returns 0, or 2 after one `error: ...` line on bad input."""
+    try:
+        report = analyze(args.results, args.out)
+    except AnalyzeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {report}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    """The hook orchestrator.cli calls: registers `sentinel-bench analyze`."""
+    parser = subparsers.add_parser("analyze", help="tables, plots and a report from results Parquet files",
+                                   description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    parser.set_defaults(func=main)
+

@@ -1,0 +1,281 @@
+"""The report: tables (CSV + markdown), plots (PNG + SVG) and report.md / report.html in one folder.
+
+The report is built as a list of blocks (heading, text, bullet list, table, image) rendered twice, to
+markdown and to HTML, so both say the same thing. Files are written through orchestrator.results.write_bytes:
+atomically for local folders, one PUT per object for s3:// and other pyarrow.fs URIs.
+"""
+from __future__ import annotations
+
+import html
+import io
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from orchestrator.analyze import plots
+from orchestrator.analyze.load import Results
+from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, ok_trials, summary_table
+from orchestrator.results import write_bytes
+
+FORMATS = ("png", "svg")
+
+
+@dataclass
+class Block:
+    kind: str  # "h2", "h3", "p", "ul", "table", "image"
+    content: object  # str, list[str], DataFrame, or (alt, file name)
+
+
+def fmt(value: object, digits: int = 4) -> str:
+    """A number for a table: 4 significant digits, '' for missing."""
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def mean_ci(mean: float, ci: float) -> str:
+    """'12.3 ± 0.4' (95% CI half-width), or just the mean when the CI is undefined (one seed)."""
+    return fmt(mean) if pd.isna(ci) else f"{fmt(mean)} ± {fmt(ci, 2)}"
+
+
+def versus(diff: float, p: float, n: float, verdict: object) -> str:
+    if pd.isna(n):
+        return ""
+    p_text = "p n/a" if pd.isna(p) else f"p={p:.3g}"
+    return f"{diff:+.4g} ({p_text}, n={int(n)}; {verdict})"
+
+
+def display_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as strings for the report: one column per quantity, mean ± CI in one cell."""
+    out = pd.DataFrame({
+        "model": summary["model"], "strategy": summary["label"], "level": summary["level"].map(lambda v: f"{v:g}"),
+        "seeds": summary["n_seeds"], "metric": summary["metric_name"].fillna(""),
+    })
+    for value in ("dense", "pruned", "recovered"):
+        out[value] = [mean_ci(m, c) for m, c in zip(summary[f"{value}_mean"], summary[f"{value}_ci"])]
+    for value in ("pruned", "recovered"):
+        cols = [summary[f"vs_random_{value}_{c}"] for c in ("diff", "p", "n_pairs", "verdict")]
+        out[f"{value} vs random"] = [versus(*v) for v in zip(*cols)]
+    out["params before → after"] = [f"{fmt(b, 6)} → {fmt(a, 6)}" if pd.notna(b) else ""
+                                    for b, a in zip(summary["params_before"], summary["params_after"])]
+    out["tokens/s before → after"] = [f"{fmt(b)} → {fmt(a)}" if pd.notna(b) else "not measured"
+                                      for b, a in zip(summary["speed_before"], summary["speed_after"])]
+    out["note"] = summary["note"]
+    return out
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table (DataFrame.to_markdown needs tabulate, which this project does not depend on)."""
+    cell = lambda v: fmt(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def render_markdown(title: str, blocks: list[Block]) -> str:
+    parts = [f"# {title}"]
+    for block in blocks:
+        if block.kind in ("h2", "h3"):
+            parts.append(("## " if block.kind == "h2" else "### ") + str(block.content))
+        elif block.kind == "p":
+            parts.append(str(block.content))
+        elif block.kind == "ul":
+            parts.append("\n".join(f"- {item}" for item in block.content))
+        elif block.kind == "table":
+            parts.append(markdown_table(block.content))
+        elif block.kind == "image":
+            alt, name = block.content
+            parts.append(f"![{alt}]({name}.png)\n\n[SVG]({name}.svg)")
+    return "\n\n".join(parts) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Markdown `code` and [links](x) in our own strings, for the HTML version."""
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
+
+
+def render_html(title: str, blocks: list[Block]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto}table{border-collapse:collapse;"
+             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for block in blocks:
+        if block.kind in ("h2", "h3"):
+            parts.append(f"<{block.kind}>{html.escape(str(block.content))}</{block.kind}>")
+        elif block.kind == "p":
+            parts.append(f"<p>{_inline(str(block.content))}</p>")
+        elif block.kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{_inline(str(i))}</li>" for i in block.content) + "</ul>")
+        elif block.kind == "table":
+            parts.append(block.content.to_html(index=False, na_rep="", escape=True))
+        elif block.kind == "image":
+            alt, name = block.content
+            parts.append(f"<p><img src='{name}.png' alt='{html.escape(alt)}'></p>")
+    return "\n".join(parts) + "\n</body></html>\n"
+
+
+def figure_bytes(fig: Figure, fmt_: str) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt_, dpi=120)
+    return buffer.getvalue()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def _unique(series: pd.Series | None) -> str:
+    if series is None:
+        return "unknown"
+    values = sorted({str(v) for v in series.dropna() if str(v)})
+    return ", ".join(values) if values else "unknown"
+
+
+def run_metadata(results: Results) -> list[str]:
+    """Bullets: experiments, runs, trial counts (vs the configured grid), dates, versions, hardware, protocols."""
+    t = results.trials
+    ok, failed = int(t["status"].eq("ok").sum()), int((~t["status"].eq("ok")).sum())
+    items = [f"experiment(s): {_unique(t.get('experiment'))}; run id(s): {_unique(t.get('run_id'))}",
+             f"trials: {ok} ok, {failed} failed, {len(t)} in all" + _grid_size(results)]
+    if "started_at" in t and t["started_at"].notna().any():
+        items.append(f"dates (UTC): first trial started {t['started_at'].min()}, last finished "
+                     f"{t['finished_at'].max() if 'finished_at' in t else 'unknown'}")
+    versions = [f"{c.removeprefix('version_')} {_unique(t[c])}" for c in t.columns if c.startswith("version_")]
+    if versions:
+        items.append("versions: " + "; ".join(versions))
+    items.append(f"device(s): {_unique(t.get('device'))}; node(s): {_unique(t.get('node'))}; "
+                 f"GPU ids: {_unique(t.get('gpu_ids'))}")
+    good = ok_trials(t)
+    for model, rows in good.groupby("model", sort=True):
+        items.append(f"protocol for `{model}`: {plots.protocol_label(rows.iloc[0].to_dict())}")
+    items.append("inputs: " + ", ".join(f"`{s}`" for s in results.sources))
+    return items
+
+
+def _grid_size(results: Results) -> str:
+    """' of N configured' when config.yaml gives the grid (models x strategies x levels x seeds)."""
+    total = 0
+    for config in results.configs:
+        try:
+            total += len(config["models"]) * len(config["strategies"]) * len(config["levels"]) * len(config["seeds"])
+        except (KeyError, TypeError):
+            return ""
+    if not total:
+        return ""
+    missing = total - len(results.trials)
+    return f" of {total} configured" + (f" ({missing} not run: partial results)" if missing > 0 else "")
+
+
+def verdicts(summary: pd.DataFrame) -> list[str]:
+    """One bullet per cell where a strategy beat (or lost to) random with p < ALPHA, after pruning or recovery."""
+    items = []
+    for value in ("pruned", "recovered"):
+        column = f"vs_random_{value}_verdict"
+        if column not in summary:
+            continue
+        for row in summary[summary[column].isin(["better", "worse"])].itertuples(index=False):
+            d = row._asdict()
+            items.append(f"`{row.model}` level {row.level:g}, {value}: **{row.label}** is {d[column]} than random "
+                         f"(mean difference {d[f'vs_random_{value}_diff']:+.4g} {row.metric_name}, "
+                         f"p={d[f'vs_random_{value}_p']:.3g}, {int(d[f'vs_random_{value}_n_pairs'])} seed pairs)")
+    return items or [f"No strategy differs from random with p < {ALPHA} in any cell: none can be called better "
+                     "than random on these seeds."]
+
+
+def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Failed trials with the first line of their error."""
+    failed = trials[~trials["status"].eq("ok")]
+    first = failed["error"].fillna("").astype(str).map(lambda e: e.strip().splitlines()[0] if e.strip() else "")
+    return pd.DataFrame({"model": failed["model"], "strategy": failed["label"],
+                         "level": failed["level"].map(lambda v: f"{v:g}"), "seed": failed["seed"],
+                         "trial_id": failed["trial_id"], "error (first line)": first})
+
+
+def figures(results: Results) -> list[tuple[str, str, Callable[[], Figure]]]:
+    """(alt text, file stem, builder) for every plot the data supports."""
+    out = []
+    if ok_trials(results.trials).empty:
+        return out
+    out.append(("metric vs pruning level", "metric_vs_level", lambda: plots.plot_metric_vs_level(results.trials)))
+    if not results.curves.empty and results.curves["eval_metric"].notna().any():
+        out.append(("recovery curves", "recovery_curves", lambda: plots.plot_recovery_curves(results.curves)))
+    for model in sorted(results.heads["model"].dropna().unique()) if not results.heads.empty else []:
+        out.append((f"head scores and pruned heads, {model}", f"heads_{slug(model)}",
+                    lambda m=model: plots.plot_head_heatmaps(results.heads, m)))
+    out.append(("quality vs speed (Pareto)", "pareto", lambda: plots.plot_pareto(results.trials)))
+    return out
+
+
+def write_report(results: Results, out: str) -> str:
+    """Writes summary.csv, summary.md, the plots, report.md and report.html into `out`.
+
+    Args:
+        results: the merged inputs (orchestrator.analyze.load).
+        out: output folder, local path or URI.
+    Returns:
+        The path of report.md.
+    """
+    out = out.rstrip("/")
+    summary = summary_table(results.trials)
+    write_bytes(f"{out}/summary.csv", summary.to_csv(index=False).encode())
+    table = display_table(summary)
+    write_bytes(f"{out}/summary.md", (markdown_table(table) + "\n").encode())
+
+    images = []
+    for alt, stem, build in figures(results):
+        fig = build()
+        for kind in FORMATS:
+            write_bytes(f"{out}/{stem}.{kind}", figure_bytes(fig, kind))
+        images.append(Block("image", (alt, stem)))
+
+    blocks = _blocks(results, summary, table, images)
+    title = f"sentinel-bench analysis: {_unique(results.trials.get('experiment'))}"
+    report = f"{out}/report.md"
+    write_bytes(report, render_markdown(title, blocks).encode())
+    write_bytes(f"{out}/report.html", render_html(title, blocks).encode())
+    return report
+
+
+def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images: list[Block]) -> list[Block]:
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    blocks = [Block("p", f"Generated {generated}."), Block("h2", "Run"), Block("ul", run_metadata(results)),
+              Block("h2", "How to read this"),
+              Block("ul", [
+                  f"Each cell is model x strategy x pruning level; numbers are means over seeds ± the {CONFIDENCE:.0%} "
+                  "confidence half-width (t distribution, n - 1 degrees of freedom). A single seed has no CI.",
+                  "`pruned` is measured right after pruning, `recovered` after recovery fine-tuning, `dense` is the "
+                  "unpruned model on the same data and protocol.",
+                  f"`vs random` is the mean of (strategy - {BASELINE}) over trials paired by seed at the same model and "
+                  "level, with a paired t test (scipy.stats.ttest_rel): difference in metric units, p-value, pairs.",
+                  f"A strategy is called **better than random** only where it beats {BASELINE} across seeds with "
+                  f"p < {ALPHA}, in the metric's direction (lower perplexity, higher Spearman). Anything else is "
+                  "reported as no significant difference, however large the mean gap looks.",
+              ]),
+              Block("h2", "Verdict"), Block("ul", verdicts(summary)),
+              Block("h2", "Summary table"),
+              Block("p", "Also as [summary.csv](summary.csv) (all numbers, unrounded) and [summary.md](summary.md)."),
+              Block("table", table)]
+    if images:
+        blocks.append(Block("h2", "Plots"))
+        for image in images:
+            blocks += [Block("h3", image.content[0]), image]
+    failed = failed_table(results.trials)
+    blocks.append(Block("h2", f"Failed trials ({len(failed)})"))
+    blocks.append(Block("table", failed) if len(failed) else Block("p", "None."))
+    notes = list(results.notes)
+    single = summary[summary["n_seeds"].eq(1)]
+    if len(single):
+        notes.append(f"{len(single)} cell(s) have a single seed: no CI and no paired test "
+                     f"({', '.join(f'{r.model}/{r.label}/{r.level:g}' for r in single.itertuples())})")
+    if not failed.empty:
+        notes.append(f"{len(failed)} failed trial(s) are listed above and left out of every mean")
+    blocks += [Block("h2", "Notes"), Block("ul", notes) if notes else Block("p", "None.")]
+    return blocks
