@@ -85,8 +85,12 @@ def analyze_results(output_dir: str) -> None:
     except ImportError:
         return
     fn = getattr(analyze, "analyze", None)
-    if fn is not None:
-        fn(output_dir)
+    if fn is None:
+        return
+    try:
+        print(f"report: {fn(output_dir)}")
+    except ValueError as exc:  # AnalyzeError: the results are written; say why there is no report
+        print(f"analyze: {exc}".splitlines()[0], file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
