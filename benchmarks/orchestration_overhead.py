@@ -1,0 +1,140 @@
+"""What does Ray Tune cost over a plain loop, and what does shared work save?
+
+    python benchmarks/orchestration_overhead.py [--model sentinel/tiny-gpt2] [--repeats 1]
+
+Two measurements, each side in a fresh Python process (so both pay their imports, model loads and start-up):
+
+1. **Overhead.** The same grid (1 model × 2 strategies × 3 levels × 1 seed = 6 trials) through
+   `sentinel-bench`'s Ray Tune runner and through a plain in-process loop over `run_trial` with an in-process
+   shared store. Equal concurrency: Tune runs 1 trial at a time with 1 CPU (Ray then sets OMP_NUM_THREADS=1 in
+   the worker), the loop runs trials one after the other with torch.set_num_threads(1). Tune's time includes
+   starting Ray and its worker. Target: Tune <= 1.15 × loop.
+2. **Shared work.** The 3-level grid in one Tune experiment (dense baseline once, scores once per strategy,
+   reused by every level) against three one-level Tune experiments run one after the other. Target: <= 0.75 ×.
+
+Writes benchmarks/results/orchestration_overhead.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+LEVELS = [0.1, 0.3, 0.5]
+
+
+def experiment(name: str, model: str, levels: list[float], output: str) -> dict:
+    return {
+        "experiment": name, "models": [model], "strategies": ["magnitude", "random"], "levels": levels,
+        "seeds": [0], "device": "cpu", "measure_speed": False, "output": output,
+        "data": {"source": "gutenberg", "seq_len": 64, "stride": 64, "batch_size": 8, "score_batches": 2,
+                 "eval_tokens": 8192},
+        "finetune": {"steps": 20, "warmup_steps": 2, "eval_every": 20},
+        "resources": {"cpu": 1}, "max_concurrent_trials": 1, "max_failures": 0,
+    }
+
+
+def run_loop(raw: dict) -> dict:
+    """Child process: the grid as a plain loop over run_trial. Times everything after the interpreter starts."""
+    start = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(1)  # equal footing with a 1-CPU Ray worker (OMP_NUM_THREADS=1)
+    from orchestrator.spec import parse_spec
+    from sentinel.pipeline import LocalShared, TrialSpec, run_trial
+
+    shared = LocalShared()
+    statuses = [run_trial(TrialSpec.from_dict(cell), shared).status for cell in parse_spec(raw).cells()]
+    return {"wall_s": time.perf_counter() - start, "trials": len(statuses), "ok": statuses.count("ok")}
+
+
+def run_tune(raw: dict) -> dict:
+    """Child process: the grid through the Ray Tune runner (starts and stops a local Ray)."""
+    start = time.perf_counter()
+    import io
+
+    from orchestrator.runner import run_experiment
+    from orchestrator.spec import parse_spec
+
+    summary = run_experiment(parse_spec(raw), overwrite=True, ray_init={"num_cpus": 2}, stream=io.StringIO())
+    return {"wall_s": time.perf_counter() - start, "trials": summary.total, "ok": summary.ok}
+
+
+def child(mode: str, raw: dict, env: dict) -> dict:
+    """Runs run_loop or run_tune in a fresh interpreter and returns its JSON line."""
+    code = (f"import json, sys; sys.path.insert(0, {str(REPO)!r}); "
+            f"from benchmarks.orchestration_overhead import run_{mode}; "
+            f"print('RESULT ' + json.dumps(run_{mode}(json.loads(sys.argv[1]))))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(raw)], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=900)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{mode} run failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    if result["ok"] != result["trials"]:
+        raise RuntimeError(f"{mode}: only {result['ok']} of {result['trials']} trials ok")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sentinel/tiny-gpt2")
+    parser.add_argument("--repeats", type=int, default=1, help="measurements per side; the median is reported")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="overhead-"))
+    env = {**os.environ, "HOME": str(work), "RAY_AUTH_TOKEN_PATH": str(work / ".ray" / "auth_token")}
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    loop, tune, separate = [], [], []
+    for r in range(args.repeats):
+        raw = experiment(f"grid{r}", args.model, LEVELS, str(work / "out"))
+        loop.append(child("loop", raw, env)["wall_s"])
+        tune.append(child("tune", raw, env)["wall_s"])
+        separate.append(sum(child("tune", experiment(f"one{r}-{i}", args.model, [level], str(work / "out")), env)
+                            ["wall_s"] for i, level in enumerate(LEVELS)))
+        print(f"repeat {r}: loop {loop[-1]:.1f}s, tune {tune[-1]:.1f}s, three 1-level tune runs {separate[-1]:.1f}s")
+
+    report = {
+        "grid": "1 model x 2 strategies (magnitude, random) x 3 levels (0.1, 0.3, 0.5) x 1 seed = 6 trials",
+        "model": args.model,
+        "settings": "seq_len 64, 8192 eval tokens, 20 fine-tuning steps, CPU, 1 trial at a time, 1 thread",
+        "repeats": args.repeats,
+        "loop_s": median(loop), "tune_s": median(tune), "three_separate_s": median(separate),
+        "overhead_ratio": median(tune) / median(loop),
+        "shared_work_ratio": median(tune) / median(separate),
+        "targets": {"overhead_ratio": 1.15, "shared_work_ratio": 0.75},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "raw": {"loop_s": loop, "tune_s": tune, "three_separate_s": separate},
+    }
+    report["pass"] = {k: report[k] <= v for k, v in report["targets"].items()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "orchestration_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = [
+        "# Orchestration overhead", "",
+        f"`python benchmarks/orchestration_overhead.py --model {args.model} --repeats {args.repeats}` "
+        f"({report['machine']}).", "",
+        f"Grid: {report['grid']}; {report['settings']}. Each side runs in a fresh process and pays its own imports, "
+        "model loads and (for Tune) Ray start-up.", "",
+        "| run | wall time (s) | ratio | target | pass |", "|---|---|---|---|---|",
+        f"| plain loop over run_trial | {report['loop_s']:.1f} | 1.00 | | |",
+        f"| Ray Tune, one 3-level experiment | {report['tune_s']:.1f} | {report['overhead_ratio']:.2f} × loop "
+        f"| <= 1.15 | {'yes' if report['pass']['overhead_ratio'] else 'no'} |",
+        f"| Ray Tune, three 1-level experiments | {report['three_separate_s']:.1f} | "
+        f"3-level = {report['shared_work_ratio']:.2f} × these | <= 0.75 | "
+        f"{'yes' if report['pass']['shared_work_ratio'] else 'no'} |", "",
+    ]
+    (RESULTS / "orchestration_overhead.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
