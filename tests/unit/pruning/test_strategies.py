@@ -55,7 +55,7 @@ def test_magnitude_charges_gqa_heads_their_groups_full_kv_norm():
             layer.self_attn.o_proj.weight.zero_()
     scores = score_heads("magnitude", model, batches()).scores
     k, v = model.model.layers[0].self_attn.k_proj.weight, model.model.layers[0].self_attn.v_proj.weight
-    group0 = float(torch.linalg.norm(k[:8]) + torch.linalg.norm(v[:8]))  # head_dim 8, KV head 0
+    group0 = float(torch.linalg.norm(k[:8].detach()) + torch.linalg.norm(v[:8].detach()))  # head_dim 8, KV head 0
     torch.testing.assert_close(scores[0, :2], torch.tensor([group0, group0]))
 
 
