@@ -91,7 +91,8 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="overhead-"))
-    env = {**os.environ, "HOME": str(work), "RAY_AUTH_TOKEN_PATH": str(work / ".ray" / "auth_token")}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    env["HOME"] = str(work)  # Ray's token auth writes ~/.ray/auth_token: keep it out of the user's home
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     loop, tune, separate = [], [], []
     for r in range(args.repeats):

@@ -413,6 +413,9 @@ def _data(value: Any) -> dict[str, Any]:
     for key in ("seq_len", "stride", "batch_size", "score_batches"):
         if key in data and data[key] < 1:
             raise SpecError(f"data.{key}: {data[key]!r} must be >= 1")
+    seq_len, stride = data.get("seq_len", defaults["seq_len"]), data.get("stride", defaults["stride"])
+    if stride > seq_len:
+        raise SpecError(f"data.stride: {stride!r} must be in (0, seq_len={seq_len}] (set data.stride too)")
     for key in ("source", "eval_source"):
         if data.get(key) is not None or key == "source":
             _check_source(data.get(key, defaults["source"]), f"data.{key}")

@@ -25,7 +25,9 @@ def save_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_source())
-    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    special = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                     bos_token_id=special, eos_token_id=special)
     torch.manual_seed(seed)
     model = transformers.GPT2LMHeadModel(config)
     model.save_pretrained(folder)
@@ -36,6 +38,19 @@ def save_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> Path:
     return save_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """Ten 4,000-character documents cut from the bundled books: tokenising it takes milliseconds."""
+    import gzip
+
+    folder = tmp_path_factory.mktemp("corpus")
+    books = sorted((REPO / "sentinel" / "data" / "corpus" / "gutenberg").glob("*.txt.gz"))[:10]
+    for book in books:
+        text = gzip.open(book, "rt", encoding="utf-8").read()
+        (folder / (book.name.removesuffix(".txt.gz") + ".txt")).write_text(text[5000:9000], encoding="utf-8")
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +67,15 @@ def broken_gpt2(tmp_path_factory, tiny_gpt2) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_home(tmp_path_factory):
-    """HOME and the Ray auth token in a temp folder (token auth writes ~/.ray/auth_token)."""
+    """HOME in a temp folder: token auth writes ~/.ray/auth_token there, not in the user's home.
+
+    RAY_AUTH_TOKEN_PATH is removed rather than pointed at the temp folder: Ray reads a path that is set,
+    and refuses to start if the file is not there yet.
+    """
     home = tmp_path_factory.mktemp("home")
     saved = {k: os.environ.get(k) for k in ("HOME", "RAY_AUTH_TOKEN_PATH")}
     os.environ["HOME"] = str(home)
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(home / ".ray" / "auth_token")
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     yield home
     for key, value in saved.items():
         if value is None:

@@ -19,20 +19,20 @@ from orchestrator.spec import parse_spec
 
 pytestmark = pytest.mark.slow
 
-TINY = {"source": "gutenberg", "seq_len": 32, "stride": 32, "batch_size": 4, "score_batches": 1, "eval_tokens": 256}
+TINY = {"seq_len": 32, "stride": 32, "batch_size": 4, "score_batches": 1, "eval_tokens": 256}
 
 
-def experiment(name: str, out: Path, models, **extra) -> dict:
+def experiment(name: str, out: Path, models, corpus: Path, **extra) -> dict:
     raw = {"experiment": name, "models": [str(m) for m in models], "strategies": ["magnitude", "random"],
-           "levels": [0.25, 0.5], "seeds": [0], "data": dict(TINY), "device": "cpu", "measure_speed": False,
+           "levels": [0.25, 0.5], "seeds": [0], "data": {**TINY, "source": str(corpus)}, "device": "cpu", "measure_speed": False,
            "finetune": {"steps": 2, "warmup_steps": 0, "eval_every": 1}, "resources": {"cpu": 1},
            "max_concurrent_trials": 2, "max_failures": 0, "output": str(out)}
     raw.update(extra)
     return raw
 
 
-def test_grid_end_to_end_writes_complete_tables(ray_cluster, tiny_gpt2, tmp_path):
-    spec = parse_spec(experiment("grid", tmp_path, [tiny_gpt2], seeds=[0, 1]))
+def test_grid_end_to_end_writes_complete_tables(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path):
+    spec = parse_spec(experiment("grid", tmp_path, [tiny_gpt2], tiny_corpus, seeds=[0, 1]))
     summary = run_experiment(spec, stream=io.StringIO())
     assert (summary.ok, summary.failed, summary.missing) == (8, 0, 0)
 
@@ -52,7 +52,8 @@ def test_grid_end_to_end_writes_complete_tables(ray_cluster, tiny_gpt2, tmp_path
     assert (~trials.reused_scores).sum() == 4
 
     curves = pd.read_parquet(summary.written["curves"])
-    assert set(curves.trial_id) == set(trials.trial_id) and curves.train_loss.map(math.isfinite).all()
+    assert set(curves.trial_id) == set(trials.trial_id) and (curves.groupby("trial_id").step.max() == 2).all()
+    assert curves[curves.step > 0].train_loss.map(math.isfinite).all()  # step 0: right after pruning, no loss
     heads = pd.read_parquet(summary.written["heads"])
     assert len(heads) == 8 * 8
     assert (heads.groupby("trial_id").pruned.sum().sort_index()
@@ -61,8 +62,8 @@ def test_grid_end_to_end_writes_complete_tables(ray_cluster, tiny_gpt2, tmp_path
     assert config["levels"] == [0.25, 0.5] and config["seeds"] == [0, 1]
 
 
-def test_failing_trial_is_a_failed_row_after_retries(ray_cluster, tiny_gpt2, broken_gpt2, tmp_path):
-    raw = experiment("faults", tmp_path, [tiny_gpt2, broken_gpt2], strategies=["random"], levels=[0.5],
+def test_failing_trial_is_a_failed_row_after_retries(ray_cluster, tiny_gpt2, broken_gpt2, tiny_corpus, tmp_path):
+    raw = experiment("faults", tmp_path, [tiny_gpt2, broken_gpt2], tiny_corpus, strategies=["random"], levels=[0.5],
                      max_failures=1)
     summary = run_experiment(parse_spec(raw), stream=io.StringIO())
     trials = pd.read_parquet(summary.written["trials"]).set_index("model")
@@ -72,8 +73,8 @@ def test_failing_trial_is_a_failed_row_after_retries(ray_cluster, tiny_gpt2, bro
     assert good.status == "ok" and math.isfinite(good.recovered) and good.attempts == 1
 
 
-def test_resume_after_sigkill_runs_every_trial_once(ray_home, tiny_gpt2, tmp_path):
-    raw = experiment("resume", tmp_path / "out", [tiny_gpt2], strategies=["magnitude", "random", "entropy"],
+def test_resume_after_sigkill_runs_every_trial_once(ray_home, tiny_gpt2, tiny_corpus, tmp_path):
+    raw = experiment("resume", tmp_path / "out", [tiny_gpt2], tiny_corpus, strategies=["magnitude", "random", "entropy"],
                      max_concurrent_trials=1)
     config = tmp_path / "resume.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -105,7 +106,7 @@ def test_resume_after_sigkill_runs_every_trial_once(ray_home, tiny_gpt2, tmp_pat
     assert (trials.finished_at.map(lambda t: t.timestamp()) < killed_at).sum() >= 2
 
 
-def test_logical_gpus_pack_four_trials_at_half_a_gpu(ray_cluster, tiny_gpt2, tmp_path):
+def test_logical_gpus_pack_four_trials_at_half_a_gpu(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path):
     import ray
 
     @ray.remote(num_cpus=0)
@@ -138,7 +139,7 @@ def test_logical_gpus_pack_four_trials_at_half_a_gpu(ray_cluster, tiny_gpt2, tmp
         finally:
             ray.get(handle.leave.remote())
 
-    raw = experiment("gpus", tmp_path, [tiny_gpt2], device="auto", gpu_dry_run=True,
+    raw = experiment("gpus", tmp_path, [tiny_gpt2], tiny_corpus, device="auto", gpu_dry_run=True,
                      resources={"cpu": 0.5, "gpu": 0.5}, max_concurrent_trials=None)
     summary = run_experiment(parse_spec(raw), trainable_fn=concurrent_trainable, stream=io.StringIO())
     assert ray.get(barrier.get_peak.remote()) == 4

@@ -196,3 +196,8 @@ def test_seed_config_reproduces_seed_grid():
     assert [m.name for m in spec.models] == ["distilgpt2"]
     assert [s.name for s in spec.strategies] == ["entropy", "magnitude", "random"]
     assert spec.levels == (0.1, 0.3, 0.5) and spec.finetune["steps"] == 100 and spec.data["source"] == "gutenberg"
+
+
+def test_stride_longer_than_window(tmp_path, base, capsys):
+    base["data"] = {"source": "gutenberg", "seq_len": 32, "stride": 64}
+    assert "data.stride" in run_cli(tmp_path, base, capsys)
