@@ -31,11 +31,11 @@ class Block:
 
 
 def fmt(value: object, digits: int = 4) -> str:
-    """A number for a table: 4 significant digits, '' for missing."""
+    """A number for a table: 4 significant digits (one decimal from 1000 up, no exponent), '' for missing."""
     if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
         return ""
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        return f"{value:,.1f}" if 1e3 <= abs(value) < 1e12 else f"{value:.{digits}g}"
     return str(value)
 
 
@@ -62,7 +62,7 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     for value in ("pruned", "recovered"):
         cols = [summary[f"vs_random_{value}_{c}"] for c in ("diff", "p", "n_pairs", "verdict")]
         out[f"{value} vs random"] = [versus(*v) for v in zip(*cols)]
-    out["params before → after"] = [f"{fmt(b, 6)} → {fmt(a, 6)}" if pd.notna(b) else ""
+    out["params before → after"] = [f"{b:,.0f} → {a:,.0f}" if pd.notna(b) else ""
                                     for b, a in zip(summary["params_before"], summary["params_after"])]
     out["tokens/s before → after"] = [f"{fmt(b)} → {fmt(a)}" if pd.notna(b) else "not measured"
                                       for b, a in zip(summary["speed_before"], summary["speed_after"])]
@@ -129,6 +129,8 @@ def figure_bytes(fig: Figure, fmt_: str) -> bytes:
 
 
 def slug(text: str) -> str:
+    """A file-name-safe model name; a local path contributes its last folder name (tmp paths are long)."""
+    text = text.rstrip("/").rsplit("/", 1)[-1] if text.startswith(("/", ".")) else text
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 

@@ -1,0 +1,204 @@
+"""orchestrator.analyze on Parquet written by the real pipeline (see conftest.py): numbers against an
+independent pandas/scipy recomputation, every plot file, single-seed and failed cells, and bad input."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+
+from orchestrator.analyze import AnalyzeError, add_arguments, analyze, load, main
+from orchestrator.analyze.stats import pareto_front, summary_table
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
+def recomputed(trials: pd.DataFrame) -> pd.DataFrame:
+    """Independent recomputation: mean and t CI half-width per cell from ok rows."""
+    ok = trials[trials["status"] == "ok"]
+    out = []
+    for (model, strategy, level), g in ok.groupby(["model", "strategy", "level"]):
+        row = {"model": model, "label": strategy, "level": level, "n": g["seed"].nunique()}
+        for value in ("dense", "pruned", "recovered"):
+            x = g[value].to_numpy()
+            row[f"{value}_mean"] = x.mean()
+            row[f"{value}_ci"] = (stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+                                  if len(x) > 1 else np.nan)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def test_fixture_is_real_pipeline_output(results_dir):
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    assert set(trials["status"]) == {"ok", "failed"}
+    assert (trials.loc[trials.status == "ok", "metric_name"] == "perplexity").all()
+    assert len(pd.read_parquet(results_dir / "curves.parquet")) and len(pd.read_parquet(results_dir / "heads.parquet"))
+
+
+def test_summary_means_and_ci_match_pandas_recomputation(results_dir):
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    summary = summary_table(load([str(results_dir)]).trials).set_index(["model", "label", "level"])
+    expected = recomputed(trials).set_index(["model", "label", "level"])
+    assert set(expected.index) <= set(summary.index)
+    for key, row in expected.iterrows():
+        assert summary.loc[key, "n_seeds"] == row["n"]
+        for column in ("dense_mean", "dense_ci", "pruned_mean", "pruned_ci", "recovered_mean", "recovered_ci"):
+            np.testing.assert_allclose(summary.loc[key, column], row[column], rtol=1e-9, equal_nan=True)
+
+
+def test_paired_difference_to_random_matches_ttest_rel_by_seed(results_dir):
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    ok = trials[trials["status"] == "ok"]
+    summary = summary_table(load([str(results_dir)]).trials).set_index(["model", "label", "level"])
+    for (model, level), g in ok[ok.strategy == "magnitude"].groupby(["model", "level"]):
+        r = ok[(ok.strategy == "random") & (ok.model == model) & (ok.level == level)].set_index("seed")
+        m = g.set_index("seed").loc[r.index.intersection(g["seed"])]
+        for value in ("pruned", "recovered"):
+            diff = (m[value] - r.loc[m.index, value]).mean()
+            p = stats.ttest_rel(m[value], r.loc[m.index, value]).pvalue
+            row = summary.loc[(model, "magnitude", level)]
+            assert row[f"vs_random_{value}_n_pairs"] == len(m) == 2
+            np.testing.assert_allclose(row[f"vs_random_{value}_diff"], diff, rtol=1e-9)
+            np.testing.assert_allclose(row[f"vs_random_{value}_p"], p, rtol=1e-9, equal_nan=True)
+
+
+def test_better_than_random_needs_p_below_005_in_the_metrics_direction(results_dir):
+    trials = load([str(results_dir)]).trials
+    ok = trials["status"].eq("ok")
+    magnitude = ok & trials["strategy"].eq("magnitude") & trials["level"].eq(0.25)
+    random_ = ok & trials["strategy"].eq("random") & trials["level"].eq(0.25)
+    # make magnitude 10 +- 0.1 perplexity below random at every seed: lower perplexity is better
+    by_seed = trials[random_].set_index("seed")["pruned"]
+    trials.loc[magnitude, "pruned"] = trials.loc[magnitude, "seed"].map(by_seed) - 10 - 0.1 * trials.loc[magnitude, "seed"]
+    cell = lambda t: summary_table(t).set_index(["label", "level"]).loc[("magnitude", 0.25)]  # noqa: E731
+    assert cell(trials)["vs_random_pruned_verdict"] == "better"
+    flipped = trials.assign(higher_is_better=True)  # the same numbers for a higher-is-better metric
+    assert cell(flipped)["vs_random_pruned_verdict"] == "worse"
+
+
+def test_single_seed_cell_has_no_ci_and_a_note(results_dir, report):
+    summary = pd.read_csv(report.parent / "summary.csv")
+    entropy = summary[summary["label"] == "entropy"].iloc[0]
+    assert entropy["n_seeds"] == 1 and np.isnan(entropy["recovered_ci"]) and np.isnan(entropy["vs_random_pruned_p"])
+    assert "single seed" in entropy["note"] and entropy["vs_random_pruned_verdict"] == "too few seeds"
+    assert "single seed" in report.read_text()
+
+
+def test_failed_trial_is_listed_with_its_error_and_left_out_of_means(results_dir, report):
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    failed = trials[trials["status"] == "failed"]
+    assert len(failed) == 1
+    summary = pd.read_csv(report.parent / "summary.csv")
+    cell = summary[(summary["label"] == "magnitude") & (summary["level"] == 0.5)].iloc[0]
+    assert cell["n_failed"] == 1 and cell["n_seeds"] == 2 and "1 failed" in cell["note"]
+    text = report.read_text()
+    assert "## Failed trials (1)" in text
+    assert failed["error"].iloc[0].splitlines()[0] in text  # "ValueError: seq_len: 128 is not in 1..64 ..."
+
+
+def test_report_embeds_every_plot_and_each_image_is_non_trivial(results_dir, report):
+    assert report == results_dir / "analysis" / "report.md"
+    text = report.read_text()
+    stems = ["metric_vs_level", "recovery_curves", "heads_tiny-gpt2", "pareto"]
+    for stem in stems:
+        png, svg = report.parent / f"{stem}.png", report.parent / f"{stem}.svg"
+        assert f"]({stem}.png)" in text, stem
+        image = matplotlib.image.imread(png)
+        assert image.shape[0] > 200 and image.shape[1] > 200
+        rgb = (image[..., :3] * 255).astype(np.uint32)
+        colours = np.unique(rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2])
+        assert len(colours) > 10, stem  # not a blank canvas
+        assert svg.stat().st_size > 5000 and "<svg" in svg.read_text()[:2000]
+    for needle in ("better than random", "p < 0.05", "perplexity, ", "seq 32 stride 32", "versions:",
+                   "device(s): cpu", "partial results", "## Summary table"):
+        assert needle in text, needle
+    assert "metric_vs_level.png" in (report.parent / "report.html").read_text()
+
+
+def test_tables_are_written_as_csv_and_markdown(report):
+    summary = pd.read_csv(report.parent / "summary.csv")
+    assert {"dense_mean", "pruned_ci", "recovered_mean", "vs_random_recovered_p", "params_after",
+            "speed_after", "speedup"} <= set(summary.columns)
+    markdown = (report.parent / "summary.md").read_text().splitlines()
+    assert markdown[0].startswith("| model | strategy | level") and len(markdown) == 2 + len(summary)
+
+
+def test_inputs_merge_and_duplicates_are_dropped(results_dir, tmp_path):
+    """Two runs split by strategy merge to the whole; the same run given twice is counted once."""
+    trials = pq.read_table(results_dir / "trials.parquet")
+    df = trials.to_pandas()
+    parts = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    for path, mask in zip(parts, (df["strategy"] == "random", df["strategy"] != "random")):
+        pq.write_table(pa.Table.from_pandas(df[mask], schema=trials.schema, preserve_index=False), path)
+    merged = load([str(p) for p in parts] + [str(results_dir / "curves.parquet")])
+    assert len(merged.trials) == len(df) and len(merged.curves) == len(pd.read_parquet(results_dir / "curves.parquet"))
+    twice = load([str(results_dir), f"file://{results_dir}"])
+    assert len(twice.trials) == len(df) and any("duplicate" in n for n in twice.notes)
+    pd.testing.assert_frame_equal(summary_table(twice.trials), summary_table(load([str(results_dir)]).trials))
+
+
+def test_cli_writes_to_out_and_returns_0(results_dir, tmp_path, capsys):
+    assert run_cli([str(results_dir / "trials.parquet"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "report.md").is_file()
+    # trials alone: no curves or heads plots, the rest still works
+    assert not (tmp_path / "out" / "recovery_curves.png").exists() and (tmp_path / "out" / "pareto.png").exists()
+
+
+def test_sentinel_bench_analyze_subcommand(results_dir, tmp_path):
+    from orchestrator.cli import main as cli_main
+
+    assert cli_main(["analyze", str(results_dir), "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "report.md").is_file()
+
+
+def _bad_inputs(results_dir: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    text = tmp / "notes.parquet"
+    text.write_text("not parquet\n")
+    future = tmp / "future.parquet"
+    df = pd.read_parquet(results_dir / "trials.parquet").assign(schema_version=99)
+    df.to_parquet(future)
+    empty = tmp / "empty" / "trials.parquet"
+    empty.parent.mkdir()
+    table = pq.read_table(results_dir / "trials.parquet")
+    pq.write_table(table.slice(0, 0), empty)
+    no_trials = tmp / "no-trials"
+    no_trials.mkdir()
+    shutil.copy(results_dir / "curves.parquet", no_trials / "curves.parquet")
+    return {
+        "missing": (tmp / "does-not-exist", "no such file or folder"),
+        "not parquet": (text, "not a readable Parquet file"),
+        "schema": (future, "schema_version 99 is not understood"),
+        "empty": (empty.parent, "trials table is empty"),
+        "no trials": (no_trials, "no trials.parquet"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "not parquet", "schema", "empty", "no trials"])
+def test_bad_input_is_one_line_naming_the_file_and_exit_2(results_dir, tmp_path, capsys, case):
+    path, message = _bad_inputs(results_dir, tmp_path)[case]
+    assert run_cli([str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
+    assert path.name in err
+    with pytest.raises(AnalyzeError):
+        analyze([str(path)], out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_pareto_front_respects_the_metric_direction():
+    x = pd.Series([1.0, 1.5, 2.0, 1.5])
+    y = pd.Series([10.0, 12.0, 20.0, 15.0])  # perplexity: lower is better; (1.5, 15) is dominated by (1.5, 12)
+    assert pareto_front(x, y, higher_is_better=False).tolist() == [True, True, True, False]
+    assert pareto_front(x, y, higher_is_better=True).tolist() == [False, False, True, False]
