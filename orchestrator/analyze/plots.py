@@ -197,6 +197,7 @@ def _heatmap(fig: Figure, ax: Axes, grid: pd.DataFrame, cmap: str, title: str, u
     bar = fig.colorbar(image, ax=ax, shrink=0.85)
     bar.set_label(unit, fontsize=7)
     bar.ax.tick_params(labelsize=6)
+    bar.ax.yaxis.get_offset_text().set_fontsize(6)  # near-constant scores (entropy) get an offset: keep it small
 
 
 def pareto_points(trials: pd.DataFrame) -> pd.DataFrame:
