@@ -11,6 +11,7 @@ from sentinel.models.heads import (
     validate_request,
 )
 from sentinel.models.io import is_pruned_checkpoint, load_pruned, save_pruned
+from sentinel.models.loading import load_model
 
 __all__ = [
     "ADAPTERS",
@@ -22,6 +23,7 @@ __all__ = [
     "head_layout",
     "is_pruned_checkpoint",
     "kept_heads",
+    "load_model",
     "load_pruned",
     "mask_heads",
     "prune_heads",
