@@ -14,8 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 EXPERIMENT = "analyze-test"
-DATA = {"seq_len": 32, "stride": 32, "batch_size": 4, "score_batches": 1, "eval_tokens": 256}  # + source
-FINETUNE = {"steps": 2, "warmup_steps": 0, "eval_every": 2, "batch_size": 4}  # evaluated at steps 0 and 2
+DATA = {"seq_len": 32, "stride": 32, "batch_size": 4, "score_batches": 1, "eval_tokens": 128}  # + source
+FINETUNE = {"steps": 2, "warmup_steps": 0, "eval_every": 2, "batch_size": 2}  # evaluated at steps 0 and 2
 
 
 def tokenizer_source() -> Path:
@@ -63,24 +63,8 @@ def cells(model: str, source: str) -> list[dict]:
     return specs + [broken]
 
 
-def _ensure_load_model() -> None:
-    """TEMPORARY: until sentinel.models.load_model lands, a plain transformers loader so run_trial imports."""
-    import sentinel.models
-
-    if hasattr(sentinel.models, "load_model"):
-        return
-    import transformers
-
-    def load_model(name, *, device="cpu", dtype=None, attn_implementation="sdpa"):
-        model = transformers.AutoModelForCausalLM.from_pretrained(name, attn_implementation=attn_implementation)
-        return model.to(device).eval(), transformers.AutoTokenizer.from_pretrained(name)
-
-    sentinel.models.load_model = load_model
-
-
 def payloads(model: str, source: str) -> list[dict]:
     """What the orchestrator's trainable reports per trial: the row, curve, scores and run context."""
-    _ensure_load_model()
     from sentinel.pipeline import LocalShared, TrialSpec, run_trial
 
     shared, out = LocalShared(), []

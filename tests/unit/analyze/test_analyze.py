@@ -11,6 +11,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 from scipy import stats
@@ -159,7 +160,8 @@ def test_cli_writes_to_out_and_returns_0(results_dir, tmp_path, capsys):
 def test_sentinel_bench_analyze_subcommand(results_dir, tmp_path):
     from orchestrator.cli import main as cli_main
 
-    assert cli_main(["analyze", str(results_dir), "--out", str(tmp_path / "cli")]) == 0
+    # trials only (fewer plots to draw): the wiring is what is tested here
+    assert cli_main(["analyze", str(results_dir / "trials.parquet"), "--out", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "report.md").is_file()
 
 
@@ -202,3 +204,13 @@ def test_pareto_front_respects_the_metric_direction():
     y = pd.Series([10.0, 12.0, 20.0, 15.0])  # perplexity: lower is better; (1.5, 15) is dominated by (1.5, 12)
     assert pareto_front(x, y, higher_is_better=False).tolist() == [True, True, True, False]
     assert pareto_front(x, y, higher_is_better=True).tolist() == [False, False, True, False]
+
+
+def test_only_failed_trials_still_give_a_report(results_dir, tmp_path):
+    table = pq.read_table(results_dir / "trials.parquet")
+    failed = table.filter(pa.compute.equal(table["status"], "failed"))
+    pq.write_table(failed, tmp_path / "trials.parquet")
+    report = analyze([str(tmp_path)])
+    text = report.read_text()
+    assert "## Failed trials (1)" in text and "trials: 0 ok, 1 failed" in text
+    assert not list(report.parent.glob("*.png"))  # nothing measured, nothing to plot
