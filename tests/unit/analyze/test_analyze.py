@@ -3,7 +3,6 @@ independent pandas/scipy recomputation, every plot file, single-seed and failed 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
