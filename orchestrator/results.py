@@ -66,6 +66,7 @@ TRIALS_SCHEMA = pa.schema(
         ("gpu_ids", pa.string()),  # GPUs Ray assigned to the trial (comma-separated), "" if none
         ("cuda_visible_devices", pa.string()),
         ("node", pa.string()),
+        ("ray_node_id", pa.string()),  # Ray's node id (hex): distinct per Ray node, also on one host
         *[(f"version_{k}", pa.string()) for k in VERSION_KEYS],
         ("started_at", pa.timestamp("ms", tz="UTC")),
         ("finished_at", pa.timestamp("ms", tz="UTC")),
@@ -117,6 +118,7 @@ def trial_row(payload: Mapping[str, Any]) -> dict[str, Any]:
         "gpu_ids": ctx.get("gpu_ids", ""),
         "device_assigned": ctx.get("device_assigned"),
         "cuda_visible_devices": ctx.get("cuda_visible_devices", ""),
+        "ray_node_id": ctx.get("ray_node_id"),
         "started_at": ctx.get("started_at"),
         "finished_at": ctx.get("finished_at"),
         "protocol": json.dumps(protocol, sort_keys=True, default=str),

@@ -81,6 +81,7 @@ def trainable(config: dict[str, Any]) -> None:
         "experiment": run["experiment"], "run_id": run["run_id"], "tune_trial_id": tune_trial_id,
         "attempts": attempts, "ray_version": ray.__version__, "gpu_ids": ",".join(gpu_ids),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "ray_node_id": ray.get_runtime_context().get_node_id(),  # tells apart Ray nodes that share a host
     }
     cell = dict(config["cell"])
     try:

@@ -1,0 +1,337 @@
+"""Cluster runs as Ray jobs: `sentinel-bench submit | status | logs`.
+
+    sentinel-bench submit CONFIG --address http://HEAD:8265 [--working-dir DIR] [--pip PKG ...] [--set key=value ...]
+    sentinel-bench status JOB --address http://HEAD:8265
+    sentinel-bench logs JOB --address http://HEAD:8265 [--follow]
+
+`submit` validates the config here, before anything reaches the cluster (`load_spec`, run from the working dir
+so relative paths mean what they will mean in the job), then ships a copy of the working dir (default: the
+project root, without results/, .venv, .git) plus the resolved config as `sentinel-job.yaml` through Ray's
+JobSubmissionClient. The job's entrypoint is `sentinel-bench run sentinel-job.yaml --address auto`.
+
+Results must land on shared storage (an absolute NFS path or s3://...): the job runs in a temporary copy of the
+working dir, so a relative `output` would vanish with it and is refused.
+
+The token is read the way Ray reads it (RAY_AUTH_TOKEN, then the file at RAY_AUTH_TOKEN_PATH, then
+~/.ray/auth_token) and sent as `Authorization: Bearer ...`; it is never printed and never shipped with the job.
+Exit codes: 0 done; 2 bad input (one line on stderr: unreachable address, missing or wrong token, invalid
+config, unknown job id).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
+
+import yaml
+
+from orchestrator.spec import ExperimentSpec, SpecError, _is_uri, apply_overrides
+
+JOB_CONFIG = "sentinel-job.yaml"  # the resolved config, at the root of the job's working dir
+TOP_LEVEL_EXCLUDES = ("results", ".venv", ".git")  # never shipped: outputs, the local venv, history
+ANY_LEVEL_EXCLUDES = ("__pycache__", ".pytest_cache", "*.pyc", "*.egg-info")
+CONNECT_TIMEOUT_S = 5.0  # an address that does not answer within this is reported as unreachable
+DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
+
+
+class SubmitError(ValueError):
+    """Bad input to submit/status/logs. The message is one line naming what is wrong and what to do."""
+
+
+# ------------------------------------------------------------------------------------------ connection
+
+
+def resolve_address(address: str | None) -> str:
+    """The job server URL from --address or RAY_ADDRESS.
+
+    Args:
+        address: the --address value, or None to use the RAY_ADDRESS environment variable.
+    Returns:
+        An http(s)://host:port URL (http:// is assumed when no scheme is given).
+    Raises:
+        SubmitError: no address, or one that is not a job server URL (ray://, auto, a GCS address).
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SubmitError("--address: missing; give the job server, e.g. --address http://127.0.0.1:8265 "
+                          "(or set RAY_ADDRESS)")
+    url = address if "://" in address else f"http://{address}"
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise SubmitError(f"--address: {address!r} is not a job server URL; expected http://HEAD:8265 "
+                          "(the dashboard port, not ray:// or the GCS port)")
+    return url.rstrip("/")
+
+
+def read_token() -> tuple[str | None, str]:
+    """The cluster token, looked up in Ray's order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token.
+
+    Returns:
+        (token or None, where it came from: for messages; never the token itself).
+    Raises:
+        SubmitError: RAY_AUTH_TOKEN_PATH is set but the file cannot be read or is empty (Ray refuses that too).
+    """
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token, "RAY_AUTH_TOKEN"
+    env_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(env_path or DEFAULT_TOKEN_PATH).expanduser()
+    source = f"RAY_AUTH_TOKEN_PATH ({path})" if env_path else str(path)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        if env_path:
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH: {env_path!r} cannot be read; point it at the cluster's "
+                              "token file (`ray get-auth-token` on the head prints the token)") from None
+        return None, "no token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)"
+    if not token:
+        if env_path:
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH: {env_path!r} is empty")
+        return None, f"no token ({path} is empty)"
+    return token, source
+
+
+def _check_reachable(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fails fast (one TCP connect with a timeout) where requests would wait for the OS's connect timeout."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
+        raise SubmitError(f"--address: cannot reach the Ray job server at {url} ({reason}); is the cluster up "
+                          "and the port forwarded (`ray dashboard CLUSTER.yaml`)?") from None
+
+
+def connect(address: str | None) -> Any:
+    """A JobSubmissionClient for the cluster, authenticated with the token when there is one.
+
+    Args:
+        address: --address, or None for RAY_ADDRESS.
+    Returns:
+        ray.job_submission.JobSubmissionClient (it has already checked the connection and the token).
+    Raises:
+        SubmitError: unreachable address, missing or refused token.
+    """
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    url = resolve_address(address)
+    token, source = read_token()
+    _check_reachable(url)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(url, headers=headers)
+    except AuthenticationError:
+        if token is None:
+            raise SubmitError(f"token: the cluster at {url} requires a token and {source} holds none; set "
+                              "RAY_AUTH_TOKEN_PATH to the cluster's token file") from None
+        raise SubmitError(f"token: the cluster at {url} refused the token from {source} (wrong token)") from None
+    except (ConnectionError, OSError) as exc:  # requests' ConnectionError is an OSError
+        raise SubmitError(f"--address: cannot reach the Ray job server at {url} ({_first_line(exc)})") from None
+    except RuntimeError as exc:  # a server that is not a Ray job server (404 on /api/version) or too old
+        raise SubmitError(f"--address: {url} is not a usable Ray job server ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _job_request(fn: Callable[[], Any], job: str, url: str) -> Any:
+    """Calls a client method about one job; a job the server does not know is a SubmitError."""
+    try:
+        return fn()
+    except RuntimeError as exc:
+        if "404" in str(exc) or "does not exist" in str(exc):
+            raise SubmitError(f"job: {job!r} does not exist on {url} (`ray job list` shows the jobs)") from None
+        raise SubmitError(f"job {job!r}: {_first_line(exc)}") from None
+
+
+# ------------------------------------------------------------------------------------------ the config
+
+
+@contextlib.contextmanager
+def _in_dir(path: Path) -> Iterator[None]:
+    """Runs the block with `path` as the working directory (where the job will run)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def resolve_config(config: str, overrides: list[str], working_dir: Path) -> tuple[dict[str, Any], ExperimentSpec]:
+    """Validates the config as the job will see it and returns what to ship.
+
+    Args:
+        config: the YAML file (relative to the current directory).
+        overrides: --set key=value strings.
+        working_dir: the folder the job runs in; relative paths in the config are checked against it.
+    Returns:
+        (the config mapping with overrides applied, to write as the job's YAML; the validated spec).
+    Raises:
+        SpecError: the config fails validation, or its results would not land on shared storage.
+    """
+    from orchestrator.spec import load_spec
+
+    config_path = Path(config).resolve()
+    with _in_dir(working_dir):
+        spec = load_spec(config_path, overrides)
+    raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    raw.setdefault("experiment", config_path.stem)
+    raw = apply_overrides(raw, overrides)
+    for key in ("output", "storage_path"):
+        value = raw.get(key, "results" if key == "output" else None)
+        if value is not None and not _is_uri(str(value)) and not os.path.isabs(os.path.expanduser(str(value))):
+            raise SpecError(f"{key}: {value!r} is a relative path; a cluster job runs in a temporary copy of the "
+                            f"working dir, so give shared storage: an absolute NFS path or s3://bucket/prefix "
+                            f"(e.g. --set {key}=s3://bucket/sentinel)")
+    return raw, spec
+
+
+def stage_working_dir(source: Path, raw_config: dict[str, Any], dest: Path) -> Path:
+    """Copies `source` (without results/, .venv, .git, caches) into `dest` and writes the job's config there.
+
+    Args:
+        source: the working dir to ship.
+        raw_config: the resolved config mapping (written as sentinel-job.yaml).
+        dest: a folder that does not exist yet.
+    Returns:
+        `dest`.
+    """
+    any_level = shutil.ignore_patterns(*ANY_LEVEL_EXCLUDES)
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = set(any_level(folder, names))
+        if Path(folder) == source:
+            skipped |= {n for n in names if n in TOP_LEVEL_EXCLUDES}
+        return skipped
+
+    shutil.copytree(source, dest, ignore=ignore, symlinks=True)
+    (dest / JOB_CONFIG).write_text(yaml.safe_dump(raw_config, sort_keys=False), encoding="utf-8")
+    return dest
+
+
+def project_root() -> Path:
+    """The folder holding pyproject.toml next to this package (a source checkout), else the current directory."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
+def entrypoint(args: argparse.Namespace) -> str:
+    """The job's shell command: `sentinel-bench run sentinel-job.yaml --address auto` plus run's flags."""
+    flags = [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite),
+                                   ("--no-analyze", args.no_analyze)) if on]
+    return " ".join(["sentinel-bench", "run", JOB_CONFIG, "--address", "auto", *flags])
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Validates the config locally, ships the working dir and the config, prints the job id."""
+    working_dir = Path(args.working_dir).resolve() if args.working_dir else project_root()
+    if not working_dir.is_dir():
+        raise SubmitError(f"--working-dir: {args.working_dir!r} is not a folder")
+    raw, spec = resolve_config(args.config, args.overrides, working_dir)
+    client = connect(args.address)
+    job_id = f"sentinel-{spec.experiment}-{uuid.uuid4().hex[:8]}"
+    runtime_env: dict[str, Any] = {}
+    if args.pip:
+        runtime_env["pip"] = list(args.pip)
+    with tempfile.TemporaryDirectory(prefix="sentinel-submit-") as tmp:
+        runtime_env["working_dir"] = str(stage_working_dir(working_dir, raw, Path(tmp) / "job"))
+        try:
+            client.submit_job(entrypoint=entrypoint(args), submission_id=job_id, runtime_env=runtime_env,
+                              metadata={"experiment": spec.experiment, "config": Path(args.config).name})
+        except (RuntimeError, ValueError) as exc:  # refused by the server (package too large, bad pip spec)
+            raise SubmitError(f"submit: the cluster refused the job ({_first_line(exc)})") from None
+    print(job_id)
+    print(f"results: {spec.output_dir}; follow with `sentinel-bench logs {job_id} --follow`", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Prints one line: the job id, its status and Ray's message."""
+    client = connect(args.address)
+    info = _job_request(lambda: client.get_job_info(args.job), args.job, client.get_address())
+    message = f" ({info.message})" if info.message else ""
+    print(f"{args.job}: {info.status}{message}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Prints the job's logs so far, or follows them until the job ends (--follow)."""
+    client = connect(args.address)
+    url = client.get_address()
+    _job_request(lambda: client.get_job_info(args.job), args.job, url)  # an unknown id is exit 2, not a hang
+    if not args.follow:
+        sys.stdout.write(_job_request(lambda: client.get_job_logs(args.job), args.job, url))
+        sys.stdout.flush()
+        return 0
+
+    async def follow() -> None:
+        async for chunk in client.tail_job_logs(args.job):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    _job_request(lambda: asyncio.run(follow()), args.job, url)
+    return 0
+
+
+def _one_line_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turns SubmitError/SpecError into one `sentinel-bench: error: ...` line and exit code 2."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (SubmitError, SpecError) as exc:
+            print(f"sentinel-bench: error: {exc}".splitlines()[0], file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None,
+                        help="the cluster's job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
+
+
+def add_cli(subparsers) -> None:
+    """The hook orchestrator.cli calls: registers `submit`, `status` and `logs`."""
+    submit = subparsers.add_parser("submit", help="run an experiment as a Ray job on a cluster")
+    submit.add_argument("config", help="experiment YAML; validated here before anything is sent")
+    _add_address(submit)
+    submit.add_argument("--working-dir", default=None, metavar="DIR",
+                        help="folder shipped as the job's working dir (default: the project root)")
+    submit.add_argument("--pip", action="append", default=[], metavar="PKG",
+                        help="extra pip package for the job's runtime env (repeatable)")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value with a dotted key (repeatable)")
+    submit.add_argument("--resume", action="store_true", help="continue the experiment from shared storage")
+    submit.add_argument("--overwrite", action="store_true", help="replace a previous experiment of the same name")
+    submit.add_argument("--no-analyze", action="store_true", help="write Parquet only, no tables or plots")
+    submit.set_defaults(func=_one_line_errors(cmd_submit))
+
+    status = subparsers.add_parser("status", help="status of a submitted job")
+    status.add_argument("job", help="the job id printed by submit")
+    _add_address(status)
+    status.set_defaults(func=_one_line_errors(cmd_status))
+
+    logs = subparsers.add_parser("logs", help="logs of a submitted job")
+    logs.add_argument("job", help="the job id printed by submit")
+    _add_address(logs)
+    logs.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
+    logs.set_defaults(func=_one_line_errors(cmd_logs))
