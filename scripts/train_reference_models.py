@@ -66,7 +66,8 @@ def train(model: torch.nn.Module, stream: torch.Tensor, *, steps: int, batch_siz
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, steps // 20)
-    schedule = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    # linear warmup, then cosine from lr down to lr / 10
+    schedule = lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     offsets = torch.arange(seq_len)
     model.train()
@@ -81,8 +82,8 @@ def train(model: torch.nn.Module, stream: torch.Tensor, *, steps: int, batch_siz
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if step % 50 == 0 or step == steps - 1:
-            print(f"  step {step:4d}  loss {loss.item():.3f}", flush=True)
+        if step % 100 == 0 or step == steps - 1:
+            print(f"  step {step:4d}  loss {sum(losses[-100:]) / len(losses[-100:]):.3f} (mean of last 100)", flush=True)
     return losses
 
 
@@ -146,6 +147,14 @@ def eval_stream(tokenizer, docs: list[Document], max_tokens: int) -> torch.Tenso
     return torch.cat([t for piece in pieces for t in (piece, eos)][:-1])
 
 
+def _portable_tokenizer_class(folder: Path) -> None:
+    """Names the class `PreTrainedTokenizerFast`: known to transformers 4.x and 5.x (5.x: an alias of TokenizersBackend)."""
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def file_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -153,7 +162,7 @@ def file_size(path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REFERENCE_DIR)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -202,6 +211,7 @@ def main() -> None:
         out = args.out / name
         model.to(torch.float16).save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
+        _portable_tokenizer_class(out)
         model.float()
         ppl, n_tokens = sliding_perplexity(model, eval_ids, seq_len=128, stride=64)
         ent = head_entropies(model, entropy_blocks)
@@ -211,7 +221,7 @@ def main() -> None:
             "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
             "eval_perplexity": ppl, "eval_tokens_scored": n_tokens, "seq_len": 128, "stride": 64,
             "head_entropy": {"min": ent.min().item(), "max": ent.max().item(), "std": ent.std().item(),
-                             "mean": ent.mean().item(), "per_head": ent.round(decimals=3).tolist()},
+                             "mean": ent.mean().item(), "per_head": [[round(v, 3) for v in row] for row in ent.tolist()]},
         }
         m = metrics["models"][name]
         print(f"{name}: eval ppl {ppl:.1f} (unigram {unigram:.1f}); head entropy min {m['head_entropy']['min']:.2f}"
