@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -92,11 +93,11 @@ def read_token() -> tuple[str | None, str]:
         if env_path:
             raise SubmitError(f"RAY_AUTH_TOKEN_PATH: {env_path!r} cannot be read; point it at the cluster's "
                               "token file (`ray get-auth-token` on the head prints the token)") from None
-        return None, "no token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)"
+        return None, f"RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, {path}"
     if not token:
         if env_path:
             raise SubmitError(f"RAY_AUTH_TOKEN_PATH: {env_path!r} is empty")
-        return None, f"no token ({path} is empty)"
+        return None, f"{path} is empty"
     return token, source
 
 
@@ -126,6 +127,7 @@ def connect(address: str | None) -> Any:
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    logging.getLogger("ray").setLevel(logging.WARNING)  # Ray's INFO lines (package uploads) are not ours to print
     url = resolve_address(address)
     token, source = read_token()
     _check_reachable(url)
@@ -134,8 +136,8 @@ def connect(address: str | None) -> Any:
         return JobSubmissionClient(url, headers=headers)
     except AuthenticationError:
         if token is None:
-            raise SubmitError(f"token: the cluster at {url} requires a token and {source} holds none; set "
-                              "RAY_AUTH_TOKEN_PATH to the cluster's token file") from None
+            raise SubmitError(f"token: the cluster at {url} requires a token and none was found ({source}); "
+                              "set RAY_AUTH_TOKEN_PATH to the cluster's token file") from None
         raise SubmitError(f"token: the cluster at {url} refused the token from {source} (wrong token)") from None
     except (ConnectionError, OSError) as exc:  # requests' ConnectionError is an OSError
         raise SubmitError(f"--address: cannot reach the Ray job server at {url} ({_first_line(exc)})") from None
