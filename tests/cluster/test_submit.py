@@ -141,6 +141,7 @@ def test_invalid_config_is_rejected_before_submission(head, tiny_gpt2, tmp_path,
 
 
 def test_head_listens_on_loopback_only(head):
+    import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path)
     import psutil
 
     members = [p for p in psutil.process_iter() if _pgid(p.pid) == head.proc.pid]
