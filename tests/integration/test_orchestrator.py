@@ -74,14 +74,15 @@ def test_failing_trial_is_a_failed_row_after_retries(ray_cluster, tiny_gpt2, bro
 
 
 def test_resume_after_sigkill_runs_every_trial_once(ray_home, tiny_gpt2, tiny_corpus, tmp_path):
-    # one trial at a time, each long enough (20 fine-tuning steps) that the kill lands mid-grid
+    # 18 short trials, one at a time: on a fast or a loaded machine, the kill lands mid-grid
     raw = experiment("resume", tmp_path / "out", [tiny_gpt2], tiny_corpus, max_concurrent_trials=1,
-                     finetune={"steps": 20, "warmup_steps": 0, "eval_every": 5})
+                     strategies=["magnitude", "random", "entropy"], seeds=[0, 1, 2],
+                     finetune={"steps": 40, "warmup_steps": 0, "eval_every": 40})
     config = tmp_path / "resume.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "orchestrator.cli", "run", str(config), "--no-analyze"]
-    progress = lambda text: [l for l in text.splitlines() if l.startswith("[") and "/4]" in l]  # noqa: E731
+    progress = lambda text: [l for l in text.splitlines() if l.startswith("[") and "/18]" in l]  # noqa: E731
 
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)  # its own process group: the kill reaches Ray's processes too
@@ -89,12 +90,16 @@ def test_resume_after_sigkill_runs_every_trial_once(ray_home, tiny_gpt2, tiny_co
         for line in proc.stdout:
             if progress(line):
                 break
-        time.sleep(1.5)  # > the experiment-state save period (1 s), so the finished trial is on disk
+        # wait for Tune to save its experiment state after that trial finished, then kill at once
+        seen, state = time.time(), tmp_path / "out" / "resume" / "tune"
+        while not any(f.stat().st_mtime > seen for f in state.glob("experiment_state-*.json")):
+            assert time.time() - seen < 60, "Tune saved no experiment state within 60 s"
+            time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first = progress(line + proc.stdout.read())  # everything the killed driver printed
-    assert 1 <= len(first) < 4, f"the kill should land mid-grid: {first}"
+    assert 1 <= len(first) < 18, f"the kill should land mid-grid: {first}"
     assert not (tmp_path / "out" / "resume" / "trials.parquet").exists()
 
     result = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, timeout=240)
@@ -102,9 +107,9 @@ def test_resume_after_sigkill_runs_every_trial_once(ray_home, tiny_gpt2, tiny_co
     second = progress(result.stdout)
     # finished trials are kept: the resumed driver runs only the rest (the last finished one may be re-run
     # if the kill came before its state was saved), and the grid ends with all four
-    assert 4 - len(first) <= len(second) <= 3 and "[4/4]" in second[-1]
+    assert 18 - len(first) <= len(second) <= 17 and "[18/18]" in second[-1]
     trials = pd.read_parquet(tmp_path / "out" / "resume" / "trials.parquet")
-    assert len(trials) == 4 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
+    assert len(trials) == 18 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
 
 
 def test_logical_gpus_pack_four_trials_at_half_a_gpu(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path):
