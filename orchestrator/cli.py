@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -64,6 +65,10 @@ def _missing(command: str, module_name: str):
 def cmd_run(args: argparse.Namespace) -> int:
     """Validates the config (exit 2 on bad input, before Ray starts), runs the grid, analyzes the results."""
     spec = load_spec(args.config, args.overrides)
+    if args.address is None:
+        # Ray on Linux binds GCS and raylet to the machine's address even when told 127.0.0.1; this flag,
+        # read when ray is first imported, keeps a local in-process cluster on loopback (docs/SECURITY.md).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from orchestrator.runner import run_experiment
 
     summary = run_experiment(spec, address=args.address, resume=args.resume, overwrite=args.overwrite)

@@ -23,7 +23,9 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from sentinel.data import Document, load_documents, pack_blocks, split_documents, token_stream
+from sentinel.data import Document, batches, load_documents, pack_blocks, split_documents, token_stream
+from sentinel.eval import perplexity
+from sentinel.pruning import score_heads
 
 EOS = "<|endoftext|>"
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "sentinel" / "reference"
@@ -87,37 +89,6 @@ def train(model: torch.nn.Module, stream: torch.Tensor, *, steps: int, batch_siz
     return losses
 
 
-@torch.no_grad()
-def sliding_perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int, stride: int,
-                       batch_size: int = 32) -> tuple[float, int]:
-    """exp(total NLL / predicted tokens); each window scores only the tokens the previous one did not."""
-    model.eval()
-    windows, targets, prev_end = [], [], 0
-    for begin in range(0, ids.numel() - 1, stride):
-        end = min(begin + seq_len, ids.numel())
-        window = ids[begin:end]
-        labels = window.clone()
-        labels[: max(0, prev_end - begin)] = -100  # already scored by the previous window
-        windows.append(window)
-        targets.append(labels)
-        prev_end = end
-        if end == ids.numel():
-            break
-    nll, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        group = [w for w in windows[i : i + batch_size] if w.numel() == seq_len]
-        labs = [t for w, t in zip(windows[i : i + batch_size], targets[i : i + batch_size]) if w.numel() == seq_len]
-        if not group:
-            continue
-        x, y = torch.stack(group), torch.stack(labs)  # [b, T]
-        logits = model(input_ids=x).logits[:, :-1].float()  # [b, T-1, V]
-        y = y[:, 1:]
-        nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
-                                                 ignore_index=-100, reduction="sum").item()
-        count += int((y != -100).sum())
-    return math.exp(nll / count), count
-
-
 def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> float:
     """exp of the cross-entropy of add-one-smoothed train unigram frequencies on the eval tokens."""
     counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1.0
@@ -127,16 +98,8 @@ def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_si
 
 @torch.no_grad()
 def head_entropies(model: torch.nn.Module, blocks: torch.Tensor) -> torch.Tensor:
-    """Mean attention entropy (nats) per head over all query positions: `Tensor[layers, heads]` (eager attention)."""
-    model.eval()
-    model.set_attn_implementation("eager")
-    sums = None
-    for x in torch.split(blocks, 8):
-        attns = model(input_ids=x, output_attentions=True).attentions  # layers x [b, H, T, T]
-        ent = torch.stack([-(a * a.clamp_min(1e-12).log()).sum(-1).sum((0, 2)) for a in attns])  # [L, H]
-        sums = ent if sums is None else sums + ent
-    model.set_attn_implementation("sdpa")
-    return sums / (blocks.shape[0] * blocks.shape[1])
+    """Mean attention entropy (nats) per head over all query positions: `Tensor[layers, heads]`."""
+    return -score_heads("entropy", model, batches(blocks, 8)).scores  # the entropy strategy's score is -entropy
 
 
 def eval_stream(tokenizer, docs: list[Document], max_tokens: int) -> torch.Tensor:
@@ -213,7 +176,8 @@ def main() -> None:
         tokenizer.save_pretrained(out)
         _portable_tokenizer_class(out)
         model.float()
-        ppl, n_tokens = sliding_perplexity(model, eval_ids, seq_len=128, stride=64)
+        metric = perplexity(model, eval_ids, seq_len=128, stride=64, dataset="gutenberg", split="eval")
+        ppl, n_tokens = metric.value, metric.protocol["tokens"]
         ent = head_entropies(model, entropy_blocks)
         metrics["models"][name] = {
             "architecture": config.architectures[0] if config.architectures else type(model).__name__,

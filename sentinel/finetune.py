@@ -214,6 +214,7 @@ def finetune(
     mask: HeadMask | None = None,
     device: torch.device | str | None = None,
     bf16: bool = False,
+    initial_metric: float | None = None,
 ) -> Curve:
     """Fine-tunes `model` in place to recover from pruning, and returns its learning curve.
 
@@ -230,6 +231,8 @@ def finetune(
             pipeline and the pruning strategies keep it): its masked heads' weights are kept unchanged.
         device: where to train; default the model's device (the model and teacher are moved there).
         bf16: bfloat16 autocast on CUDA (ignored on CPU).
+        initial_metric: the metric of `model` as it is now, if the caller already measured it
+            (the pipeline's "pruned" value); step 0 then reuses it instead of evaluating again.
     Returns:
         One row per step: {"step", "train_loss", "eval_metric" (None where not evaluated), "lr"};
         step 0 is the evaluation before training (train_loss and lr None).
@@ -238,7 +241,9 @@ def finetune(
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)
+        # the teacher may be shared (the pipeline's cached dense model): only read it, under no_grad,
+        # never flip its requires_grad flags, or every later copy of it would be frozen
+        teacher.to(device).eval()
     loss_fn = _objective(model, teacher)
     mask = mask if mask is not None else getattr(model, "sentinel_mask", None)
     frozen = _snapshot(masked_slices(model, mask)) if mask is not None else []
@@ -252,7 +257,8 @@ def finetune(
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(config.seed)
         model.train()
-        curve: Curve = [{"step": 0, "train_loss": None, "eval_metric": _evaluate(model, evaluate), "lr": None}]
+        start = initial_metric if initial_metric is not None else _evaluate(model, evaluate)
+        curve: Curve = [{"step": 0, "train_loss": None, "eval_metric": start, "lr": None}]
         for step, index in enumerate(order, start=1):
             batch = {k: v.to(device) for k, v in train_batches[index].items()}
             lr = scheduler.get_last_lr()[0]

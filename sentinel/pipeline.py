@@ -233,8 +233,9 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
     if spec.finetune is not None and spec.finetune.steps > 0:
         with watch("finetune"):
             result.curve = finetune(
-                model, task.train_batches, replace(spec.finetune, seed=spec.seed),
+                model, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
                 evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, device=device, bf16=spec.bf16,
+                initial_metric=result.pruned,
             )
         result.recovered = result.curve[-1]["eval_metric"]
     else:
@@ -248,7 +249,7 @@ class _Task:
     key: str  # identifies the evaluation data + protocol (baseline cache key)
     score_key: str  # identifies the scoring data (scores cache key)
     score_batches: list
-    train_batches: list
+    train_batches: Callable[[int], list]  # batch size -> fine-tuning batches
     evaluate: Callable[[nn.Module], Any]
     teacher: nn.Module | None = None
 
@@ -272,12 +273,12 @@ def _task(dense: nn.Module, spec: TrialSpec, tokenizer) -> _Task:
     adapter = get_adapter(dense)  # unsupported architectures fail here, before any data work
     sdata.check_seq_len(dense, d.seq_len)
     splits = sdata.split_documents(sdata.load_documents(d.source), seed=d.split_seed)
-    blocks = lambda docs: sdata.pack_blocks(sdata.token_stream(tokenizer, docs), d.seq_len)  # noqa: E731
-    score_batches = sdata.batches(blocks(splits.score), d.batch_size)[: d.score_batches]
-    train_batches = sdata.batches(blocks(splits.train), d.batch_size)
-    data_key = f"{d.source}:split{d.split_seed}:seq{d.seq_len}"
 
     if adapter.causal and dense.get_output_embeddings() is not None:
+        # causal LMs: packed token blocks for scoring and fine-tuning, sliding-window perplexity
+        blocks = lambda docs: sdata.pack_blocks(sdata.token_stream(tokenizer, docs), d.seq_len)  # noqa: E731
+        score_batches = sdata.batches(blocks(splits.score), d.batch_size)[: d.score_batches]
+        train_blocks = blocks(splits.train)
         eval_docs = splits.eval if d.eval_source is None else sdata.split_documents(
             sdata.load_documents(d.eval_source), seed=d.split_seed).eval
         ids = sdata.token_stream(tokenizer, eval_docs)
@@ -286,14 +287,28 @@ def _task(dense: nn.Module, spec: TrialSpec, tokenizer) -> _Task:
             m, ids, seq_len=d.seq_len, stride=d.stride, batch_size=d.batch_size,
             dataset=d.eval_source or d.source, split="eval",
         )
-        key = f"ppl/{d.eval_source or d.source}:split{d.split_seed}:seq{d.seq_len}:stride{d.stride}:tok{d.eval_tokens}"
-        return _Task(key, data_key, score_batches, train_batches, evaluate)
+        return _Task(
+            key=f"ppl/{d.eval_source or d.source}:split{d.split_seed}:seq{d.seq_len}:stride{d.stride}:tok{d.eval_tokens}",
+            score_key=f"blocks/{d.source}:split{d.split_seed}:seq{d.seq_len}:b{d.batch_size}x{d.score_batches}",
+            score_batches=score_batches,
+            train_batches=lambda batch_size: sdata.batches(train_blocks, batch_size),
+            evaluate=evaluate,
+        )
 
+    # encoders: sentences (with [CLS]/[SEP]) for scoring and distillation, STS-B test for the metric
+    batches = lambda texts, size: sdata.sentence_batches(tokenizer, texts, size, d.seq_len)  # noqa: E731
+    score_batches = batches(sdata.sentences(splits.score, limit=d.batch_size * d.score_batches), d.batch_size)
+    train_sentences = sdata.sentences(splits.train, limit=8192, seed=d.split_seed)
     pairs = seval.load_stsb("test")
     pairs = pairs[: d.sts_pairs] if d.sts_pairs else pairs
-    # encoders recover by distillation to the dense model's embeddings: the teacher is the cached dense model
-    evaluate = lambda m: seval.sts_spearman(m, tokenizer, pairs=pairs)  # noqa: E731
-    return _Task(f"stsb/test:{len(pairs)}", data_key, score_batches, train_batches, evaluate, teacher=dense)
+    return _Task(
+        key=f"stsb/test:{len(pairs)}",
+        score_key=f"sentences/{d.source}:split{d.split_seed}:len{d.seq_len}:b{d.batch_size}x{d.score_batches}",
+        score_batches=score_batches,
+        train_batches=lambda batch_size: batches(train_sentences, batch_size),
+        evaluate=lambda m: seval.sts_spearman(m, tokenizer, pairs=pairs),
+        teacher=dense,  # encoders recover by distillation to the dense model's embeddings
+    )
 
 
 def _baseline(model: nn.Module, task: _Task, spec: TrialSpec, device: torch.device) -> dict[str, Any]:

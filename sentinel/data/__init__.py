@@ -1,5 +1,14 @@
 """Bundled offline corpus, text sources, disjoint document splits, tokenisation into packed blocks."""
-from sentinel.data.blocks import batches, check_seq_len, max_positions, pack_blocks, split_tokens, token_stream
+from sentinel.data.blocks import (
+    batches,
+    check_seq_len,
+    max_positions,
+    pack_blocks,
+    sentence_batches,
+    sentences,
+    split_tokens,
+    token_stream,
+)
 from sentinel.data.sources import (
     BUNDLED,
     CORPUS_DIR,
@@ -7,7 +16,6 @@ from sentinel.data.sources import (
     hub_offline,
     hub_reachable,
     load_documents,
-    load_sts_pairs,
 )
 from sentinel.data.splits import Splits, split_documents
 
@@ -21,9 +29,10 @@ __all__ = [
     "hub_offline",
     "hub_reachable",
     "load_documents",
-    "load_sts_pairs",
     "max_positions",
     "pack_blocks",
+    "sentence_batches",
+    "sentences",
     "split_documents",
     "split_tokens",
     "token_stream",

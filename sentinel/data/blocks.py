@@ -1,6 +1,12 @@
-"""Tokenise documents into one stream, pack it into fixed-length blocks, and batch the blocks."""
+"""Tokenise documents into one stream, pack it into fixed-length blocks, and batch the blocks.
+
+Encoders are fed sentences instead (`sentences`, `sentence_batches`): they are trained and evaluated on
+single sentences with [CLS]/[SEP], and packed blocks cut mid-sentence are far from that distribution.
+"""
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +39,45 @@ def token_stream(tokenizer, docs: Sequence[Document]) -> torch.LongTensor:
             ids.append(sep)
         ids.extend(piece)
     return torch.tensor(ids, dtype=torch.long)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(docs: Sequence[Document], *, min_words: int = 4, max_words: int = 48, limit: int = 0,
+              seed: int = 0) -> list[str]:
+    """Sentence-like pieces of the documents, whitespace collapsed, for encoders.
+
+    Args:
+        docs: the documents.
+        min_words, max_words: pieces outside this length (headings, run-on verse) are dropped.
+        limit: keep at most this many, a seeded sample in document order (0 = all).
+        seed: seed of that sample (random.Random, never the global RNG).
+    Returns:
+        The sentences.
+    """
+    out = []
+    for doc in docs:
+        for piece in _SENTENCE_END.split(" ".join(doc.text.split())):
+            if min_words <= len(piece.split()) <= max_words:
+                out.append(piece)
+    if not out:
+        raise ValueError(f"docs: no sentences of {min_words}-{max_words} words in {len(docs)} documents")
+    if limit and len(out) > limit:
+        keep = sorted(random.Random(seed).sample(range(len(out)), limit))
+        out = [out[i] for i in keep]
+    return out
+
+
+def sentence_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
+    """Tokenised sentences (with special tokens), padded per batch; attention_mask marks the padding."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: {batch_size} must be >= 1")
+    return [
+        dict(tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
+                       return_tensors="pt"))
+        for i in range(0, len(texts), batch_size)
+    ]
 
 
 def pack_blocks(ids: torch.Tensor, seq_len: int, source: str = "corpus") -> torch.LongTensor:

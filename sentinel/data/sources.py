@@ -5,7 +5,6 @@ A `Document` is the unit of splitting: scoring, tuning and evaluation never shar
 from __future__ import annotations
 
 import contextlib
-import csv
 import gzip
 import os
 import re
@@ -64,25 +63,6 @@ def load_documents(source: str) -> list[Document]:
         f"source: {source!r} is not one of {', '.join(BUNDLED)}, an existing file or folder, "
         "or a datasets name as path:name:split"
     )
-
-
-def load_sts_pairs(split: str = "test") -> list[tuple[str, str, float]]:
-    """Bundled STS Benchmark sentence pairs.
-
-    Args:
-        split: `dev` (1,500 pairs) or `test` (1,379 pairs).
-
-    Returns:
-        `(sentence1, sentence2, score)` with scores in [0, 5].
-    """
-    if split not in ("dev", "test"):
-        raise ValueError(f"split: {split!r} is not one of dev, test")
-    pairs = []
-    with open(CORPUS_DIR / "stsb" / f"sts-{split}.csv", encoding="utf-8", newline="") as f:
-        # Tab-separated despite .csv; sentences contain '"' so quoting is off. Extra columns are licences.
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            pairs.append((row[5], row[6], float(row[4])))
-    return pairs
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:

@@ -17,7 +17,6 @@ from sentinel.data import (
     batches,
     check_seq_len,
     load_documents,
-    load_sts_pairs,
     pack_blocks,
     split_documents,
     token_stream,
@@ -185,6 +184,8 @@ def test_unreachable_dataset_fails_fast_with_one_line(tmp_path):
 
 
 def test_sts_pairs_have_official_counts_and_scores_in_range():
-    dev, test = load_sts_pairs("dev"), load_sts_pairs("test")
+    from sentinel.eval import load_stsb
+
+    dev, test = load_stsb("dev"), load_stsb("test")
     assert (len(dev), len(test)) == (1500, 1379)
     assert all(0.0 <= s <= 5.0 and a and b for a, b, s in dev + test)

@@ -1,0 +1,100 @@
+"""run_trial end to end on the shipped reference GPT-2 and on all-MiniLM-L6-v2 (no Ray)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sentinel.finetune import FinetuneConfig
+from sentinel.pipeline import DataSpec, LocalShared, TrialSpec, _MODELS, run_trial
+
+SMALL = DataSpec(seq_len=32, stride=32, batch_size=8, score_batches=1, eval_tokens=1024, sts_pairs=64)
+SHORT = FinetuneConfig(steps=2, lr=1e-4, warmup_steps=1, batch_size=8, eval_every=2)
+
+
+def spec(**overrides) -> TrialSpec:
+    base = dict(model="sentinel/tiny-gpt2", strategy="magnitude", level=0.25, data=SMALL, finetune=SHORT)
+    return TrialSpec(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def shared() -> LocalShared:
+    return LocalShared()
+
+
+def test_gpt2_trial_runs_every_stage(shared):
+    result = run_trial(spec(), shared)
+    assert result.status == "ok", result.error
+    assert result.metric_name == "perplexity" and not result.higher_is_better
+    assert all(math.isfinite(v) for v in (result.dense, result.pruned, result.recovered))
+    assert result.heads_total == 32 and result.heads_pruned == 8  # round(0.25 * 32)
+    assert len(result.pruned_heads) == 8 and all(0 <= l < 4 and 0 <= h < 8 for l, h in result.pruned_heads)
+    assert result.params_after < result.params_before
+    assert result.protocol["seq_len"] == 32 and result.protocol["stride"] == 32
+    assert [row["step"] for row in result.curve] == [0, 1, 2]
+    assert result.curve[0]["eval_metric"] == result.pruned and result.curve[-1]["eval_metric"] == result.recovered
+    assert {"load", "baseline", "score", "select", "prune", "eval_pruned", "finetune"} <= set(result.timings)
+    assert len(result.scores) == 4 and len(result.scores[0]) == 8
+    row = result.row()
+    assert row["model"] == "sentinel/tiny-gpt2" and row["architecture"] == "gpt2" and row["trial_id"]
+
+
+def test_levels_reuse_baseline_and_scores(shared):
+    low = run_trial(spec(level=0.1, strategy="entropy"), shared)
+    high = run_trial(spec(level=0.3, strategy="entropy"), shared)
+    assert low.reused == {"baseline": True, "scores": False}
+    assert high.reused == {"baseline": True, "scores": True}
+    assert low.scores == high.scores and low.dense == high.dense
+    # global selection on the same scores: the heads pruned at 10% are among those pruned at 30%
+    assert {tuple(h) for h in low.pruned_heads} <= {tuple(h) for h in high.pruned_heads}
+
+
+def test_same_spec_gives_the_same_numbers():
+    first, second = run_trial(spec(strategy="random", seed=3)), run_trial(spec(strategy="random", seed=3))
+    assert first.pruned_heads == second.pruned_heads
+    assert (first.pruned, first.recovered) == (second.pruned, second.recovered)
+    assert run_trial(spec(strategy="random", seed=4)).pruned_heads != first.pruned_heads
+
+
+def test_mask_method_matches_removal_without_shrinking(shared):
+    removed = run_trial(spec(finetune=None), shared)
+    masked = run_trial(spec(finetune=None, method="mask"), shared)
+    assert masked.pruned_heads == removed.pruned_heads
+    assert masked.params_after == masked.params_before
+    assert masked.pruned == pytest.approx(removed.pruned, rel=1e-4)
+    assert masked.recovered == masked.pruned  # no fine-tuning asked for
+
+
+def test_encoder_trial_distills_and_leaves_cached_dense_model_trainable(shared):
+    result = run_trial(spec(model="sentinel/all-MiniLM-L6-v2", strategy="gradient", level=0.5), shared)
+    assert result.status == "ok", result.error
+    assert result.metric_name == "stsb_spearman" and result.higher_is_better
+    assert 0.5 < result.dense <= 1 and result.pruned < result.dense
+    assert result.heads_total == 72 and result.heads_pruned == 36
+    assert all(math.isfinite(row["train_loss"]) for row in result.curve[1:])
+    dense_models = [m for key, (m, _) in _MODELS.items() if key[0] == "sentinel/all-MiniLM-L6-v2"]
+    assert dense_models and all(p.requires_grad for m in dense_models for p in m.parameters())
+
+
+def test_failures_become_rows_not_exceptions():
+    missing = run_trial(spec(model="/nonexistent/model"))
+    assert missing.status == "failed" and "/nonexistent/model" in missing.error
+    bad_option = run_trial(spec(strategy="entropy", strategy_options={"normalise": True}))
+    assert bad_option.status == "failed" and "'normalise' is not an option" in bad_option.error
+
+
+def test_device_option_resolves_on_cpu(shared):
+    result = run_trial(spec(device="auto", bf16=True, finetune=None, measure_speed=False), shared)
+    assert result.status == "ok" and result.device == "cpu"  # bf16 autocast applies to CUDA only
+    no_gpu = run_trial(spec(device="cuda"), shared)
+    assert no_gpu.status == "failed" and "cuda" in no_gpu.error
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("strategy", "entropi", "did you mean 'entropy'"), ("level", 1.0, "level: 1.0 is not in [0, 1)"),
+     ("method", "cut", "method: 'cut' is not one of remove, mask")],
+)
+def test_bad_spec_is_rejected_when_built(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        spec(**{field: value})
