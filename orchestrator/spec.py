@@ -423,11 +423,7 @@ def _finetune(value: Any, data: Mapping[str, Any]) -> dict[str, Any] | None:
         "steps": 100, "lr": 5e-4, "warmup_steps": 10, "weight_decay": 0.01, "max_grad_norm": 1.0,
         "batch_size": 8, "eval_every": 50, "seed": 0}
     section = _typed_section(value, defaults, "finetune")
-    # fine-tuning batches are cut with data.batch_size, so the two must agree
-    data_batch = data.get("batch_size", 8)
-    if section.setdefault("batch_size", data_batch) != data_batch:
-        raise SpecError(f"finetune.batch_size: {section['batch_size']!r} differs from data.batch_size "
-                        f"{data_batch!r}; fine-tuning batches are cut with data.batch_size")
+    section.setdefault("batch_size", data.get("batch_size", 8))  # unset: the same batches as scoring
     if FinetuneConfig is not None:
         try:
             FinetuneConfig(**section)
