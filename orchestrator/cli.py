@@ -6,22 +6,18 @@
 Exit codes: 0 all trials ok; 1 some trials failed or did not finish; 2 bad input (one line on stderr,
 nothing started, nothing written); 130 interrupted.
 
-Other modules add subcommands through a hook: a module listed in PLUGINS that defines
-`add_cli(subparsers)` registers its own subparsers (each with `set_defaults(func=fn)`, `fn(args) -> int`).
-A module that is not there yet leaves a placeholder that says so.
+`orchestrator.analyze` and `orchestrator.submit` register their own subcommands with `add_cli(subparsers)`
+(each subparser `set_defaults(func=fn)`, `fn(args) -> int`).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from typing import Sequence
 
+from orchestrator import analyze, submit
 from orchestrator.spec import SpecError, load_spec
-
-# module -> subcommands it is expected to provide (placeholders until the module exists)
-PLUGINS = {"orchestrator.analyze": ("analyze",), "orchestrator.submit": ("submit", "status", "logs")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,28 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-analyze", action="store_true", help="write Parquet only, no tables or plots")
     run.set_defaults(func=cmd_run)
 
-    for module_name, commands in PLUGINS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            module = None
-        if module is not None and hasattr(module, "add_cli"):
-            module.add_cli(sub)
-            continue
-        for command in commands:
-            placeholder = sub.add_parser(command, help=f"(needs {module_name})")
-            placeholder.add_argument("args", nargs=argparse.REMAINDER)
-            placeholder.set_defaults(func=_missing(command, module_name))
+    analyze.add_cli(sub)
+    submit.add_cli(sub)  # submit, status, logs
     return parser
-
-
-def _missing(command: str, module_name: str):
-    def fn(args: argparse.Namespace) -> int:
-        print(f"sentinel-bench {command}: not available in this installation ({module_name} is missing)",
-              file=sys.stderr)
-        return 2
-
-    return fn
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -84,17 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def analyze_results(output_dir: str) -> None:
-    """Tables and plots from the Parquet files, if orchestrator.analyze is installed (it is optional)."""
+    """Tables, plots and the report from the Parquet files just written."""
     try:
-        from orchestrator import analyze
-    except ImportError:
-        return
-    fn = getattr(analyze, "analyze", None)
-    if fn is None:
-        return
-    try:
-        print(f"report: {fn(output_dir)}")
-    except ValueError as exc:  # AnalyzeError: the results are written; say why there is no report
+        print(f"report: {analyze.analyze(output_dir)}")
+    except analyze.AnalyzeError as exc:  # the results are written; say why there is no report
         print(f"analyze: {exc}".splitlines()[0], file=sys.stderr)
 
 

@@ -51,9 +51,10 @@ class Entry:
 
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    finetune: Mapping[str, Any] = field(default_factory=dict)  # models only: overrides of the finetune section
 
     def key(self) -> str:
-        return json.dumps([self.name, dict(self.options)], sort_keys=True, default=str)
+        return json.dumps([self.name, dict(self.options), dict(self.finetune)], sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class ExperimentSpec:
                             "level": level, "seed": seed, "policy": self.policy,
                             "min_heads_per_layer": self.min_heads_per_layer, "method": self.method,
                             "data": dict(self.data),
-                            "finetune": None if self.finetune is None else dict(self.finetune),
+                            "finetune": None if self.finetune is None else {**self.finetune, **model.finetune},
                             "device": self.device, "bf16": self.bf16, "measure_speed": self.measure_speed,
                         })
         return cells
@@ -107,7 +108,7 @@ class ExperimentSpec:
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (written next to the results as config.yaml)."""
         d = dataclasses.asdict(self)
-        d["models"] = [{"name": e.name, "options": dict(e.options)} for e in self.models]
+        d["models"] = [{"name": e.name, "options": dict(e.options), "finetune": dict(e.finetune)} for e in self.models]
         d["strategies"] = [{"name": e.name, "options": dict(e.options)} for e in self.strategies]
         return json.loads(json.dumps(d, default=_plain))
 
@@ -210,7 +211,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
             raise SpecError(f"{required}: is required (a non-empty list)")
     spec = ExperimentSpec(
         experiment=_experiment_name(raw.get("experiment")),
-        models=tuple(_entries(raw["models"], "models", _check_model)),
+        models=tuple(_entries(raw["models"], "models", _check_model, extra_keys=("finetune",))),
         strategies=tuple(_entries(raw["strategies"], "strategies", _check_strategy)),
         levels=tuple(_levels(raw["levels"])),
         seeds=tuple(_seeds(raw.get("seeds", [0]))),
@@ -230,6 +231,10 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         output=_path(raw.get("output", "results"), "output"),
         gpu_dry_run=_bool(raw.get("gpu_dry_run", False), "gpu_dry_run"),
     )
+    if spec.finetune is not None:  # per-model fine-tuning overrides, checked merged over the section
+        for i, model in enumerate(spec.models):
+            if model.finetune:
+                _finetune({**spec.finetune, **model.finetune}, spec.data, where=f"models[{i}].finetune")
     if spec.device == "cuda" and spec.resources.gpu <= 0:
         raise SpecError("resources.gpu: 0 with device 'cuda'; give each trial a GPU share (e.g. 0.5) or use device auto")
     return spec
@@ -251,7 +256,7 @@ def _experiment_name(value: Any) -> str:
     return value
 
 
-def _entries(value: Any, where: str, check) -> list[Entry]:
+def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = ()) -> list[Entry]:
     if isinstance(value, (str, dict)):
         value = [value]
     if not isinstance(value, list):
@@ -260,16 +265,17 @@ def _entries(value: Any, where: str, check) -> list[Entry]:
     for i, item in enumerate(value):
         at = f"{where}[{i}]"
         if isinstance(item, dict):
-            _known_keys(item, ("name", "options"), at)
-            name, options = item.get("name"), item.get("options") or {}
+            _known_keys(item, ("name", "options", *extra_keys), at)
+            name, options, finetune = item.get("name"), item.get("options") or {}, item.get("finetune") or {}
         else:
-            name, options = item, {}
+            name, options, finetune = item, {}, {}
         if not isinstance(name, str) or not name:
             raise SpecError(f"{at}: {item!r} has no name (a string, or a mapping with 'name')")
-        if not isinstance(options, dict):
-            raise SpecError(f"{at}.options: {options!r} is not a mapping")
+        for key, mapping in (("options", options), ("finetune", finetune)):
+            if not isinstance(mapping, dict):
+                raise SpecError(f"{at}.{key}: {mapping!r} is not a mapping")
         check(name, at)
-        entry = Entry(name, options)
+        entry = Entry(name, options, finetune)
         if entry.key() in seen:
             raise SpecError(f"{where}: {name!r} appears twice with the same options (duplicate grid cells)")
         seen.add(entry.key())
@@ -309,7 +315,7 @@ def _model_folder(name: str, at: str) -> Path | None:
 
     if name in loading.SHIPPED or name in loading.MINILM_ALIASES or Path(name).expanduser().exists():
         try:
-            return Path(loading._resolve(name))  # the loader's own name -> folder rule, and its messages
+            return Path(loading.resolve_source(name))  # the loader's own name -> folder rule, and its messages
         except ValueError as exc:
             raise SpecError(f"{at}: {str(exc).removeprefix('model: ')}".splitlines()[0]) from None
     if name.startswith("sentinel/"):
@@ -378,13 +384,9 @@ def _typed_section(value: Any, defaults: Mapping[str, Any], where: str) -> dict[
 
 
 def _data(value: Any) -> dict[str, Any]:
-    try:
-        from sentinel.pipeline import DataSpec
+    from sentinel.pipeline import DataSpec
 
-        defaults = _dataclass_fields(DataSpec)
-    except ImportError:  # the pipeline's dependencies are missing: fall back to the documented fields
-        defaults = {"source": "gutenberg", "eval_source": None, "seq_len": 128, "stride": 64, "batch_size": 8,
-                    "score_batches": 4, "eval_tokens": 16384, "split_seed": 0, "sts_pairs": 0}
+    defaults = _dataclass_fields(DataSpec)
     data = _typed_section(value, defaults, "data")
     for key in ("seq_len", "stride", "batch_size", "score_batches"):
         if key in data and data[key] < 1:
@@ -412,23 +414,17 @@ def _check_source(source: Any, at: str) -> None:
                     "or a datasets name as path:name:split")
 
 
-def _finetune(value: Any, data: Mapping[str, Any]) -> dict[str, Any] | None:
+def _finetune(value: Any, data: Mapping[str, Any], where: str = "finetune") -> dict[str, Any] | None:
+    from sentinel.finetune import FinetuneConfig
+
     if value is None or value is False:
         return None  # no recovery fine-tuning
-    try:
-        from sentinel.finetune import FinetuneConfig
-    except ImportError:
-        FinetuneConfig = None
-    defaults = _dataclass_fields(FinetuneConfig) if FinetuneConfig else {
-        "steps": 100, "lr": 5e-4, "warmup_steps": 10, "weight_decay": 0.01, "max_grad_norm": 1.0,
-        "batch_size": 8, "eval_every": 50, "seed": 0}
-    section = _typed_section(value, defaults, "finetune")
+    section = _typed_section(value, _dataclass_fields(FinetuneConfig), where)
     section.setdefault("batch_size", data.get("batch_size", 8))  # unset: the same batches as scoring
-    if FinetuneConfig is not None:
-        try:
-            FinetuneConfig(**section)
-        except ValueError as exc:
-            raise SpecError(f"finetune.{exc}".splitlines()[0]) from None
+    try:
+        FinetuneConfig(**section)
+    except ValueError as exc:
+        raise SpecError(f"{where}.{exc}".splitlines()[0]) from None
     return section
 
 

@@ -1,8 +1,17 @@
 """sentinel: attention-head scoring, masking and removal for transformers models (no Ray)."""
-from sentinel.models import head_layout, load_pruned, mask_heads, prune_heads, save_pruned
+from sentinel.models import head_layout, load_model, load_pruned, mask_heads, prune_heads, save_pruned
 from sentinel.pruning import score_heads, select_heads
-from sentinel.models.loading import load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["head_layout", "load_model", "load_pruned", "mask_heads", "prune_heads", "save_pruned", "__version__"]
+__all__ = [
+    "head_layout",
+    "load_model",
+    "load_pruned",
+    "mask_heads",
+    "prune_heads",
+    "save_pruned",
+    "score_heads",
+    "select_heads",
+    "__version__",
+]

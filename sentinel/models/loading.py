@@ -44,7 +44,7 @@ def load_model(
         `(model, tokenizer)`: causal LMs with their LM head, encoders (BERT-like) as the bare `AutoModel`.
     """
     dtype = dtype or torch.float32
-    source = _resolve(name_or_path)
+    source = resolve_source(name_or_path)
     if is_pruned_checkpoint(source):
         model = load_pruned(source, torch_dtype=dtype)
         model.set_attn_implementation(attn_implementation)
@@ -72,8 +72,12 @@ def load_model(
     return model.to(device).eval(), tokenizer
 
 
-def _resolve(name: str) -> str:
-    """A shipped name -> its folder; anything else unchanged."""
+def resolve_source(name: str) -> str:
+    """Where `load_model` will read `name` from: a shipped name -> its folder; anything else unchanged.
+
+    Raises the loader's ValueError for a shipped model that is not built, MiniLM without its package, or a
+    path that is not a model folder. The orchestrator validates configs with it, before Ray starts.
+    """
     if name in SHIPPED:
         path = SHIPPED[name]
         if not (path / "config.json").is_file():

@@ -201,3 +201,17 @@ def test_seed_config_reproduces_seed_grid():
 def test_stride_longer_than_window(tmp_path, base, capsys):
     base["data"] = {"source": "gutenberg", "seq_len": 32, "stride": 64}
     assert "data.stride" in run_cli(tmp_path, base, capsys)
+
+
+def test_per_model_finetune_overrides_the_section(tmp_path, base, model_dir):
+    base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "finetune": {"steps": 5, "lr": 1e-5}}]
+    cells = load_spec(write(tmp_path, base)).cells()
+    by_model = {c["model"]: c["finetune"] for c in cells}
+    assert by_model[str(model_dir)]["steps"] == 2 and by_model["sentinel/tiny-llama"]["steps"] == 5
+    assert by_model["sentinel/tiny-llama"]["lr"] == 1e-5
+    assert by_model["sentinel/tiny-llama"]["eval_every"] == 1  # the rest comes from the section
+
+
+def test_bad_per_model_finetune_names_the_model_entry(tmp_path, base, capsys):
+    base["models"] = [{"name": "sentinel/tiny-llama", "finetune": {"stepz": 5}}]
+    assert "models[0].finetune.stepz: unknown key" in run_cli(tmp_path, base, capsys)
