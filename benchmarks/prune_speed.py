@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 import transformers
 
 import sentinel
+from sentinel.eval import compare_throughput
 
 LEVELS = (0.25, 0.5, 0.75)
 
@@ -54,23 +54,6 @@ def flops(model: torch.nn.Module, seq: int, stack_only: bool) -> float:
     return total
 
 
-def seconds(module: torch.nn.Module, ids: torch.Tensor) -> float:
-    start = time.perf_counter()
-    module(input_ids=ids)
-    return time.perf_counter() - start
-
-
-def interleaved_tokens_per_s(dense: torch.nn.Module, pruned: torch.nn.Module, seq: int, iters: int, vocab: int):
-    """Times dense and pruned alternately and keeps each one's fastest run: on a shared machine the
-    minimum is the least disturbed estimate, and alternating exposes both to the same background load."""
-    ids = torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        for _ in range(2):  # warm-up, excluded
-            seconds(dense, ids), seconds(pruned, ids)
-        times = [(seconds(dense, ids), seconds(pruned, ids)) for _ in range(iters)]
-    return seq / min(t for t, _ in times), seq / min(t for _, t in times)
-
-
 def removal(model: torch.nn.Module, level: float) -> dict[int, list[int]]:
     layout = sentinel.head_layout(model)
     group = layout.group_size(0)
@@ -83,14 +66,13 @@ def run(seq: int, iters: int) -> list[dict]:
     for name, build in (("gpt2-distil-shape", gpt2), ("llama-gqa", llama)):
         torch.manual_seed(0)
         dense = build().eval()
-        vocab = dense.config.vocab_size
         for level in LEVELS:
             model = build().eval()
             model.load_state_dict(dense.state_dict())
             sentinel.prune_heads(model, removal(model, level))
             for part in ("stack", "full"):
                 pick = (lambda m: m.base_model) if part == "stack" else (lambda m: m)
-                before, after = interleaved_tokens_per_s(pick(dense), pick(model), seq, iters, vocab)
+                before, after = compare_throughput(pick(dense), pick(model), seq_len=seq, rounds=iters, iters=2)
                 ideal = flops(dense, seq, part == "stack") / flops(model, seq, part == "stack")
                 rows.append({
                     "model": name, "part": part, "level": level, "seq_len": seq,
@@ -107,7 +89,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Physically pruned vs dense: forward tokens/s (CPU)", "",
         f"`python benchmarks/prune_speed.py` — torch {meta['torch']}, {meta['threads']} threads, seq {meta['seq_len']}, "
-        f"batch 1, fastest of {meta['iters']} forwards each, dense and pruned alternating, after 2 warm-ups.", "",
+        f"batch 1, `sentinel.eval.compare_throughput`: {meta['iters']} alternating rounds of dense and pruned (1 warm-up + 2 timed forwards each), best round kept.", "",
         "| model | part | heads removed | heads left | dense tok/s | pruned tok/s | measured speedup | FLOP-ideal | measured/ideal |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -122,7 +104,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=5, help="alternating rounds")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     rows = run(args.seq_len, args.iters)

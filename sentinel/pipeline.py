@@ -178,7 +178,7 @@ def run_trial(spec: TrialSpec, shared: SharedWork | None = None) -> TrialResult:
 
 
 def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
-    from sentinel.eval import Stopwatch, autocast, count_parameters, resolve_device, throughput
+    from sentinel.eval import Stopwatch, autocast, compare_throughput, count_parameters, resolve_device
 
     watch = Stopwatch(result.timings)
     device = resolve_device(spec.device)
@@ -198,7 +198,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
         )
     result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
     result.dense, result.protocol = baseline["value"], baseline["protocol"]
-    result.params_before, result.speed_before = baseline["params"], baseline["speed"]
+    result.params_before = baseline["params"]
 
     with watch("score"):
         scores, result.reused["scores"] = shared.get_or_compute(
@@ -227,8 +227,9 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
     with watch("eval_pruned"), autocast(device, spec.bf16):
         result.pruned = task.evaluate(model).value
     if spec.measure_speed:
-        with watch("speed"):
-            result.speed_after = throughput(model, seq_len=spec.data.seq_len, device=device)["tokens_per_s"]
+        with watch("speed"):  # dense and pruned measured alternately, here, under the same load
+            result.speed_before, result.speed_after = compare_throughput(
+                dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size, device=device)
 
     if spec.finetune is not None and spec.finetune.steps > 0:
         with watch("finetune"):
@@ -312,12 +313,11 @@ def _task(dense: nn.Module, spec: TrialSpec, tokenizer) -> _Task:
 
 
 def _baseline(model: nn.Module, task: _Task, spec: TrialSpec, device: torch.device) -> dict[str, Any]:
-    from sentinel.eval import autocast, count_parameters, throughput
+    from sentinel.eval import autocast, count_parameters
 
     with autocast(device, spec.bf16):
         metric = task.evaluate(model)
-    speed = throughput(model, seq_len=spec.data.seq_len, device=device)["tokens_per_s"] if spec.measure_speed else float("nan")
     return {
         "metric": metric.name, "higher_is_better": metric.higher_is_better, "value": metric.value,
-        "protocol": metric.protocol, "params": count_parameters(model), "speed": speed,
+        "protocol": metric.protocol, "params": count_parameters(model),
     }

@@ -14,7 +14,7 @@ from sentinel.eval.sentence import (
     mean_pool,
     sts_spearman,
 )
-from sentinel.eval.speed import Stopwatch, count_parameters, throughput, timed
+from sentinel.eval.speed import Stopwatch, compare_throughput, count_parameters, throughput, timed
 
 __all__ = [
     "Metric",
@@ -30,6 +30,7 @@ __all__ = [
     "perplexity",
     "resolve_device",
     "sts_spearman",
+    "compare_throughput",
     "throughput",
     "timed",
     "windows",

@@ -121,3 +121,23 @@ def timed(stage: str, into: dict[str, float]) -> Iterator[None]:
         yield
     finally:
         into[stage] = into.get(stage, 0.0) + time.perf_counter() - start
+
+
+def compare_throughput(
+    dense: nn.Module, pruned: nn.Module, *, seq_len: int, batch_size: int = 1, rounds: int = 3, iters: int = 3,
+    device: torch.device | str | None = None,
+) -> tuple[float, float]:
+    """Forward tokens/s of two models measured alternately; each one's best round is kept.
+
+    Alternating exposes both models to the same background load, and the best round is the least
+    disturbed one: on a shared machine a dense speed measured minutes earlier is not comparable.
+
+    Returns:
+        (dense tokens/s, pruned tokens/s).
+    """
+    best = [0.0, 0.0]
+    for _ in range(rounds):
+        for k, model in enumerate((dense, pruned)):
+            speed = throughput(model, seq_len=seq_len, batch_size=batch_size, warmup=1, iters=iters, device=device)
+            best[k] = max(best[k], speed["tokens_per_s"])
+    return best[0], best[1]
