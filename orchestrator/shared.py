@@ -62,9 +62,17 @@ def store_name(experiment: str) -> str:
 
 
 def start_store(experiment: str) -> Any:
-    """Creates (or finds, on resume with a live cluster) the experiment's store; lives as long as the driver."""
+    """Creates (or finds, on resume with a live cluster) the experiment's store; lives as long as the driver.
+
+    The store is pinned to the driver's node: a worker node that dies takes its trials with it (Tune
+    retries them), but must not take the store, which every other trial needs.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     return SharedStore.options(
-        name=store_name(experiment), namespace=STORE_NAMESPACE, get_if_exists=True, lifetime=None
+        name=store_name(experiment), namespace=STORE_NAMESPACE, get_if_exists=True, lifetime=None,
+        scheduling_strategy=driver_node,
     ).remote()
 
 

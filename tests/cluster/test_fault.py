@@ -85,8 +85,9 @@ def test_killed_worker_node_trials_rerun_on_survivor_each_cell_once(cluster, tin
     killer.join(timeout=5)
 
     assert killed, "the victim node never started a trial"
-    assert (summary.ok, summary.failed, summary.missing) == (6, 0, 0)
     trials = pd.read_parquet(summary.written["trials"])
+    errors = trials.loc[trials.status != "ok", "error"].str.split("\n").str[0].tolist()
+    assert (summary.ok, summary.failed, summary.missing) == (6, 0, 0), errors
     assert len(trials) == 6 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
     assert {(s, lv) for s, lv in trials[["strategy", "level"]].values} == {
         (s, lv) for s in ("magnitude", "random") for lv in (0.2, 0.5, 0.8)}
