@@ -229,7 +229,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
     if spec.measure_speed:
         with watch("speed"):  # dense and pruned measured alternately, here, under the same load
             result.speed_before, result.speed_after = compare_throughput(
-                dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size, device=device)
+                dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size, rounds=2, device=device)
 
     if spec.finetune is not None and spec.finetune.steps > 0:
         with watch("finetune"):
