@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from sentinel.eval.device import model_device  # noqa: F401  (re-exported for the strategies)
 from sentinel.models import get_adapter, head_layout
 from sentinel.registry import Registry
 
@@ -147,10 +148,6 @@ def score_grid(per_layer: list[torch.Tensor]) -> torch.Tensor:
     for layer, s in enumerate(per_layer):
         grid[layer, : len(s)] = s.detach().to(device="cpu", dtype=torch.float32)
     return grid
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from sentinel.eval.sentence import mean_pool
 from sentinel.models import get_adapter, head_layout, mask_heads
 from sentinel.pruning.base import (
     Batch,
@@ -49,8 +50,7 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def embedding_projection_loss(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
     """(1/B) sum_b <mean-pooled last hidden state_b, r_b>, r ~ N(0, I) [B, D] from `generator`."""
     hidden = model.base_model(**batch).last_hidden_state  # [B, T, D]
-    mask = batch["attention_mask"].to(hidden.dtype)[..., None]  # [B, T, 1]
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B, D]
+    pooled = mean_pool(hidden, batch["attention_mask"])  # [B, D]
     directions = torch.randn(pooled.shape, generator=generator).to(pooled)  # [B, D]
     return (pooled * directions).sum(-1).mean()
 
