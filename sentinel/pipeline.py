@@ -22,7 +22,7 @@ from torch import nn
 
 from sentinel.finetune import FinetuneConfig, finetune
 from sentinel.models import get_adapter, head_layout, load_model, mask_heads, prune_heads
-from sentinel.pruning import HeadScores, score_heads, select_heads, STRATEGIES
+from sentinel.pruning import STRATEGIES, score_heads, select_heads
 
 METHODS = ("remove", "mask")
 POLICIES = ("global", "per_layer")
