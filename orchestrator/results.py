@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: metric_scale, weights, flops_*, ideal_speedup, speed_quiet, reused_pruned_eval/speed, protocol_sample*
 STAGES = ("load", "baseline", "score", "select", "prune", "eval_pruned", "speed", "finetune")
 PROTOCOL_KEYS = {"dataset": pa.string(), "split": pa.string(), "seq_len": pa.int64(), "stride": pa.int64(),
-                 "tokens": pa.int64(), "windows": pa.int64(), "pairs": pa.int64()}
+                 "tokens": pa.int64(), "windows": pa.int64(), "pairs": pa.int64(), "sample": pa.string(),
+                 "sample_seed": pa.int64()}
 VERSION_KEYS = ("sentinel_bench", "torch", "transformers", "ray", "python")
 
 TRIALS_SCHEMA = pa.schema(
@@ -46,10 +47,15 @@ TRIALS_SCHEMA = pa.schema(
         ("heads_pruned", pa.int64()),
         ("pruned_heads", pa.list_(pa.list_(pa.int64()))),  # [[layer, head], ...] in the dense layout
         ("selection_notes", pa.list_(pa.string())),
+        ("weights", pa.string()),  # where the weights came from, e.g. "gguf Q4_1 (...), dequantised to float32"
         ("params_before", pa.int64()),
         ("params_after", pa.int64()),
+        ("flops_before", pa.float64()),  # forward FLOPs of one seq_len sequence, dense and pruned
+        ("flops_after", pa.float64()),
+        ("ideal_speedup", pa.float64()),  # flops_before / flops_after: what the removed heads' compute allows
         ("metric_name", pa.string()),
         ("higher_is_better", pa.bool_()),
+        ("metric_scale", pa.string()),  # log | atanh | identity: the scale seeds are averaged and tested on
         ("dense", pa.float64()),
         ("pruned", pa.float64()),
         ("recovered", pa.float64()),
@@ -57,10 +63,13 @@ TRIALS_SCHEMA = pa.schema(
         ("protocol", pa.string()),  # the full protocol as JSON
         ("speed_before", pa.float64()),  # forward tokens/s
         ("speed_after", pa.float64()),
+        ("speed_quiet", pa.bool_()),  # no other trial computed on the node while speed was measured
         *[(f"time_{stage}", pa.float64()) for stage in STAGES],
         ("time_total", pa.float64()),
         ("reused_baseline", pa.bool_()),
         ("reused_scores", pa.bool_()),
+        ("reused_pruned_eval", pa.bool_()),  # the pruned metric came from another cell with the same layout
+        ("reused_speed", pa.bool_()),
         ("device", pa.string()),  # where the trial ran ("cpu", "cuda:0", "cuda:0 bf16")
         ("device_assigned", pa.string()),  # what Ray's assignment calls for: "cuda" when it gave the trial a GPU
         ("gpu_ids", pa.string()),  # GPUs Ray assigned to the trial (comma-separated), "" if none
@@ -100,6 +109,11 @@ def _finite_or_none(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _ratio(a: Any, b: Any) -> float | None:
+    a, b = _finite_or_none(a), _finite_or_none(b)
+    return a / b if a is not None and b else None
+
+
 def trial_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     """Flattens one trial payload (TrialResult.row() plus the trainable's context) into a `trials` row."""
     row = dict(payload["row"])
@@ -125,6 +139,9 @@ def trial_row(payload: Mapping[str, Any]) -> dict[str, Any]:
         "time_total": sum(v for v in timings.values() if isinstance(v, (int, float))) if timings else None,
         "reused_baseline": reused.get("baseline"),
         "reused_scores": reused.get("scores"),
+        "reused_pruned_eval": reused.get("pruned_eval"),
+        "reused_speed": reused.get("speed"),
+        "ideal_speedup": _ratio(row.get("flops_before"), row.get("flops_after")),
         "pruned_heads": [list(map(int, p)) for p in row.get("pruned_heads") or []],
         "selection_notes": [str(n) for n in row.get("selection_notes") or []],
     }
@@ -137,7 +154,7 @@ def trial_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     for name in TRIALS_SCHEMA.names:
         if name not in out:
             out[name] = row.get(name)
-    for name in ("dense", "pruned", "recovered", "speed_before", "speed_after"):
+    for name in ("dense", "pruned", "recovered", "speed_before", "speed_after", "flops_before", "flops_after"):
         out[name] = _finite_or_none(out[name])
     if out["status"] != "ok":
         # a failed trial did not measure anything: nulls, not the dataclass's zero defaults

@@ -91,6 +91,8 @@ def trainable(config: dict[str, Any]) -> None:
         payload = {"row": result.row(), "curve": result.curve, "scores": result.scores}
     except Exception as exc:  # the spec itself was refused (or no device): still one failed row
         payload = {"row": failed_row(config["cell"], f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}
+    finally:
+        shared.close()
     context["started_at"], context["finished_at"] = int(started * 1000), int(time.time() * 1000)
     payload["context"] = context
     row = payload["row"]

@@ -6,14 +6,21 @@ trials that ask while it is being computed wait for the value instead of computi
 trial gets the stored value. A claim is released if its computation fails, and a claim older than
 `claim_timeout_s` is treated as abandoned (its trial died), so a waiter never blocks forever.
 
+The store also keeps, per Ray node, a stage lock for quiet speed measurements: trials hold it shared around
+each compute stage (`working`), and a speed measurement takes it exclusively (`exclusive`): it waits for the
+stages in progress on its node to end, and new stages there wait until it is done (a waiting exclusive
+request goes first, so it cannot starve). Stages are seconds to minutes long; a wait longer than
+`quiet_timeout_s` (a trial that died holding the lock) gives up and the row says `speed_quiet: false`.
+
 Why an actor and not object-store entries: a value is produced inside a trial, after the grid has started,
 and has to be found by name from other trials; an actor gives one place to look, atomic claims, and its
 values (a few KB: a metric dict, a [layers, heads] tensor) are tiny. It takes no CPU (num_cpus=0).
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
 
@@ -29,6 +36,38 @@ class SharedStore:
         self._claims: dict[str, tuple[str, float]] = {}  # key -> (owner, claimed at)
         self._claim_timeout_s = claim_timeout_s
         self._counters: dict[str, int] = {}
+        self._holders: dict[str, dict[str, list]] = {}  # node -> owner -> [mode, depth]
+        self._waiting: dict[str, set[str]] = {}  # node -> owners waiting for the exclusive lock
+
+    def enter(self, node: str, owner: str, exclusive: bool) -> bool:
+        """Takes the node's stage lock (shared, or exclusive) for `owner` if it can be had now; re-entrant."""
+        holders, waiting = self._holders.setdefault(node, {}), self._waiting.setdefault(node, set())
+        others = {o: held for o, held in holders.items() if o != owner}
+        if exclusive:
+            if others:
+                waiting.add(owner)
+                return False
+            waiting.discard(owner)
+        elif any(held[0] == "exclusive" for held in others.values()) or waiting - {owner}:
+            return False
+        held = holders.setdefault(owner, ["exclusive" if exclusive else "shared", 0])
+        held[1] += 1
+        return True
+
+    def leave(self, node: str, owner: str) -> None:
+        """Releases one level of `owner`'s hold (or its place in the exclusive queue)."""
+        holders = self._holders.get(node, {})
+        self._waiting.get(node, set()).discard(owner)
+        if owner in holders:
+            holders[owner][1] -= 1
+            if holders[owner][1] <= 0:
+                del holders[owner]
+
+    def forget(self, owner: str) -> None:
+        """Drops every hold of `owner` (its trial ended, however it ended)."""
+        for node in self._holders:
+            self._holders[node].pop(owner, None)
+            self._waiting[node].discard(owner)
 
     def claim(self, key: str, owner: str) -> tuple[str, Any]:
         """("value", v) if stored; ("compute", None) if `owner` now holds the claim; ("wait", None) otherwise."""
@@ -79,10 +118,44 @@ def start_store(experiment: str) -> Any:
 class RayShared:
     """The `shared` object handed to run_trial inside a Tune trial: get_or_compute through the store actor."""
 
-    def __init__(self, experiment: str, owner: str, poll_s: float = 0.2) -> None:
+    def __init__(self, experiment: str, owner: str, poll_s: float = 0.2, quiet_timeout_s: float = 900.0) -> None:
         self._store = ray.get_actor(store_name(experiment), namespace=STORE_NAMESPACE)
         self._owner = owner
         self._poll_s = poll_s
+        self._quiet_timeout_s = quiet_timeout_s
+        self._node = ray.get_runtime_context().get_node_id()
+
+    def _enter(self, exclusive: bool) -> bool:
+        """Polls for the node's stage lock; False after quiet_timeout_s (the work goes on without it)."""
+        deadline = time.time() + self._quiet_timeout_s
+        while not ray.get(self._store.enter.remote(self._node, self._owner, exclusive)):
+            if time.time() > deadline:
+                self._store.leave.remote(self._node, self._owner)  # leave the queue: others must not wait on us
+                return False
+            time.sleep(self._poll_s)
+        return True
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        held = self._enter(exclusive=False)
+        try:
+            yield
+        finally:
+            if held:
+                self._store.leave.remote(self._node, self._owner)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[bool]:
+        held = self._enter(exclusive=True)
+        try:
+            yield held
+        finally:
+            if held:
+                ray.get(self._store.leave.remote(self._node, self._owner))
+
+    def close(self) -> None:
+        """Releases whatever this trial still holds (called when the trial ends, also on failure)."""
+        ray.get(self._store.forget.remote(self._owner))
 
     def count(self, key: str) -> int:
         return ray.get(self._store.count.remote(key))

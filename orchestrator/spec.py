@@ -4,7 +4,7 @@ Everything a user can get wrong is checked here, before Ray starts and before an
 reported as one `SpecError` line that names the field, the value and what is allowed.
 
     experiment: default            # folder name under `output`
-    models: [sentinel/tiny-gpt2, {name: gpt2, options: {dtype: float32}}]
+    models: [sentinel/tiny-gpt2, {name: gpt2, options: {dtype: float32}, levels: [0.3], finetune: {steps: 5}}]
     strategies: [entropy, {name: random, options: {}}]
     levels: [0.1, 0.3, 0.5]        # fractions of heads to prune, each in (0, 1)
     seeds: [0, 1]
@@ -52,6 +52,7 @@ class Entry:
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
     finetune: Mapping[str, Any] = field(default_factory=dict)  # models only: overrides of the finetune section
+    levels: tuple[float, ...] = ()  # models only: this model's levels instead of the experiment's
 
     def key(self) -> str:
         return json.dumps([self.name, dict(self.options), dict(self.finetune)], sort_keys=True, default=str)
@@ -93,7 +94,7 @@ class ExperimentSpec:
         for model in self.models:
             for strategy in self.strategies:
                 for seed in self.seeds:
-                    for level in self.levels:
+                    for level in model.levels or self.levels:
                         cells.append({
                             "model": model.name, "model_options": dict(model.options),
                             "strategy": strategy.name, "strategy_options": dict(strategy.options),
@@ -108,7 +109,8 @@ class ExperimentSpec:
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (written next to the results as config.yaml)."""
         d = dataclasses.asdict(self)
-        d["models"] = [{"name": e.name, "options": dict(e.options), "finetune": dict(e.finetune)} for e in self.models]
+        d["models"] = [{"name": e.name, "options": dict(e.options), "finetune": dict(e.finetune),
+                        "levels": list(e.levels)} for e in self.models]
         d["strategies"] = [{"name": e.name, "options": dict(e.options)} for e in self.strategies]
         return json.loads(json.dumps(d, default=_plain))
 
@@ -211,7 +213,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
             raise SpecError(f"{required}: is required (a non-empty list)")
     spec = ExperimentSpec(
         experiment=_experiment_name(raw.get("experiment")),
-        models=tuple(_entries(raw["models"], "models", _check_model, extra_keys=("finetune",))),
+        models=tuple(_entries(raw["models"], "models", _check_model, extra_keys=("finetune", "levels"))),
         strategies=tuple(_entries(raw["strategies"], "strategies", _check_strategy)),
         levels=tuple(_levels(raw["levels"])),
         seeds=tuple(_seeds(raw.get("seeds", [0]))),
@@ -264,9 +266,12 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = ()) -> l
     entries, seen = [], set()
     for i, item in enumerate(value):
         at = f"{where}[{i}]"
+        levels: tuple[float, ...] = ()
         if isinstance(item, dict):
             _known_keys(item, ("name", "options", *extra_keys), at)
             name, options, finetune = item.get("name"), item.get("options") or {}, item.get("finetune") or {}
+            if item.get("levels") is not None:
+                levels = tuple(_levels(item["levels"], f"{at}.levels"))
         else:
             name, options, finetune = item, {}, {}
         if not isinstance(name, str) or not name:
@@ -275,7 +280,7 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = ()) -> l
             if not isinstance(mapping, dict):
                 raise SpecError(f"{at}.{key}: {mapping!r} is not a mapping")
         check(name, at)
-        entry = Entry(name, options, finetune)
+        entry = Entry(name, options, finetune, levels)
         if entry.key() in seen:
             raise SpecError(f"{where}: {name!r} appears twice with the same options (duplicate grid cells)")
         seen.add(entry.key())
@@ -297,6 +302,17 @@ def _check_model(name: str, at: str) -> None:
     folder = _model_folder(name, at)
     if folder is None:
         return
+    if folder.suffix == ".gguf":  # a GGUF file (or the shipped SmolLM2): its header names the architecture
+        from sentinel.models.loading import gguf_architecture
+
+        try:
+            model_type = gguf_architecture(folder)
+        except Exception as exc:  # not a GGUF file, gguf not installed
+            raise SpecError(f"{at}: {name!r} is not a readable GGUF file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        if model_type not in supported_model_types():
+            raise SpecError(f"{at}: GGUF architecture {model_type!r} of {name!r} is not one of "
+                            f"{', '.join(sorted(supported_model_types()))}")
+        return
     config = folder / "config.json"
     if not config.is_file():
         raise SpecError(f"{at}: {name!r} is a folder without config.json (not a transformers model)")
@@ -313,7 +329,7 @@ def _model_folder(name: str, at: str) -> Path | None:
     """The local folder a model name refers to: a path, or a shipped `sentinel/...` name; None for hub names."""
     from sentinel.models import loading
 
-    if name in loading.SHIPPED or name in loading.MINILM_ALIASES or Path(name).expanduser().exists():
+    if name in loading.KNOWN or name in loading.MINILM_ALIASES or Path(name).expanduser().exists():
         try:
             return Path(loading.resolve_source(name))  # the loader's own name -> folder rule, and its messages
         except ValueError as exc:
@@ -323,15 +339,17 @@ def _model_folder(name: str, at: str) -> Path | None:
     return None  # a hub name: load_model resolves it (cache or download) when the trial runs
 
 
-def _levels(value: Any) -> list[float]:
+def _levels(value: Any, at: str = "levels") -> list[float]:
     if not isinstance(value, list):
         value = [value]
+    if not value:
+        raise SpecError(f"{at}: is empty; give at least one fraction in (0, 1)")
     levels = []
     for i, level in enumerate(value):
         if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-            raise SpecError(f"levels[{i}]: {level!r} is not a fraction in (0, 1)")
+            raise SpecError(f"{at}[{i}]: {level!r} is not a fraction in (0, 1)")
         if float(level) in levels:
-            raise SpecError(f"levels: {level!r} appears twice (duplicate grid cells)")
+            raise SpecError(f"{at}: {level!r} appears twice (duplicate grid cells)")
         levels.append(float(level))
     return levels
 

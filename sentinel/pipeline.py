@@ -1,13 +1,21 @@
 """One grid cell, top to bottom: load -> dense baseline -> scores -> select -> prune -> evaluate ->
 fine-tune -> evaluate. Usable without Ray; the orchestrator calls `run_trial` and nothing else.
 
-Work shared between cells (the dense baseline of a model, the head scores of a strategy) goes through a
-`shared` store with `get_or_compute(key, fn) -> (value, reused)`; the default keeps it in this process.
+Work shared between cells goes through a `shared` store with `get_or_compute(key, fn) -> (value, reused)`;
+the default keeps it in this process. What is shared, and why it may be:
+- the dense baseline, per model and evaluation protocol;
+- head scores, per (model, strategy, options, scoring data), and per seed only for strategies whose scores
+  depend on it (`Strategy.depends_on_seed`): entropy or magnitude give the same heads for every seed;
+- the pruned model's metric and its speed, per distinct pruned layout (the set of heads removed): cells
+  that remove the same heads have the same pruned model, so its metric is one number, not several noisy
+  ones, and its speed is one measurement. Speed is measured under `shared.exclusive()`, which keeps every
+  other trial on the node from computing meanwhile: tokens/s is a property of the layout, not of the load.
 Dense models are kept in an in-process cache and copied per trial, so a worker that runs many trials
 loads each model from disk once.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -15,7 +23,7 @@ import platform
 import socket
 import traceback
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol
 
 import torch
 from torch import nn
@@ -40,7 +48,7 @@ class DataSpec:
     score_batches: int = 4  # batches of the score split used to score heads
     eval_tokens: int = 16384  # evaluation tokens taken from the eval split (0 = all of it)
     split_seed: int = 0  # document split; fixed across trials so every cell sees the same data
-    sts_pairs: int = 0  # encoders: STS-B test pairs (0 = the full test set)
+    sts_pairs: int = 0  # encoders: a seeded random sample of this many STS-B test pairs (0 = all 1379)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class TrialResult:
     architecture: str = ""
     metric_name: str = ""
     higher_is_better: bool = False
+    metric_scale: str = ""  # how seeds are averaged and compared (sentinel.eval.Metric.scale)
     dense: float = float("nan")
     pruned: float = float("nan")
     recovered: float = float("nan")
@@ -104,10 +113,14 @@ class TrialResult:
     heads_pruned: int = 0
     pruned_heads: list = field(default_factory=list)  # [[layer, head], ...] in the dense layout
     selection_notes: list = field(default_factory=list)
+    weights: str = ""  # where the weights came from ("gguf Q4_1 (...), dequantised to float32", ...)
     params_before: int = 0
     params_after: int = 0
+    flops_before: float = float("nan")  # forward FLOPs of one seq_len sequence (sentinel.eval.forward_flops)
+    flops_after: float = float("nan")
     speed_before: float = float("nan")  # forward tokens/s
     speed_after: float = float("nan")
+    speed_quiet: bool | None = None  # no other trial computed on the node while speed was measured
     timings: dict = field(default_factory=dict)  # stage -> seconds
     reused: dict = field(default_factory=dict)  # "baseline"/"scores" -> bool
     device: str = ""
@@ -131,9 +144,18 @@ class TrialResult:
 class SharedWork(Protocol):
     def get_or_compute(self, key: str, fn: Callable[[], Any]) -> tuple[Any, bool]: ...
 
+    def working(self) -> ContextManager[None]:
+        """Held around every compute stage, so that `exclusive` can wait for the stages in progress."""
+
+    def exclusive(self) -> ContextManager[bool]:
+        """No other trial on this node computes inside the block; yields False if that could not be had."""
+
 
 class LocalShared:
-    """Shared work kept in this process (the default, and what a plain loop over run_trial uses)."""
+    """Shared work kept in this process (the default, and what a plain loop over run_trial uses).
+
+    One process runs one trial at a time, so `exclusive` holds by construction here.
+    """
 
     def __init__(self) -> None:
         self._values: dict[str, Any] = {}
@@ -143,6 +165,14 @@ class LocalShared:
             return self._values[key], True
         self._values[key] = fn()
         return self._values[key], False
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        yield
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[bool]:
+        yield True
 
 
 _MODELS: dict[tuple, tuple[nn.Module, Any]] = {}  # dense models loaded in this worker process
@@ -178,61 +208,74 @@ def run_trial(spec: TrialSpec, shared: SharedWork | None = None) -> TrialResult:
 
 
 def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
-    from sentinel.eval import Stopwatch, autocast, compare_throughput, count_parameters, resolve_device
+    from sentinel.eval import Stopwatch, autocast, compare_throughput, count_parameters, forward_flops, resolve_device
 
-    watch = Stopwatch(result.timings)
+    timings = Stopwatch(result.timings)
+
+    @contextlib.contextmanager
+    def stage(name: str) -> Iterator[None]:  # a timed compute stage (speed waits for those in progress)
+        with timings(name), shared.working():
+            yield
+
     device = resolve_device(spec.device)
     result.device = str(device) + (" bf16" if spec.bf16 and device.type == "cuda" else "")
+    model_key = f"{spec.model}{json.dumps(dict(spec.model_options), sort_keys=True, default=str)}"
 
-    with watch("load"):
+    with stage("load"):
         dense, tokenizer = dense_model(spec.model, device, spec.model_options)
         model = copy.deepcopy(dense)  # the cached dense model is never modified
         task = _cached_task(dense, spec, tokenizer)
     result.architecture = model.config.model_type
+    result.weights = getattr(dense, "sentinel_weights", "")
     layout = head_layout(model)
     result.heads_total = layout.total_heads
 
-    with watch("baseline"):
+    with stage("baseline"):
         baseline, result.reused["baseline"] = shared.get_or_compute(
-            f"baseline/{spec.model}/{task.key}/{device}", lambda: _baseline(dense, task, spec, device)
+            f"baseline/{model_key}/{task.key}/{device}", lambda: _baseline(dense, task, spec, device)
         )
     result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
+    result.metric_scale = baseline["scale"]
     result.dense, result.protocol = baseline["value"], baseline["protocol"]
     result.params_before = baseline["params"]
 
-    with watch("score"):
+    with stage("score"):
+        seed = spec.seed if STRATEGIES.get(spec.strategy).depends_on_seed(dense) else "any"
         scores, result.reused["scores"] = shared.get_or_compute(
-            f"scores/{spec.model}/{spec.strategy}/{json.dumps(dict(spec.strategy_options), sort_keys=True)}"
-            f"/{spec.seed}/{task.score_key}",
+            f"scores/{model_key}/{spec.strategy}/{json.dumps(dict(spec.strategy_options), sort_keys=True)}"
+            f"/{seed}/{task.score_key}",
             lambda: score_heads(spec.strategy, model, task.score_batches, seed=spec.seed, **spec.strategy_options),
         )
     result.scores = scores.scores.tolist()
 
-    with watch("select"):
-        group = max(layout.group_size(l) for l in range(layout.num_layers))
-        selection = select_heads(
-            scores, spec.level, policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer, group_size=group
-        )
+    with stage("select"):  # whole KV groups on GQA models: HeadScores carries the group size
+        selection = select_heads(scores, spec.level, policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer)
     result.selection_notes = list(selection.notes)
     result.pruned_heads = [[l, h] for l, heads in sorted(selection.heads.items()) for h in heads]
     result.heads_pruned = len(result.pruned_heads)
+    layout_key = f"{model_key}/{spec.method}/{hashlib.sha256(json.dumps(result.pruned_heads).encode()).hexdigest()[:16]}"
 
-    with watch("prune"):
+    with stage("prune"):
         if selection.heads and spec.method == "remove":
             prune_heads(model, selection.heads)
         elif selection.heads:
             model.sentinel_mask = mask_heads(model, selection.heads)
     result.params_after = count_parameters(model)
+    result.flops_before = forward_flops(dense, spec.data.seq_len)
+    result.flops_after = forward_flops(model, spec.data.seq_len) if spec.method == "remove" else result.flops_before
 
-    with watch("eval_pruned"), autocast(device, spec.bf16):
-        result.pruned = task.evaluate(model).value
+    with stage("eval_pruned"), autocast(device, spec.bf16):  # one number per distinct pruned model
+        result.pruned, result.reused["pruned_eval"] = shared.get_or_compute(
+            f"pruned/{layout_key}/{task.key}/{device}", lambda: task.evaluate(model).value)
     if spec.measure_speed:
-        with watch("speed"):  # dense and pruned measured alternately, here, under the same load
-            result.speed_before, result.speed_after = compare_throughput(
-                dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size, rounds=2, device=device)
+        with timings("speed"):  # once per layout, with the node to itself
+            speed, result.reused["speed"] = shared.get_or_compute(
+                f"speed/{layout_key}/{device}/seq{spec.data.seq_len}x{spec.data.batch_size}",
+                lambda: _quiet_speed(dense, model, spec, device, shared, compare_throughput))
+        result.speed_before, result.speed_after, result.speed_quiet = speed
 
     if spec.finetune is not None and spec.finetune.steps > 0:
-        with watch("finetune"):
+        with stage("finetune"):
             result.curve = finetune(
                 model, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
                 evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, device=device, bf16=spec.bf16,
@@ -241,6 +284,13 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
         result.recovered = result.curve[-1]["eval_metric"]
     else:
         result.recovered = result.pruned
+
+
+def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork, compare) -> tuple[float, float, bool]:
+    with shared.exclusive() as quiet:
+        before, after = compare(dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
+                                rounds=2, iters=2, device=device)
+    return before, after, quiet
 
 
 @dataclass
@@ -300,14 +350,13 @@ def _task(dense: nn.Module, spec: TrialSpec, tokenizer) -> _Task:
     batches = lambda texts, size: sdata.sentence_batches(tokenizer, texts, size, d.seq_len)  # noqa: E731
     score_batches = batches(sdata.sentences(splits.score, limit=d.batch_size * d.score_batches), d.batch_size)
     train_sentences = sdata.sentences(splits.train, limit=8192, seed=d.split_seed)
-    pairs = seval.load_stsb("test")
-    pairs = pairs[: d.sts_pairs] if d.sts_pairs else pairs
     return _Task(
-        key=f"stsb/test:{len(pairs)}",
+        key=f"stsb/test:{d.sts_pairs or 'all'}:seed{d.split_seed}",
         score_key=f"sentences/{d.source}:split{d.split_seed}:len{d.seq_len}:b{d.batch_size}x{d.score_batches}",
         score_batches=score_batches,
         train_batches=lambda batch_size: batches(train_sentences, batch_size),
-        evaluate=lambda m: seval.sts_spearman(m, tokenizer, pairs=pairs),
+        evaluate=lambda m: seval.sts_spearman(m, tokenizer, pairs=seval.load_stsb("test"), sample=d.sts_pairs,
+                                              seed=d.split_seed),
         teacher=dense,  # encoders recover by distillation to the dense model's embeddings
     )
 
@@ -319,5 +368,6 @@ def _baseline(model: nn.Module, task: _Task, spec: TrialSpec, device: torch.devi
         metric = task.evaluate(model)
     return {
         "metric": metric.name, "higher_is_better": metric.higher_is_better, "value": metric.value,
+        "scale": metric.scale,
         "protocol": metric.protocol, "params": count_parameters(model),
     }

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-SUPPORTED_SCHEMA_VERSIONS = (1,)  # orchestrator.results.SCHEMA_VERSION values this reader understands
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # orchestrator.results.SCHEMA_VERSION values this reader understands
 TABLES = ("trials", "curves", "heads")
 # columns without which a table cannot be analysed at all; everything else is optional and filled with NA
 REQUIRED = {
@@ -176,9 +176,9 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """Types and defaults the analysis relies on, for tables written by other tools or older runs."""
     trials = trials.copy()
     for column in ("dense", "pruned", "recovered", "params_before", "params_after", "speed_before",
-                   "speed_after", "heads_pruned", "heads_total"):
+                   "speed_after", "heads_pruned", "heads_total", "ideal_speedup"):
         trials[column] = pd.to_numeric(trials[column], errors="coerce") if column in trials else float("nan")
-    for column in ("metric_name", "error", "strategy_options", "trial_id", "run_id", "experiment"):
+    for column in ("metric_name", "error", "strategy_options", "trial_id", "run_id", "experiment", "weights"):
         if column not in trials:
             trials[column] = pd.NA
     if "higher_is_better" not in trials:

@@ -1,6 +1,8 @@
 """Plots: each is a function of a DataFrame that returns a matplotlib Figure (no pyplot, no global state).
 
-Means are over seeds with 95% t confidence bands (stats.ci_half_width); a single seed draws the line alone.
+Means are over seeds with 95% t confidence bands on the metric's scale (stats.interval: geometric means and
+log-space bands for perplexity, Fisher-z bands for correlations); below stats.MIN_SEEDS_FOR_CI seeds the line
+is drawn alone, without a band.
 Every axis says the metric, its direction and the evaluation protocol, so a PNG read on its own is unambiguous.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from orchestrator.analyze.stats import BASELINE, ci_half_width, ok_trials, pareto_front
+from orchestrator.analyze.stats import BASELINE, MIN_SEEDS_FOR_CI, interval, metric_scale, ok_trials, pareto_front
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 RANDOM_COLOR = "#7f7f7f"  # the baseline is grey in every plot
@@ -61,15 +63,21 @@ def _first(df: pd.DataFrame) -> dict:
     return df.iloc[0].to_dict() if not df.empty else {}
 
 
-def _mean_ci(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    return df.groupby(by, sort=True)[value].agg(mean="mean", ci=ci_half_width, n="count").reset_index()
+def _mean_ci(df: pd.DataFrame, x: str, value: str, scale: str) -> pd.DataFrame:
+    rows = [(key, *interval(group[value], scale), group[value].count()) for key, group in df.groupby(x, sort=True)]
+    return pd.DataFrame(rows, columns=[x, "mean", "low", "high", "n"])
 
 
 def _band(ax: Axes, stats: pd.DataFrame, x: str, color: str, linestyle: str, label: str | None) -> None:
-    """A mean line with markers and a shaded 95% CI band (no band where the CI is NaN: one seed)."""
+    """A mean line with markers and a shaded 95% CI band where there is one (enough seeds)."""
     ax.plot(stats[x], stats["mean"], color=color, linestyle=linestyle, marker="o", markersize=3.5, label=label)
-    ci = stats["ci"].fillna(0.0)
-    ax.fill_between(stats[x], stats["mean"] - ci, stats["mean"] + ci, color=color, alpha=0.18, linewidth=0)
+    banded = stats.dropna(subset=["low", "high"])
+    ax.fill_between(banded[x], banded["low"], banded["high"], color=color, alpha=0.18, linewidth=0)
+
+
+def _band_note(n_seeds: int) -> str:
+    return ("95% CI bands" if n_seeds >= MIN_SEEDS_FOR_CI
+            else f"no CI bands: {n_seeds} seed(s), fewer than {MIN_SEEDS_FOR_CI}")
 
 
 def _log_if_wide(ax: Axes, values: pd.Series, higher_is_better: object) -> None:
@@ -94,10 +102,10 @@ def plot_metric_vs_level(trials: pd.DataFrame) -> Figure:
     axes = np.atleast_1d(fig.subplots(1, max(1, len(models)), squeeze=False)[0])
     for ax, model in zip(axes, models):
         rows = ok[ok["model"].eq(model)]
-        first = _first(rows)
+        first, scale = _first(rows), metric_scale(rows)
         for label, group in rows.groupby("label", sort=True):
             for value, style in (("pruned", "--"), ("recovered", "-")):
-                _band(ax, _mean_ci(group, ["level"], value), "level", palette[label], style,
+                _band(ax, _mean_ci(group, "level", value, scale), "level", palette[label], style,
                       label if value == "recovered" else None)
         dense = rows["dense"].mean()
         ax.axhline(dense, color="black", linewidth=1, linestyle=":", label="dense")
@@ -110,7 +118,9 @@ def plot_metric_vs_level(trials: pd.DataFrame) -> Figure:
         handles += [Line2D([], [], color="black", linestyle="--"), Line2D([], [], color="black", linestyle="-")]
         labels += ["after pruning", "after recovery fine-tuning"]
         ax.legend(handles, labels, fontsize=7)
-    fig.suptitle("Quality vs pruning level: mean over seeds, 95% CI bands", fontsize=11)
+    seeds = int(ok.groupby(["model", "label", "level"])["seed"].nunique().min()) if not ok.empty else 0
+    fig.suptitle(f"Quality vs pruning level: mean over seeds (geometric for perplexity), {_band_note(seeds)}",
+                 fontsize=11)
     return fig
 
 
@@ -139,9 +149,9 @@ def plot_recovery_curves(curves: pd.DataFrame) -> Figure:
             if rows.empty:
                 ax.set_visible(False)
                 continue
-            first = _first(rows)
+            first, scale = _first(rows), metric_scale(rows)
             for label, group in rows.groupby("label", sort=True):
-                _band(ax, _mean_ci(group, ["step"], "eval_metric"), "step", palette[label], "-", label)
+                _band(ax, _mean_ci(group, "step", "eval_metric", scale), "step", palette[label], "-", label)
             if pd.notna(first.get("dense")):
                 ax.axhline(first["dense"], color="black", linewidth=1, linestyle=":", label="dense")
             ax.set_title(f"{model}, {level:g} of heads pruned\n{protocol_label(first)}", fontsize=8)
@@ -149,7 +159,8 @@ def plot_recovery_curves(curves: pd.DataFrame) -> Figure:
             ax.set_ylabel(metric_label(first.get("metric_name"), first.get("higher_is_better")))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle("Recovery fine-tuning: mean over seeds, 95% CI bands", fontsize=11)
+    seeds = int(evaluated.groupby(["model", "label", "level", "step"])["seed"].nunique().min())
+    fig.suptitle(f"Recovery fine-tuning: mean over seeds, {_band_note(seeds)}", fontsize=11)
     return fig
 
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from orchestrator.analyze import plots
 from orchestrator.analyze.load import Results
-from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, ok_trials, summary_table
+from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
 from orchestrator.results import write_bytes
 
 FORMATS = ("png", "svg")
@@ -39,16 +39,23 @@ def fmt(value: object, digits: int = 4) -> str:
     return str(value)
 
 
-def mean_ci(mean: float, ci: float) -> str:
-    """'12.3 ± 0.4' (95% CI half-width), or just the mean when the CI is undefined (one seed)."""
-    return fmt(mean) if pd.isna(ci) else f"{fmt(mean)} ± {fmt(ci, 2)}"
+def mean_ci(mean: float, low: float, high: float) -> str:
+    """'12.3 [11.9, 12.8]' (mean and 95% CI on the metric's scale), or the mean alone when there is no CI."""
+    if pd.isna(mean):
+        return ""
+    return fmt(mean) if pd.isna(low) else f"{fmt(mean)} [{fmt(low, 3)}, {fmt(high, 3)}]"
 
 
-def versus(diff: float, p: float, n: float, verdict: object) -> str:
+def effect(diff: float, ratio: float) -> str:
+    """A difference in metric units, or for log-scale metrics the ratio to random ('0.21x')."""
+    return f"{ratio:.3g}x" if pd.notna(ratio) else f"{diff:+.4g}"
+
+
+def versus(diff: float, ratio: float, p: float, n: float, verdict: object) -> str:
     if pd.isna(n):
         return ""
     p_text = "p n/a" if pd.isna(p) else f"p={p:.3g}"
-    return f"{diff:+.4g} ({p_text}, n={int(n)}; {verdict})"
+    return f"{effect(diff, ratio)} ({p_text}, n={int(n)}; {verdict})"
 
 
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -58,14 +65,16 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         "seeds": summary["n_seeds"], "metric": summary["metric_name"].fillna(""),
     })
     for value in ("dense", "pruned", "recovered"):
-        out[value] = [mean_ci(m, c) for m, c in zip(summary[f"{value}_mean"], summary[f"{value}_ci"])]
+        out[value] = [mean_ci(*v) for v in zip(*(summary[f"{value}_{k}"] for k in ("mean", "low", "high")))]
     for value in ("pruned", "recovered"):
-        cols = [summary[f"vs_random_{value}_{c}"] for c in ("diff", "p", "n_pairs", "verdict")]
+        cols = [summary[f"vs_random_{value}_{c}"] for c in ("diff", "ratio", "p", "n_pairs", "verdict")]
         out[f"{value} vs random"] = [versus(*v) for v in zip(*cols)]
     out["params before → after"] = [f"{b:,.0f} → {a:,.0f}" if pd.notna(b) else ""
                                     for b, a in zip(summary["params_before"], summary["params_after"])]
     out["tokens/s before → after"] = [f"{fmt(b)} → {fmt(a)}" if pd.notna(b) else "not measured"
                                       for b, a in zip(summary["speed_before"], summary["speed_after"])]
+    out["speedup (ideal)"] = [f"{fmt(m, 3)}x ({fmt(i, 3)}x)" if pd.notna(m) else (f"({fmt(i, 3)}x)" if pd.notna(i) else "")
+                              for m, i in zip(summary["speedup"], summary["ideal_speedup"])]
     out["note"] = summary["note"]
     return out
 
@@ -167,7 +176,9 @@ def _grid_size(results: Results) -> str:
     total = 0
     for config in results.configs:
         try:
-            total += len(config["models"]) * len(config["strategies"]) * len(config["levels"]) * len(config["seeds"])
+            levels = [len(m.get("levels") or config["levels"]) if isinstance(m, dict) else len(config["levels"])
+                      for m in config["models"]]
+            total += sum(levels) * len(config["strategies"]) * len(config["seeds"])
         except (KeyError, TypeError):
             return ""
     if not total:
@@ -177,17 +188,26 @@ def _grid_size(results: Results) -> str:
 
 
 def verdicts(summary: pd.DataFrame) -> list[str]:
-    """One bullet per cell where a strategy beat (or lost to) random with p < ALPHA, after pruning or recovery."""
+    """Per model and level: the best strategy after pruning and after recovery, how far it is from random
+    (a ratio for log-scale metrics, a difference otherwise), its p-value, and every strategy that is
+    significantly better or worse than random."""
     items = []
-    for value in ("pruned", "recovered"):
-        column = f"vs_random_{value}_verdict"
-        if column not in summary:
-            continue
-        for row in summary[summary[column].isin(["better", "worse"])].itertuples(index=False):
-            d = row._asdict()
-            items.append(f"`{row.model}` level {row.level:g}, {value}: **{row.label}** is {d[column]} than random "
-                         f"(mean difference {d[f'vs_random_{value}_diff']:+.4g} {row.metric_name}, "
-                         f"p={d[f'vs_random_{value}_p']:.3g}, {int(d[f'vs_random_{value}_n_pairs'])} seed pairs)")
+    rows = summary[summary["n_seeds"].gt(0)]
+    for (model, level), cell in rows.groupby(["model", "level"], sort=True):
+        for value in ("pruned", "recovered"):
+            verdict, ratio, diff, p, n = (f"vs_random_{value}_{c}" for c in ("verdict", "ratio", "diff", "p", "n_pairs"))
+            if verdict not in cell or cell[verdict].isna().all():
+                continue
+            higher = bool(cell["higher_is_better"].dropna().iloc[0]) if cell["higher_is_better"].notna().any() else False
+            best = cell.sort_values(f"{value}_mean", ascending=not higher).iloc[0]
+            parts = [f"best **{best['label']}** ({best['metric_name']} {fmt(best[f'{value}_mean'])})"]
+            for r in cell[cell[verdict].isin(["better", "worse"])].itertuples(index=False):
+                d = r._asdict()
+                parts.append(f"{r.label} {d[verdict]} than random ({effect(d[diff], d[ratio])}, p={d[p]:.2g}, "
+                             f"n={int(d[n])})")
+            if not cell[verdict].isin(["better", "worse"]).any():
+                parts.append(f"no strategy differs from random with p < {ALPHA}")
+            items.append(f"`{model}` level {level:g}, {value}: " + "; ".join(parts))
     return items or [f"No strategy differs from random with p < {ALPHA} in any cell: none can be called better "
                      "than random on these seeds."]
 
@@ -251,12 +271,22 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
     blocks = [Block("p", f"Generated {generated}."), Block("h2", "Run"), Block("ul", run_metadata(results)),
               Block("h2", "How to read this"),
               Block("ul", [
-                  f"Each cell is model x strategy x pruning level; numbers are means over seeds ± the {CONFIDENCE:.0%} "
-                  "confidence half-width (t distribution, n - 1 degrees of freedom). A single seed has no CI.",
+                  f"Each cell is model x strategy x pruning level; numbers are means over seeds [{CONFIDENCE:.0%} "
+                  "confidence interval] (t distribution, n - 1 degrees of freedom), on the metric's scale: "
+                  "perplexity is averaged in log space (a geometric mean; pruned perplexities are heavy-tailed), "
+                  "correlations through Fisher's z (the interval stays inside [-1, 1]). Below "
+                  f"{MIN_SEEDS_FOR_CI} seeds no interval is given.",
                   "`pruned` is measured right after pruning, `recovered` after recovery fine-tuning, `dense` is the "
                   "unpruned model on the same data and protocol.",
-                  f"`vs random` is the mean of (strategy - {BASELINE}) over trials paired by seed at the same model and "
-                  "level, with a paired t test (scipy.stats.ttest_rel): difference in metric units, p-value, pairs.",
+                  f"`vs random` compares each strategy with {BASELINE} over trials paired by seed at the same model and "
+                  "level, with a paired t test (scipy.stats.ttest_rel) on the metric's scale: for perplexity the "
+                  "geometric-mean ratio to random (0.2x = a fifth of random's perplexity), otherwise the mean "
+                  "difference in metric units; then the p-value and the number of pairs.",
+                  "Strategies that do not depend on the seed (entropy, magnitude, gradient on a language model) prune "
+                  "the same heads in every seed: their `pruned` value has no spread, and seeds differ only in the "
+                  "recovery fine-tune. The paired test then asks whether they beat random draws of heads.",
+                  "`speedup (ideal)`: measured tokens/s after / before (one quiet measurement per distinct pruned "
+                  "layout), and in brackets the FLOP ratio dense / pruned that removing those heads allows.",
                   f"A strategy is called **better than random** only where it beats {BASELINE} across seeds with "
                   f"p < {ALPHA}, in the metric's direction (lower perplexity, higher Spearman). Anything else is "
                   "reported as no significant difference, however large the mean gap looks.",

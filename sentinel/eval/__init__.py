@@ -12,9 +12,10 @@ from sentinel.eval.sentence import (
     encode,
     load_stsb,
     mean_pool,
+    sample_pairs,
     sts_spearman,
 )
-from sentinel.eval.speed import Stopwatch, compare_throughput, count_parameters, throughput, timed
+from sentinel.eval.speed import Stopwatch, compare_throughput, count_parameters, forward_flops, throughput, timed
 
 __all__ = [
     "Metric",
@@ -23,12 +24,14 @@ __all__ = [
     "cosine_pairs",
     "count_parameters",
     "embedding_fidelity",
+    "forward_flops",
     "encode",
     "load_stsb",
     "mean_pool",
     "model_device",
     "perplexity",
     "resolve_device",
+    "sample_pairs",
     "sts_spearman",
     "compare_throughput",
     "throughput",

@@ -17,6 +17,9 @@ class Metric:
     value: float
     higher_is_better: bool
     protocol: dict[str, Any] = field(default_factory=dict)
+    # the scale on which seeds are averaged and compared: "log" for ratios such as perplexity (heavy-tailed
+    # under pruning), "atanh" (Fisher z) for correlations in [-1, 1], "identity" otherwise
+    scale: str = "identity"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -140,4 +140,4 @@ def perplexity(
         "tokens": total_tokens,
         "windows": len(spans),
     }
-    return Metric(name="perplexity", value=value, higher_is_better=False, protocol=protocol)
+    return Metric(name="perplexity", value=value, higher_is_better=False, protocol=protocol, scale="log")

@@ -106,6 +106,20 @@ def load_stsb(split: str = "test", path: str | Path | None = None) -> list[Pair]
     return pairs
 
 
+def sample_pairs(pairs: Sequence[Pair], n: int, seed: int) -> list[Pair]:
+    """A seeded uniform sample of `n` pairs without replacement, in file order (n = 0 or >= len: all of them).
+
+    The file's order is not random (STS-B test is grouped by genre and source), so its first n pairs are a
+    biased subset: all-MiniLM-L6-v2 scores 0.938 on the first 256 test pairs and 0.820 on all 1379.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"sts_pairs: {n!r} is not an integer >= 0 (0 = all pairs)")
+    if n == 0 or n >= len(pairs):
+        return list(pairs)
+    chosen = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return [pairs[i] for i in chosen.tolist()]
+
+
 def cosine_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise cosine similarity of two [n, d] tensors -> [n]."""
     return F.cosine_similarity(a.float(), b.float(), dim=-1)
@@ -117,6 +131,8 @@ def sts_spearman(
     pairs: Sequence[Pair] | None = None,
     split: str = "test",
     *,
+    sample: int = 0,
+    seed: int = 0,
     batch_size: int = 64,
     max_length: int = 128,
 ) -> Metric:
@@ -126,20 +142,25 @@ def sts_spearman(
         model, tokenizer: the encoder (mean pooling, see `encode`).
         pairs: (s1, s2, score) triples; default all of STS-B `split`.
         split: which STS-B split to load when `pairs` is None (also recorded in the protocol).
+        sample, seed: evaluate a seeded random sample of this many pairs (`sample_pairs`); 0 = all.
         batch_size, max_length: passed to `encode`.
     Returns:
-        Metric("stsb_spearman", rho in [-1, 1], higher_is_better=True).
+        Metric("stsb_spearman", rho in [-1, 1], higher_is_better=True); the protocol records the sample.
     """
     if pairs is None:
         pairs = load_stsb(split)
+    available = len(pairs)
+    pairs = sample_pairs(pairs, sample, seed)
     if len(pairs) < 2:
         raise ValueError(f"pairs: {len(pairs)} pair(s); Spearman correlation needs at least 2")
     first = encode(model, tokenizer, [p[0] for p in pairs], batch_size, max_length)
     second = encode(model, tokenizer, [p[1] for p in pairs], batch_size, max_length)
     gold = [p[2] for p in pairs]
     rho = spearmanr(cosine_pairs(first, second).numpy(), gold).statistic
-    protocol = {"split": split, "pairs": len(pairs), "pooling": "mean", "max_length": max_length}
-    return Metric(name="stsb_spearman", value=float(rho), higher_is_better=True, protocol=protocol)
+    protocol = {"dataset": "stsb", "split": split, "pairs": len(pairs), "pooling": "mean", "max_length": max_length,
+                "sample": "all" if len(pairs) == available else f"seeded random {len(pairs)} of {available}",
+                "sample_seed": seed if len(pairs) < available else None}
+    return Metric(name="stsb_spearman", value=float(rho), higher_is_better=True, protocol=protocol, scale="atanh")
 
 
 def embedding_fidelity(
@@ -170,4 +191,4 @@ def embedding_fidelity(
     embeddings = encode(model, tokenizer, sentences, batch_size, max_length)
     value = cosine_pairs(embeddings, reference_embeddings.cpu()).mean().item()
     protocol = {"sentences": len(sentences), "pooling": "mean", "max_length": max_length}
-    return Metric(name="embedding_fidelity", value=value, higher_is_better=True, protocol=protocol)
+    return Metric(name="embedding_fidelity", value=value, higher_is_better=True, protocol=protocol, scale="atanh")

@@ -7,8 +7,10 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from sentinel.eval.device import model_device
+from sentinel.models import head_layout
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -16,6 +18,23 @@ def count_parameters(model: nn.Module) -> int:
     # model.parameters() already de-duplicates by identity; the set keeps that explicit
     unique = {id(p): p for p in model.parameters()}
     return sum(p.numel() for p in unique.values())
+
+
+def forward_flops(model: nn.Module, seq_len: int) -> float:
+    """FLOPs (2 per multiply-add) of one forward pass over one sequence of `seq_len` tokens.
+
+    Counts every linear layer (nn.Linear and GPT-2's Conv1D, the LM head included; embedding lookups are
+    free) once per token, plus attention's two seq_len x seq_len products (Q K^T and A V) per query head.
+    The ratio dense / pruned is the ideal speedup of a pruned layout: what removing the heads' weights and
+    attention maps saves, before kernel efficiency and memory traffic decide what is measured. A masked
+    model keeps every weight, so its FLOPs (and ideal speedup, 1) are the dense ones.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len: {seq_len} must be >= 1")
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, Conv1D)))
+    layout = head_layout(model)
+    attention = 2 * seq_len * seq_len * layout.head_dim * sum(layout.heads)  # multiply-adds: QK^T and AV
+    return float(2 * (linear * seq_len + attention))
 
 
 def _sync(device: torch.device) -> None:

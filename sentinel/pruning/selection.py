@@ -3,7 +3,7 @@
 - Count: requested = round-half-up(level * total heads) (2.5 -> 3; Python's round() would give 2).
 - Order: lowest score first; ties broken by (layer, head), so the choice is deterministic.
 - Never empties a layer: each layer keeps at least `min_heads_per_layer` heads.
-- GQA (`group_size` > 1): the unit is a whole KV group of `group_size` consecutive query heads, its score
+- GQA (`group_size` > 1; by default read from HeadScores.group_sizes): the unit is a whole KV group of `group_size` consecutive query heads, its score
   the mean of its heads' scores, and the count is round-half-up(level * total groups) groups; when that
   is not `requested` heads, a note says so.
 - policy "global" ranks all units of the model together; "per_layer" gives every layer a quota of
@@ -49,7 +49,7 @@ def select_heads(
     level: float,
     policy: str = "global",
     min_heads_per_layer: int = 1,
-    group_size: int = 1,
+    group_size: int | None = None,
 ) -> Selection:
     """Chooses the `level` fraction of heads with the lowest scores.
 
@@ -60,10 +60,14 @@ def select_heads(
         policy: "global" (rank across layers) or "per_layer" (same fraction in every layer).
         min_heads_per_layer: heads every layer keeps (>= 1).
         group_size: prune whole groups of this many consecutive heads (a GQA model's query heads per KV head).
+            None: the scored model's group size (HeadScores.group_sizes), so that `prune_heads` accepts the
+            selection on GQA models; 1 for a plain tensor.
     Returns:
         Selection(heads, requested, selected, notes).
     """
     grid = _as_grid(scores)
+    if group_size is None:
+        group_size = _scored_group_size(scores)
     _check_arguments(level, policy, min_heads_per_layer, group_size)
     counts = _heads_per_layer(grid)
     units = _layer_units(grid, counts, group_size)
@@ -96,6 +100,14 @@ def _as_grid(scores: HeadScores | torch.Tensor) -> torch.Tensor:
     if not isinstance(grid, torch.Tensor) or grid.ndim != 2 or grid.numel() == 0:
         raise ValueError(f"scores: expected HeadScores or a non-empty [layers, heads] tensor, got {_describe(grid)}")
     return grid.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _scored_group_size(scores: HeadScores | torch.Tensor) -> int:
+    sizes = set(scores.group_sizes) if isinstance(scores, HeadScores) else set()
+    if len(sizes) > 1:
+        raise ValueError(f"group_size: the scored model's layers have different GQA group sizes "
+                         f"{list(scores.group_sizes)}; pass group_size explicitly")
+    return sizes.pop() if sizes else 1
 
 
 def _describe(value: object) -> str:

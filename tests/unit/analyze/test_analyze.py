@@ -26,16 +26,17 @@ def run_cli(argv: list[str]) -> int:
 
 
 def recomputed(trials: pd.DataFrame) -> pd.DataFrame:
-    """Independent recomputation: mean and t CI half-width per cell from ok rows."""
+    """Independent recomputation for perplexity: geometric mean and the t CI of the mean log, mapped back;
+    no interval below 3 seeds."""
     ok = trials[trials["status"] == "ok"]
     out = []
     for (model, strategy, level), g in ok.groupby(["model", "strategy", "level"]):
         row = {"model": model, "label": strategy, "level": level, "n": g["seed"].nunique()}
         for value in ("dense", "pruned", "recovered"):
-            x = g[value].to_numpy()
-            row[f"{value}_mean"] = x.mean()
-            row[f"{value}_ci"] = (stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-                                  if len(x) > 1 else np.nan)
+            x = np.log(g[value].to_numpy())
+            half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 2 else np.nan
+            row[f"{value}_mean"] = np.exp(x.mean())
+            row[f"{value}_low"], row[f"{value}_high"] = np.exp(x.mean() - half), np.exp(x.mean() + half)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -49,13 +50,15 @@ def test_fixture_is_real_pipeline_output(results_dir):
 
 def test_summary_means_and_ci_match_pandas_recomputation(results_dir):
     trials = pd.read_parquet(results_dir / "trials.parquet")
+    assert set(trials.loc[trials.status == "ok", "metric_scale"]) == {"log"}
     summary = summary_table(load([str(results_dir)]).trials).set_index(["model", "label", "level"])
     expected = recomputed(trials).set_index(["model", "label", "level"])
     assert set(expected.index) <= set(summary.index)
     for key, row in expected.iterrows():
         assert summary.loc[key, "n_seeds"] == row["n"]
-        for column in ("dense_mean", "dense_ci", "pruned_mean", "pruned_ci", "recovered_mean", "recovered_ci"):
-            np.testing.assert_allclose(summary.loc[key, column], row[column], rtol=1e-9, equal_nan=True)
+        for value in ("dense", "pruned", "recovered"):
+            for column in (f"{value}_mean", f"{value}_low", f"{value}_high"):
+                np.testing.assert_allclose(summary.loc[key, column], row[column], rtol=1e-9, equal_nan=True)
 
 
 def test_paired_difference_to_random_matches_ttest_rel_by_seed(results_dir):
@@ -66,11 +69,12 @@ def test_paired_difference_to_random_matches_ttest_rel_by_seed(results_dir):
         r = ok[(ok.strategy == "random") & (ok.model == model) & (ok.level == level)].set_index("seed")
         m = g.set_index("seed").loc[r.index.intersection(g["seed"])]
         for value in ("pruned", "recovered"):
-            diff = (m[value] - r.loc[m.index, value]).mean()
-            p = stats.ttest_rel(m[value], r.loc[m.index, value]).pvalue
+            a, b = m[value].to_numpy(), r.loc[m.index, value].to_numpy()
+            p = stats.ttest_rel(np.log(a), np.log(b)).pvalue  # perplexity is compared in log space
             row = summary.loc[(model, "magnitude", level)]
             assert row[f"vs_random_{value}_n_pairs"] == len(m) == 2
-            np.testing.assert_allclose(row[f"vs_random_{value}_diff"], diff, rtol=1e-9)
+            np.testing.assert_allclose(row[f"vs_random_{value}_diff"], (a - b).mean(), rtol=1e-9)
+            np.testing.assert_allclose(row[f"vs_random_{value}_ratio"], np.exp(np.log(a / b).mean()), rtol=1e-9)
             np.testing.assert_allclose(row[f"vs_random_{value}_p"], p, rtol=1e-9, equal_nan=True)
 
 
@@ -91,7 +95,7 @@ def test_better_than_random_needs_p_below_005_in_the_metrics_direction(results_d
 def test_single_seed_cell_has_no_ci_and_a_note(results_dir, report):
     summary = pd.read_csv(report.parent / "summary.csv")
     entropy = summary[summary["label"] == "entropy"].iloc[0]
-    assert entropy["n_seeds"] == 1 and np.isnan(entropy["recovered_ci"]) and np.isnan(entropy["vs_random_pruned_p"])
+    assert entropy["n_seeds"] == 1 and np.isnan(entropy["recovered_low"]) and np.isnan(entropy["vs_random_pruned_p"])
     assert "single seed" in entropy["note"] and entropy["vs_random_pruned_verdict"] == "too few seeds"
     assert "single seed" in report.read_text()
 
@@ -129,8 +133,8 @@ def test_report_embeds_every_plot_and_each_image_is_non_trivial(results_dir, rep
 
 def test_tables_are_written_as_csv_and_markdown(report):
     summary = pd.read_csv(report.parent / "summary.csv")
-    assert {"dense_mean", "pruned_ci", "recovered_mean", "vs_random_recovered_p", "params_after",
-            "speed_after", "speedup"} <= set(summary.columns)
+    assert {"dense_mean", "pruned_low", "pruned_high", "recovered_mean", "vs_random_recovered_p", "params_after",
+            "speed_after", "speedup", "ideal_speedup", "speedup_vs_ideal"} <= set(summary.columns)
     markdown = (report.parent / "summary.md").read_text().splitlines()
     assert markdown[0].startswith("| model | strategy | level") and len(markdown) == 2 + len(summary)
 

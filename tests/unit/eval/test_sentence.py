@@ -82,3 +82,20 @@ def test_fidelity_rejects_mismatched_reference(minilm):
     model, tokenizer = minilm
     with pytest.raises(ValueError, match=r"reference_embeddings: 3 rows for 4 sentences"):
         embedding_fidelity(model, tokenizer, SENTENCES, torch.zeros(3, 384))
+
+
+def test_stsb_sample_is_seeded_uniform_and_recorded_in_the_protocol(minilm):
+    from sentinel.eval import sample_pairs
+
+    pairs = load_stsb("test")
+    a, b, c = sample_pairs(pairs, 100, seed=0), sample_pairs(pairs, 100, seed=0), sample_pairs(pairs, 100, seed=1)
+    assert a == b != c and len(a) == 100 and len(set(a)) == 100
+    positions = [pairs.index(p) for p in a]
+    assert positions == sorted(positions) and max(positions) > 1000  # spread over the file, not its head
+    assert sample_pairs(pairs, 0, seed=0) == pairs == sample_pairs(pairs, 5000, seed=0)
+    with pytest.raises(ValueError, match="sts_pairs: -1 is not an integer >= 0"):
+        sample_pairs(pairs, -1, seed=0)
+    model, tokenizer = minilm
+    metric = sts_spearman(model, tokenizer, pairs[:300], sample=50, seed=4)
+    assert metric.protocol["pairs"] == 50 and metric.protocol["sample"] == "seeded random 50 of 300"
+    assert metric.protocol["sample_seed"] == 4 and metric.scale == "atanh"

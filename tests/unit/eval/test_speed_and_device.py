@@ -94,3 +94,20 @@ def test_autocast_on_cuda_is_bf16_autocast():
     context = autocast(torch.device("cuda"), bf16=True)
     assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
     assert not isinstance(autocast("cuda", bf16=False), torch.autocast)
+
+
+def test_forward_flops_counts_linear_layers_and_attention_maps_and_drops_with_heads():
+    """Brute force for GPT-2 (2 layers, 4 heads of 8, width 32, vocab 97, fused c_attn as Conv1D):
+    per token 2 * (c_attn 32x96 + c_proj 32x32 + MLP 32x128 + 128x32 per layer + LM head 32x97), plus
+    2 * T * T * head_dim per head for QK^T and AV."""
+    from sentinel.eval import forward_flops
+
+    model, t = tiny_model("gpt2"), 16
+    linear = 2 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32) + 32 * 97
+    attention = 2 * t * t * 8 * 8  # multiply-adds, 8 heads in all
+    assert forward_flops(model, t) == 2 * (linear * t + attention)
+    prune_heads(model, {0: [0, 1], 1: [3]})  # 3 heads of 8 dims: c_attn loses 3*3*8 outputs, c_proj 3*8 inputs
+    removed = 3 * (3 * 8 * 32 + 8 * 32)
+    assert forward_flops(model, t) == 2 * ((linear - removed) * t + 2 * t * t * 8 * 5)
+    with pytest.raises(ValueError, match="seq_len"):
+        forward_flops(model, 0)

@@ -98,3 +98,15 @@ def test_meta_records_options_tokens_seed_and_passes():
     assert result.strategy == "entropy"
     assert result.meta["options"] == {"normalize": True} and result.meta["seed"] == 4
     assert result.meta["tokens"] == tokens == result.meta["positions"] and result.meta["forward_passes"] == 2
+
+
+def test_registry_says_which_strategies_depend_on_the_seed():
+    """Seed-independent strategies are scored once per grid; the property lives in the registry and holds."""
+    lm, encoder = tiny_model("gpt2"), tiny_model("bert")
+    for model in (lm, encoder):
+        for name in STRATEGIES:
+            strategy = STRATEGIES.get(name)
+            a = score_heads(name, model, [padded_batch()], seed=0).scores
+            b = score_heads(name, model, [padded_batch()], seed=1).scores
+            assert strategy.depends_on_seed(model) == (not torch.equal(a, b)), (name, type(model).__name__)
+    assert not STRATEGIES.get("gradient").depends_on_seed(lm) and STRATEGIES.get("gradient").depends_on_seed(encoder)

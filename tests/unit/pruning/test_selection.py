@@ -116,3 +116,30 @@ def test_bad_arguments_name_the_field(kwargs, message):
 def test_nan_inside_a_row_is_rejected():
     with pytest.raises(ValueError, match="layer 0 has NaN before its last head"):
         select_heads(grid([[1, NAN, 3]]), 0.3)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("strategy", ["random", "magnitude", "gradient"])
+def test_selection_from_scores_is_accepted_by_prune_heads_on_gqa_without_a_group_size(model_type, strategy):
+    """score_heads records the KV group size; select_heads picks whole groups from it, so the plain pair of
+    calls works on GQA models (SmolLM2: 9 query heads over 3 KV heads per layer)."""
+    from sentinel.models import head_layout, prune_heads
+    from sentinel.pruning import score_heads
+    from tests.tiny_models import padded_batch, tiny_model
+
+    model = tiny_model(model_type)
+    scores = score_heads(strategy, model, [padded_batch()], seed=3)
+    assert scores.group_sizes == (2, 2)
+    for level in (0.25, 0.5):
+        selection = select_heads(scores, level)
+        assert all(len(heads) % 2 == 0 for heads in selection.heads.values())
+        pruned = prune_heads(tiny_model(model_type), selection.heads)
+        assert sum(head_layout(pruned).heads) == 8 - selection.selected
+
+
+def test_explicit_group_size_overrides_and_mixed_group_sizes_are_refused():
+    scores = HeadScores(grid([[0, 1, 2, 3], [4, 5, 6, 7]]), "x", group_sizes=(2, 1))
+    with pytest.raises(ValueError, match=r"different GQA group sizes \[2, 1\]; pass group_size"):
+        select_heads(scores, 0.25)
+    assert select_heads(scores, 0.25, group_size=1).heads == {0: [0, 1]}
+    assert select_heads(HeadScores(grid([[0, 1, 2, 3]]), "x", group_sizes=(2,)), 0.25).heads == {0: [0, 1]}
