@@ -17,7 +17,7 @@ import sys
 from typing import Sequence
 
 from orchestrator import analyze, submit
-from orchestrator.spec import SpecError, load_spec
+from orchestrator.spec import SpecError, check_local_run, load_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Validates the config (exit 2 on bad input, before Ray starts), runs the grid, analyzes the results."""
     spec = load_spec(args.config, args.overrides)
     if args.address is None:
+        check_local_run(spec)
         # Ray on Linux binds GCS and raylet to the machine's address even when told 127.0.0.1; this flag,
         # read when ray is first imported, keeps a local in-process cluster on loopback (docs/SECURITY.md).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-SCHEMA_VERSION = 2  # 2: metric_scale, weights, flops_*, ideal_speedup, speed_quiet, reused_pruned_eval/speed, protocol_sample*
+SCHEMA_VERSION = 1
 STAGES = ("load", "baseline", "score", "select", "prune", "eval_pruned", "speed", "finetune")
 PROTOCOL_KEYS = {"dataset": pa.string(), "split": pa.string(), "seq_len": pa.int64(), "stride": pa.int64(),
                  "tokens": pa.int64(), "windows": pa.int64(), "pairs": pa.int64(), "sample": pa.string(),

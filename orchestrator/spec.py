@@ -4,7 +4,7 @@ Everything a user can get wrong is checked here, before Ray starts and before an
 reported as one `SpecError` line that names the field, the value and what is allowed.
 
     experiment: default            # folder name under `output`
-    models: [sentinel/tiny-gpt2, {name: gpt2, options: {dtype: float32}, levels: [0.3], finetune: {steps: 5}}]
+    models: [sentinel/tiny-gpt2, {name: gpt2, options: {...}, levels: [0.3], seeds: [0, 1, 2], finetune: {steps: 5}}]
     strategies: [entropy, {name: random, options: {}}]
     levels: [0.1, 0.3, 0.5]        # fractions of heads to prune, each in (0, 1)
     seeds: [0, 1]
@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -53,6 +54,7 @@ class Entry:
     options: Mapping[str, Any] = field(default_factory=dict)
     finetune: Mapping[str, Any] = field(default_factory=dict)  # models only: overrides of the finetune section
     levels: tuple[float, ...] = ()  # models only: this model's levels instead of the experiment's
+    seeds: tuple[int, ...] = ()  # models only: this model's seeds instead of the experiment's
 
     def key(self) -> str:
         return json.dumps([self.name, dict(self.options), dict(self.finetune)], sort_keys=True, default=str)
@@ -93,7 +95,7 @@ class ExperimentSpec:
         cells = []
         for model in self.models:
             for strategy in self.strategies:
-                for seed in self.seeds:
+                for seed in model.seeds or self.seeds:
                     for level in model.levels or self.levels:
                         cells.append({
                             "model": model.name, "model_options": dict(model.options),
@@ -110,7 +112,7 @@ class ExperimentSpec:
         """The resolved spec as plain data (written next to the results as config.yaml)."""
         d = dataclasses.asdict(self)
         d["models"] = [{"name": e.name, "options": dict(e.options), "finetune": dict(e.finetune),
-                        "levels": list(e.levels)} for e in self.models]
+                        "levels": list(e.levels), "seeds": list(e.seeds)} for e in self.models]
         d["strategies"] = [{"name": e.name, "options": dict(e.options)} for e in self.strategies]
         return json.loads(json.dumps(d, default=_plain))
 
@@ -213,7 +215,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
             raise SpecError(f"{required}: is required (a non-empty list)")
     spec = ExperimentSpec(
         experiment=_experiment_name(raw.get("experiment")),
-        models=tuple(_entries(raw["models"], "models", _check_model, extra_keys=("finetune", "levels"))),
+        models=tuple(_entries(raw["models"], "models", _check_model, extra_keys=("finetune", "levels", "seeds"))),
         strategies=tuple(_entries(raw["strategies"], "strategies", _check_strategy)),
         levels=tuple(_levels(raw["levels"])),
         seeds=tuple(_seeds(raw.get("seeds", [0]))),
@@ -221,7 +223,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         finetune=_finetune(raw.get("finetune", {}), data),
         method=_choice(raw.get("method", "remove"), METHODS, "method"),
         policy=_choice(raw.get("policy", "global"), POLICIES, "policy"),
-        min_heads_per_layer=_int(raw.get("min_heads_per_layer", 1), "min_heads_per_layer", minimum=0),
+        min_heads_per_layer=_int(raw.get("min_heads_per_layer", 1), "min_heads_per_layer", minimum=1),
         device=_choice(raw.get("device", "auto"), DEVICES, "device"),
         bf16=_bool(raw.get("bf16", False), "bf16"),
         measure_speed=_bool(raw.get("measure_speed", True), "measure_speed"),
@@ -237,12 +239,57 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         for i, model in enumerate(spec.models):
             if model.finetune:
                 _finetune({**spec.finetune, **model.finetune}, spec.data, where=f"models[{i}].finetune")
+    _check_context(spec)
     if spec.device == "cuda" and spec.resources.gpu <= 0:
         raise SpecError("resources.gpu: 0 with device 'cuda'; give each trial a GPU share (e.g. 0.5) or use device auto")
     return spec
 
 
 # ------------------------------------------------------------------------------------------ field checks
+
+
+def _check_context(spec: ExperimentSpec) -> None:
+    """data.seq_len must fit every local model's context (hub models are checked when their trial loads them)."""
+    from sentinel.models.loading import context_length
+
+    seq_len = spec.data.get("seq_len", 128)
+    for i, model in enumerate(spec.models):
+        limit = context_length(model.name)
+        if limit is not None and seq_len > limit:
+            raise SpecError(f"data.seq_len: {seq_len} is longer than models[{i}] {model.name!r} accepts "
+                            f"({limit} positions); use at most {limit}")
+
+
+def check_local_run(spec: ExperimentSpec, cpus: int | None = None, gpus: int | None = None) -> None:
+    """For a run on this machine (no --address), what the spec alone cannot tell: one trial must fit on the
+    machine (or Ray would wait forever), and every hub model must be in the local cache or the hub reachable
+    (or every trial would fail). A cluster may differ on both, so `submit` does not check them here.
+
+    Args:
+        cpus, gpus: what this machine has (default: os.cpu_count() and torch.cuda.device_count()); with
+            gpu_dry_run, logical GPUs stand in for absent ones and are not checked.
+    """
+    cpus = os.cpu_count() or 1 if cpus is None else cpus
+    if spec.resources.cpu > cpus:
+        raise SpecError(f"resources.cpu: {spec.resources.cpu:g} per trial, but this machine has {cpus} CPU(s); "
+                        f"use at most {cpus}, or --address to run on a cluster that has them")
+    if spec.resources.gpu > 0 and not spec.gpu_dry_run:
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        if spec.resources.gpu > gpus:
+            raise SpecError(f"resources.gpu: {spec.resources.gpu:g} per trial, but this machine has {gpus} GPU(s); "
+                            "use 0, or --address to run on a cluster with GPUs")
+    from sentinel.models import loading
+
+    for i, model in enumerate(spec.models):
+        if _model_folder(model.name, f"models[{i}]") is None:
+            try:
+                loading.check_reachable(model.name, model.options.get("gguf_file"),
+                                        bool(model.options.get("trust_remote_code", False)))
+            except ValueError as exc:
+                raise SpecError(f"models[{i}]: {str(exc).removeprefix('model: ')}".splitlines()[0]) from None
 
 
 def _known_keys(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
@@ -267,11 +314,14 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = ()) -> l
     for i, item in enumerate(value):
         at = f"{where}[{i}]"
         levels: tuple[float, ...] = ()
+        seeds: tuple[int, ...] = ()
         if isinstance(item, dict):
             _known_keys(item, ("name", "options", *extra_keys), at)
             name, options, finetune = item.get("name"), item.get("options") or {}, item.get("finetune") or {}
             if item.get("levels") is not None:
                 levels = tuple(_levels(item["levels"], f"{at}.levels"))
+            if item.get("seeds") is not None:
+                seeds = tuple(_seeds(item["seeds"], f"{at}.seeds"))
         else:
             name, options, finetune = item, {}, {}
         if not isinstance(name, str) or not name:
@@ -280,7 +330,7 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = ()) -> l
             if not isinstance(mapping, dict):
                 raise SpecError(f"{at}.{key}: {mapping!r} is not a mapping")
         check(name, at)
-        entry = Entry(name, options, finetune, levels)
+        entry = Entry(name, options, finetune, levels, seeds)
         if entry.key() in seen:
             raise SpecError(f"{where}: {name!r} appears twice with the same options (duplicate grid cells)")
         seen.add(entry.key())
@@ -354,16 +404,16 @@ def _levels(value: Any, at: str = "levels") -> list[float]:
     return levels
 
 
-def _seeds(value: Any) -> list[int]:
+def _seeds(value: Any, at: str = "seeds") -> list[int]:
     if not isinstance(value, list):
         value = [value]
     if not value:
-        raise SpecError("seeds: is empty; give at least one integer seed")
+        raise SpecError(f"{at}: is empty; give at least one integer seed")
     seeds = []
     for i, seed in enumerate(value):
-        seed = _int(seed, f"seeds[{i}]", minimum=0)
+        seed = _int(seed, f"{at}[{i}]", minimum=0)
         if seed in seeds:
-            raise SpecError(f"seeds: {seed!r} appears twice (duplicate grid cells)")
+            raise SpecError(f"{at}: {seed!r} appears twice (duplicate grid cells)")
         seeds.append(seed)
     return seeds
 
@@ -482,6 +532,10 @@ def _path(value: Any, at: str) -> str:
         raise SpecError(f"{at}: {value!r} is not writable ({str(probe)!r} is a file)")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SpecError(f"{at}: {value!r} is not writable (no write permission on {str(probe)!r})")
+    try:  # permissions do not tell everything (/proc, read-only mounts): try, and leave nothing behind
+        tempfile.TemporaryDirectory(dir=probe, prefix=".sentinel-probe-").cleanup()
+    except OSError as exc:
+        raise SpecError(f"{at}: {value!r} is not writable ({str(probe)!r}: {exc.strerror or exc})") from None
     return str(path)
 
 

@@ -289,7 +289,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
 def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork, compare) -> tuple[float, float, bool]:
     with shared.exclusive() as quiet:
         before, after = compare(dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
-                                rounds=2, iters=2, device=device)
+                                rounds=2, iters=1, device=device)
     return before, after, quiet
 
 

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # orchestrator.results.SCHEMA_VERSION values this reader understands
+SUPPORTED_SCHEMA_VERSIONS = (1,)  # orchestrator.results.SCHEMA_VERSION values this reader understands
 TABLES = ("trials", "curves", "heads")
 # columns without which a table cannot be analysed at all; everything else is optional and filled with NA
 REQUIRED = {

@@ -124,6 +124,47 @@ def plot_metric_vs_level(trials: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_strategy_comparison(trials: pd.DataFrame) -> Figure:
+    """Every seed's value per strategy, after pruning and after recovery, one panel per model x level.
+
+    The verdict's picture: each dot is one trial, the bar its strategy's mean on the metric's scale
+    (geometric for perplexity) with the 95% CI where there are enough seeds; the dotted line is dense.
+    Random's spread is what another strategy has to beat.
+    """
+    ok = ok_trials(trials)
+    panels = ok[["model", "level"]].drop_duplicates().sort_values(["model", "level"]).to_numpy().tolist()
+    fig = Figure(figsize=(4.6 * max(1, len(panels)), 4.4), layout="constrained")
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    palette = colors(ok["label"])
+    for ax, (model, level) in zip(axes, panels):
+        rows = ok[ok["model"].eq(model) & ok["level"].eq(level)]
+        first, scale = _first(rows), metric_scale(rows)
+        labels = sorted(rows["label"].unique(), key=lambda l: (l != BASELINE, l))
+        for i, label in enumerate(labels):
+            group = rows[rows["label"].eq(label)]
+            for offset, value, marker in ((-0.17, "pruned", "o"), (0.17, "recovered", "s")):
+                jitter = np.linspace(-0.06, 0.06, len(group)) if len(group) > 1 else np.zeros(1)
+                ax.scatter(i + offset + jitter, group[value], color=palette[label], marker=marker, s=14,
+                           alpha=0.55 if value == "pruned" else 0.9, zorder=3)
+                mean, low, high = interval(group[value], scale)
+                ax.hlines(mean, i + offset - 0.12, i + offset + 0.12, color="black", linewidth=1.5, zorder=4)
+                if pd.notna(low):
+                    ax.vlines(i + offset, low, high, color="black", linewidth=0.8, zorder=4)
+        ax.axhline(rows["dense"].mean(), color="black", linewidth=1, linestyle=":", label="dense")
+        _log_if_wide(ax, pd.concat([rows["pruned"], rows["recovered"], rows["dense"]]), first.get("higher_is_better"))
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_title(f"{model}, {level:g} of heads pruned\n{protocol_label(first)}", fontsize=8)
+        ax.set_ylabel(metric_label(first.get("metric_name"), first.get("higher_is_better")))
+        ax.grid(alpha=0.3, axis="y")
+        handles = [Line2D([], [], color="grey", marker="o", linestyle="", label="after pruning (one dot per seed)"),
+                   Line2D([], [], color="grey", marker="s", linestyle="", label="after recovery"),
+                   Line2D([], [], color="black", linewidth=1.5, label="mean, 95% CI"),
+                   Line2D([], [], color="black", linestyle=":", label="dense")]
+        ax.legend(handles=handles, fontsize=6.5)
+    fig.suptitle("Strategies against random, seed by seed (means on the metric's scale)", fontsize=11)
+    return fig
+
+
 def plot_recovery_curves(curves: pd.DataFrame) -> Figure:
     """Evaluation metric over recovery fine-tuning steps, per strategy; one panel per model x level.
 

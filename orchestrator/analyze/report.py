@@ -176,9 +176,9 @@ def _grid_size(results: Results) -> str:
     total = 0
     for config in results.configs:
         try:
-            levels = [len(m.get("levels") or config["levels"]) if isinstance(m, dict) else len(config["levels"])
-                      for m in config["models"]]
-            total += sum(levels) * len(config["strategies"]) * len(config["seeds"])
+            per_model = [m if isinstance(m, dict) else {} for m in config["models"]]
+            total += len(config["strategies"]) * sum(len(m.get("levels") or config["levels"])
+                                                     * len(m.get("seeds") or config["seeds"]) for m in per_model)
         except (KeyError, TypeError):
             return ""
     if not total:
@@ -226,6 +226,8 @@ def figures(results: Results) -> list[tuple[str, str, Callable[[], Figure]]]:
     out = []
     if ok_trials(results.trials).empty:
         return out
+    out.append(("strategies against random, seed by seed", "strategies",
+                lambda: plots.plot_strategy_comparison(results.trials)))
     out.append(("metric vs pruning level", "metric_vs_level", lambda: plots.plot_metric_vs_level(results.trials)))
     if not results.curves.empty and results.curves["eval_metric"].notna().any():
         out.append(("recovery curves", "recovery_curves", lambda: plots.plot_recovery_curves(results.curves)))

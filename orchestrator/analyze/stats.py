@@ -70,15 +70,6 @@ def interval(values: pd.Series | np.ndarray, scale: str = "identity",
     return float(back(mean)), float(back(mean - half)), float(back(mean + half))
 
 
-def ci_half_width(values: pd.Series, confidence: float = CONFIDENCE) -> float:
-    """Half-width of the t confidence interval of the mean of `values`, on the identity scale.
-
-    NaN below MIN_SEEDS_FOR_CI values (two seeds give t = 12.7: a band that covers everything).
-    """
-    _, low, high = interval(values, "identity", confidence)
-    return (high - low) / 2
-
-
 def ok_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials that finished with a metric (failed rows are reported, never averaged)."""
     return trials[trials["status"].eq("ok")]

@@ -12,6 +12,7 @@ quantisation config is then dropped: the model is an ordinary float model that c
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -124,6 +125,26 @@ def gguf_file_type(path: Path | str) -> str:
         return next((q for q in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "BF16", "F32") if q in name), "?")
 
 
+def context_length(name: str) -> int | None:
+    """The longest sequence a shipped or local model accepts, read from its files without loading weights
+    (config.json's max_position_embeddings / n_positions, or a GGUF's `<arch>.context_length`); None for hub
+    names and configs that do not say."""
+    if name not in KNOWN and name not in MINILM_ALIASES and not Path(name).expanduser().exists():
+        return None
+    source = Path(resolve_source(name))
+    if source.suffix == ".gguf":
+        import gguf
+
+        reader = gguf.GGUFReader(str(source))
+        field = reader.fields.get(f"{gguf_architecture(source)}.context_length")
+        return int(field.parts[field.data[0]][0]) if field is not None else None
+    config = source / "config.json"
+    if not config.is_file():
+        return None
+    values = json.loads(config.read_text(encoding="utf-8"))
+    return next((values[k] for k in ("max_position_embeddings", "n_positions") if isinstance(values.get(k), int)), None)
+
+
 def gguf_architecture(path: Path | str) -> str:
     """`general.architecture` of a GGUF file (llama, qwen2, ...): its transformers model_type."""
     import gguf
@@ -165,6 +186,12 @@ def resolve_source(name: str) -> str:
     if path.exists() or name.startswith((".", "/", "~")):
         raise ValueError(f"model: {name!r} is not a model folder (a folder with config.json)")
     return name
+
+
+def check_reachable(name: str, gguf_file: str | None = None, trust_remote_code: bool = False) -> None:
+    """A ValueError unless hub name `name` is in the local Hugging Face cache or the hub answers (no download)."""
+    if not _in_cache(name, trust_remote_code, gguf_file) and not hub_reachable():
+        raise ValueError(_not_found(name))
 
 
 def _smollm2_file(name: str) -> Path:

@@ -47,9 +47,13 @@ def test_grid_end_to_end_writes_complete_tables(ray_cluster, tiny_gpt2, tiny_cor
     assert (trials.params_after < trials.params_before).all()
     assert (trials.protocol_seq_len == 32).all() and (trials.protocol_tokens > 0).all()
     assert trials.version_ray.notna().all() and trials.version_torch.notna().all()
-    # the dense baseline is computed by one trial; the scores once per (strategy, seed), reused across levels
+    # the dense baseline is computed by one trial; scores once per (strategy, seed) for random and once for
+    # magnitude, which does not depend on the seed (STRATEGIES' uses_seed); levels reuse them
     assert (~trials.reused_baseline).sum() == 1
-    assert (~trials.reused_scores).sum() == 4
+    assert (~trials.reused_scores).sum() == 3
+    # magnitude prunes the same heads in both seeds: its pruned model is evaluated once per level
+    magnitude = trials[trials.strategy == "magnitude"]
+    assert (~magnitude.reused_pruned_eval).sum() == 2 and magnitude.groupby("level").pruned.nunique().eq(1).all()
 
     curves = pd.read_parquet(summary.written["curves"])
     assert set(curves.trial_id) == set(trials.trial_id) and (curves.groupby("trial_id").step.max() == 2).all()
@@ -153,3 +157,43 @@ def test_logical_gpus_pack_four_trials_at_half_a_gpu(ray_cluster, tiny_gpt2, tin
     assert len(trials) == 4 and set(trials.status) == {"ok"}
     assert (trials.device_assigned == "cuda").all() and (trials.device == "cpu").all()
     assert set(trials.gpu_ids) == {"0", "1"} and (trials.cuda_visible_devices == trials.gpu_ids).all()
+
+
+def test_speed_lock_waits_for_stages_in_progress_and_holds_new_ones_back(ray_cluster):
+    """The per-node stage lock behind quiet speed measurements (orchestrator.shared.SharedStore)."""
+    import ray
+
+    from orchestrator.shared import SharedStore
+
+    store = SharedStore.remote()
+    call = lambda method, *args: ray.get(getattr(store, method).remote(*args))  # noqa: E731
+    assert call("enter", "n1", "a", False) and call("enter", "n1", "b", False)
+    assert not call("enter", "n1", "speed", True)  # two stages in progress on n1
+    assert not call("enter", "n1", "c", False)  # a waiting measurement goes before new stages
+    assert call("enter", "n2", "c", False)  # another node is not held back
+    call("leave", "n1", "a")
+    assert not call("enter", "n1", "speed", True)
+    call("leave", "n1", "b")
+    assert call("enter", "n1", "speed", True)
+    assert not call("enter", "n1", "a", False)  # nothing computes on n1 while it measures
+    call("leave", "n1", "speed")
+    assert call("enter", "n1", "a", False) and call("enter", "n1", "a", False)  # re-entrant
+    call("forget", "a")  # the trial ended: all its holds go
+    assert call("enter", "n1", "speed", True)
+
+
+def test_a_measurement_that_cannot_get_quiet_gives_up_and_says_so(ray_cluster):
+    import ray
+
+    from orchestrator.shared import RayShared, start_store
+
+    store = start_store("quiet-timeout")
+    node = ray.get_runtime_context().get_node_id()
+    assert ray.get(store.enter.remote(node, "dead-trial", False))  # a trial that died inside a stage
+    shared = RayShared("quiet-timeout", owner="measurer", quiet_timeout_s=0.5)
+    started = time.time()
+    with shared.exclusive() as quiet:
+        assert quiet is False and 0.5 <= time.time() - started < 5
+    with shared.working():  # the give-up left the queue: stages are not held back by it
+        pass
+    shared.close()

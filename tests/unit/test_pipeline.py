@@ -42,11 +42,34 @@ def test_gpt2_trial_runs_every_stage(shared):
 def test_levels_reuse_baseline_and_scores(shared):
     low = run_trial(spec(level=0.1, strategy="entropy"), shared)
     high = run_trial(spec(level=0.3, strategy="entropy"), shared)
-    assert low.reused == {"baseline": True, "scores": False}
-    assert high.reused == {"baseline": True, "scores": True}
+    assert (low.reused["baseline"], low.reused["scores"]) == (True, False)
+    assert (high.reused["baseline"], high.reused["scores"]) == (True, True)
     assert low.scores == high.scores and low.dense == high.dense
     # global selection on the same scores: the heads pruned at 10% are among those pruned at 30%
     assert {tuple(h) for h in low.pruned_heads} <= {tuple(h) for h in high.pruned_heads}
+
+
+def test_cells_with_the_same_layout_share_one_pruned_metric_and_one_speed(shared):
+    """entropy does not depend on the seed: two seeds prune the same heads, so the pruned model is evaluated and
+    timed once (the second cell reuses both); only the recovery differs. Random's seeds prune other heads."""
+    first, second = (run_trial(spec(strategy="entropy", level=0.5, seed=s), shared) for s in (0, 1))
+    assert first.pruned_heads == second.pruned_heads and first.pruned == second.pruned
+    assert not first.reused["pruned_eval"] and second.reused["pruned_eval"] and second.reused["scores"]
+    assert not first.reused["speed"] and second.reused["speed"]
+    assert (first.speed_before, first.speed_after) == (second.speed_before, second.speed_after)
+    assert first.speed_quiet is True and first.flops_after < first.flops_before
+    other = run_trial(spec(strategy="random", level=0.5, seed=1), shared)
+    assert other.pruned_heads != first.pruned_heads and not other.reused["pruned_eval"]
+
+
+def test_model_options_are_part_of_every_shared_key(shared):
+    """Two entries of the same model with different load options are different models: nothing is shared."""
+    plain = run_trial(spec(strategy="magnitude", level=0.4, finetune=None, measure_speed=False), shared)
+    eager = run_trial(spec(strategy="magnitude", level=0.4, finetune=None, measure_speed=False,
+                           model_options={"attn_implementation": "eager"}), shared)
+    assert plain.pruned_heads == eager.pruned_heads
+    assert not any(eager.reused[k] for k in ("baseline", "scores", "pruned_eval"))
+    assert eager.pruned == pytest.approx(plain.pruned, rel=1e-4)  # same weights, other attention kernel
 
 
 def test_same_spec_gives_the_same_numbers():

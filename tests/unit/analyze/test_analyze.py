@@ -115,7 +115,7 @@ def test_failed_trial_is_listed_with_its_error_and_left_out_of_means(results_dir
 def test_report_embeds_every_plot_and_each_image_is_non_trivial(results_dir, report):
     assert report == results_dir / "analysis" / "report.md"
     text = report.read_text()
-    stems = ["metric_vs_level", "recovery_curves", "heads_tiny-gpt2", "pareto"]
+    stems = ["strategies", "metric_vs_level", "recovery_curves", "heads_tiny-gpt2", "pareto"]
     for stem in stems:
         png, svg = report.parent / f"{stem}.png", report.parent / f"{stem}.svg"
         assert f"]({stem}.png)" in text, stem

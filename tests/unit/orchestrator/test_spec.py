@@ -212,6 +212,66 @@ def test_per_model_finetune_overrides_the_section(tmp_path, base, model_dir):
     assert by_model["sentinel/tiny-llama"]["eval_every"] == 1  # the rest comes from the section
 
 
+def test_per_model_levels_and_seeds_replace_the_experiments(tmp_path, base, model_dir):
+    base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "levels": [0.3], "seeds": [0, 1, 2]}]
+    spec = load_spec(write(tmp_path, base))
+    grid = {(c["model"], c["level"], c["seed"]) for c in spec.cells()}
+    assert {(l, s) for m, l, s in grid if m == str(model_dir)} == {(l, s) for l in (0.25, 0.5) for s in (0, 1)}
+    assert {(l, s) for m, l, s in grid if m == "sentinel/tiny-llama"} == {(0.3, s) for s in (0, 1, 2)}
+    assert len(spec.cells()) == 2 * (4 + 3)  # two strategies
+    assert spec.to_dict()["models"][1]["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("entry,expect", [
+    ({"levels": [1.5]}, "models[0].levels[0]: 1.5 is not a fraction in (0, 1)"),
+    ({"seeds": [1, 1]}, "models[0].seeds: 1 appears twice"),
+    ({"seeds": []}, "models[0].seeds: is empty"),
+])
+def test_bad_per_model_levels_or_seeds_name_the_entry(tmp_path, base, capsys, entry, expect):
+    base["models"] = [{"name": "sentinel/tiny-llama", **entry}]
+    assert expect in run_cli(tmp_path, base, capsys)
+
+
 def test_bad_per_model_finetune_names_the_model_entry(tmp_path, base, capsys):
     base["models"] = [{"name": "sentinel/tiny-llama", "finetune": {"stepz": 5}}]
     assert "models[0].finetune.stepz: unknown key" in run_cli(tmp_path, base, capsys)
+
+
+def test_min_heads_per_layer_below_one_is_refused_before_ray(tmp_path, base, capsys):
+    base["min_heads_per_layer"] = 0
+    assert "min_heads_per_layer: 0 must be >= 1" in run_cli(tmp_path, base, capsys)
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("resources.cpu=4096", "resources.cpu: 4096 per trial, but this machine has"),
+    ("resources.gpu=64", "resources.gpu: 64 per trial, but this machine has"),
+])
+def test_resources_a_local_machine_cannot_give_are_refused_instead_of_waiting(tmp_path, base, capsys, override, expect):
+    assert expect in run_cli(tmp_path, base, capsys, override)
+
+
+def test_local_resource_check_counts_what_the_machine_has(tmp_path, base):
+    from orchestrator.spec import check_local_run, parse_spec
+
+    spec = parse_spec({**base, "resources": {"cpu": 2, "gpu": 1}})
+    check_local_run(spec, cpus=2, gpus=1)
+    with pytest.raises(SpecError, match="resources.gpu: 1 per trial, but this machine has 0 GPU"):
+        check_local_run(spec, cpus=2, gpus=0)
+    check_local_run(parse_spec({**base, "resources": {"cpu": 1, "gpu": 1}, "gpu_dry_run": True}), cpus=2, gpus=0)
+
+
+def test_hub_model_neither_cached_nor_reachable_is_refused_before_ray(tmp_path, base, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub, whatever the machine's network
+    err = run_cli(tmp_path, base, capsys, "models=[does-not/exist-anywhere]")
+    assert "models[0]: 'does-not/exist-anywhere' is neither a shipped model" in err
+
+
+def test_output_the_os_will_not_let_us_write_is_refused_in_one_line(tmp_path, base, capsys):
+    assert "output: '/proc/sentinel-x' is not writable ('/proc'" in run_cli(tmp_path, base, capsys, "output=/proc/sentinel-x")
+
+
+@pytest.mark.parametrize("model,limit", [("sentinel/all-MiniLM-L6-v2", 512), ("sentinel/smollm2-135m", 8192)])
+def test_seq_len_beyond_the_models_context_is_refused_before_ray(tmp_path, base, capsys, model, limit):
+    base["models"] = [model]
+    err = run_cli(tmp_path, base, capsys, f"data.seq_len={limit + 1}")
+    assert f"data.seq_len: {limit + 1} is longer than models[0] {model!r} accepts ({limit} positions)" in err
