@@ -55,7 +55,8 @@ def test_dense_minilm_reproduces_published_stsb_test_spearman(minilm):
     # published: 82.03 (MTEB STSBenchmark test, cosine Spearman, sentence-transformers/all-MiniLM-L6-v2)
     assert metric.value == pytest.approx(0.8203, abs=0.003)
     assert metric.name == "stsb_spearman" and metric.higher_is_better
-    assert metric.protocol == {"split": "test", "pairs": 1379, "pooling": "mean", "max_length": 128}
+    assert metric.protocol == {"dataset": "stsb", "split": "test", "pairs": 1379, "pooling": "mean", "max_length": 128,
+                               "sample": "all", "sample_seed": None}
 
 
 def test_spearman_on_given_pairs_ranks_paraphrases_above_unrelated(minilm):

@@ -109,3 +109,27 @@ def test_reference_model_beats_the_unigram_baseline_by_far_on_held_out_books(nam
     logp = counts.log() - counts.sum().log()
     unigram_ppl = math.exp(-logp[blocks[:, 1:]].mean().item())
     assert model_ppl < 0.5 * unigram_ppl, (model_ppl, unigram_ppl)
+
+
+def test_local_gguf_files_resolve_to_themselves_and_missing_ones_are_refused(tmp_path):
+    """A .gguf path loads through the same branch as sentinel/smollm2-135m (tests/integration/test_smollm2.py)."""
+    from sentinel.models.loading import _smollm2_file, context_length, gguf_architecture, gguf_file_type, resolve_source
+
+    shipped = _smollm2_file("sentinel/smollm2-135m")
+    assert resolve_source("sentinel/smollm2-135m") == resolve_source(str(shipped)) == str(shipped)
+    assert (gguf_architecture(shipped), gguf_file_type(shipped), context_length(str(shipped))) == ("llama", "Q4_1", 8192)
+    with pytest.raises(ValueError, match="is not a file"):
+        resolve_source(str(tmp_path / "missing.gguf"))
+
+
+def test_spec_reads_the_architecture_of_a_gguf_file_and_refuses_a_fake_one(tmp_path):
+    from orchestrator.spec import SpecError, parse_spec
+    from sentinel.models.loading import _smollm2_file
+
+    base = {"experiment": "g", "models": [str(_smollm2_file("x"))], "strategies": ["random"], "levels": [0.3],
+            "output": str(tmp_path)}
+    assert parse_spec(base).models[0].name.endswith(".gguf")
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not gguf")
+    with pytest.raises(SpecError, match="is not a readable GGUF file"):
+        parse_spec({**base, "models": [str(fake)]})
