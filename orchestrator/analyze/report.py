@@ -166,7 +166,8 @@ def run_metadata(results: Results) -> list[str]:
                  f"GPU ids: {_unique(t.get('gpu_ids'))}")
     good = ok_trials(t)
     for model, rows in good.groupby("model", sort=True):
-        items.append(f"protocol for `{model}`: {plots.protocol_label(rows.iloc[0].to_dict())}")
+        weights = f"; weights: {_unique(rows['weights'])}" if "weights" in rows and rows["weights"].notna().any() else ""
+        items.append(f"protocol for `{model}`: {plots.protocol_label(rows.iloc[0].to_dict())}{weights}")
     items.append("inputs: " + ", ".join(f"`{s}`" for s in results.sources))
     return items
 

@@ -126,6 +126,7 @@ def test_report_embeds_every_plot_and_each_image_is_non_trivial(results_dir, rep
         assert len(colours) > 10, stem  # not a blank canvas
         assert svg.stat().st_size > 5000 and "<svg" in svg.read_text()[:2000]
     for needle in ("better than random", "p < 0.05", "perplexity, ", "seq 32 stride 32", "versions:",
+                   "weights: safetensors as float32",
                    "device(s): cpu", "partial results", "## Summary table"):
         assert needle in text, needle
     assert "metric_vs_level.png" in (report.parent / "report.html").read_text()
