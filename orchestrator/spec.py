@@ -269,7 +269,7 @@ def check_local_run(spec: ExperimentSpec, cpus: int | None = None, gpus: int | N
         cpus, gpus: what this machine has (default: os.cpu_count() and torch.cuda.device_count()); with
             gpu_dry_run, logical GPUs stand in for absent ones and are not checked.
     """
-    cpus = os.cpu_count() or 1 if cpus is None else cpus
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
     if spec.resources.cpu > cpus:
         raise SpecError(f"resources.cpu: {spec.resources.cpu:g} per trial, but this machine has {cpus} CPU(s); "
                         f"use at most {cpus}, or --address to run on a cluster that has them")

@@ -255,6 +255,8 @@ def test_local_resource_check_counts_what_the_machine_has(tmp_path, base):
 
     spec = parse_spec({**base, "resources": {"cpu": 2, "gpu": 1}})
     check_local_run(spec, cpus=2, gpus=1)
+    with pytest.raises(SpecError, match="resources.cpu: 2 per trial, but this machine has 1 CPU"):
+        check_local_run(spec, cpus=1, gpus=1)
     with pytest.raises(SpecError, match="resources.gpu: 1 per trial, but this machine has 0 GPU"):
         check_local_run(spec, cpus=2, gpus=0)
     check_local_run(parse_spec({**base, "resources": {"cpu": 1, "gpu": 1}, "gpu_dry_run": True}), cpus=2, gpus=0)
