@@ -232,7 +232,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
 
     with stage("baseline"):
         baseline, result.reused["baseline"] = shared.get_or_compute(
-            f"baseline/{model_key}/{task.key}/{device}", lambda: _baseline(dense, task, spec, device)
+            f"baseline/{model_key}/{task.key}/{result.device}", lambda: _baseline(dense, task, spec, device)
         )
     result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
     result.metric_scale = baseline["scale"]
@@ -266,11 +266,11 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
 
     with stage("eval_pruned"), autocast(device, spec.bf16):  # one number per distinct pruned model
         result.pruned, result.reused["pruned_eval"] = shared.get_or_compute(
-            f"pruned/{layout_key}/{task.key}/{device}", lambda: task.evaluate(model).value)
+            f"pruned/{layout_key}/{task.key}/{result.device}", lambda: task.evaluate(model).value)
     if spec.measure_speed:
         with timings("speed"):  # once per layout, with the node to itself
             speed, result.reused["speed"] = shared.get_or_compute(
-                f"speed/{layout_key}/{device}/seq{spec.data.seq_len}x{spec.data.batch_size}",
+                f"speed/{layout_key}/{result.device}/seq{spec.data.seq_len}x{spec.data.batch_size}",
                 lambda: _quiet_speed(dense, model, spec, device, shared, compare_throughput))
         result.speed_before, result.speed_after, result.speed_quiet = speed
 
