@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, TextIO
 
 from ray.tune import Callback
 
-from orchestrator.results import write_results
+from orchestrator.results import write_bytes, write_results
 from orchestrator.spec import ExperimentSpec, SpecError, _is_uri
 
 # Experiment state is saved at most this often (Tune's default is >= 10 s); a short period means a killed
@@ -214,8 +214,15 @@ class RunSummary:
         return self.missing == 0
 
 
+SPEC_FILE = "sentinel_spec.json"  # the resolved spec, next to Tune's state: what --resume compares against
+
+
 def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool) -> str:
-    """Checks the Tune state folder against --resume/--overwrite before Ray starts. Returns its path."""
+    """Checks the Tune state folder against --resume/--overwrite before Ray starts. Returns its path.
+
+    A fresh start records the resolved spec in the folder; --resume refuses a spec that differs from it, with
+    one line naming what changed: the saved grid and the new config would otherwise mix in one result.
+    """
     from ray.tune import Tuner
 
     storage, name = spec.tune_location
@@ -223,7 +230,12 @@ def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool) -> str:
     exists = Tuner.can_restore(path)
     if resume and not exists:
         raise SpecError(f"--resume: no experiment state at {path!r} to resume; run without --resume")
-    if not resume and exists:
+    if resume:
+        saved = _read_text(f"{path}/{SPEC_FILE}")
+        if saved is not None:  # experiments started before the file existed resume as they are
+            _check_unchanged(json.loads(saved), spec)
+        return path
+    if exists:
         if not overwrite:
             raise SpecError(f"experiment: {spec.experiment!r} already has results at {path!r}; "
                             "pass --resume to continue it or --overwrite to start again")
@@ -234,7 +246,43 @@ def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool) -> str:
             fs.delete_dir(inner)
         else:
             shutil.rmtree(path)
+    saved = {"spec": spec.to_dict(), "cells": spec.cells()}
+    write_bytes(f"{path}/{SPEC_FILE}", json.dumps(saved, sort_keys=True, default=str).encode())
     return path
+
+
+def _read_text(path: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    fs, inner = pafs.FileSystem.from_uri(path) if _is_uri(path) else (pafs.LocalFileSystem(), path)
+    try:
+        with fs.open_input_stream(inner) as f:
+            return f.read().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _check_unchanged(saved: dict[str, Any], spec: ExperimentSpec) -> None:
+    """A SpecError naming the changed fields (`finetune.steps`, `levels`, ...) if `spec` is not the saved one."""
+    current = json.loads(json.dumps(spec.to_dict(), sort_keys=True, default=str))
+    changed = _changed_fields(saved["spec"], current)
+    if not changed:
+        return
+    old_cells = {json.dumps(c, sort_keys=True, default=str) for c in saved["cells"]}
+    new_cells = {json.dumps(c, sort_keys=True, default=str) for c in spec.cells()}
+    if old_cells < new_cells:
+        raise SpecError(f"--resume: the config adds {len(new_cells - old_cells)} cell(s) ({', '.join(changed)}), "
+                        "and a saved Tune grid cannot grow; run them as a new experiment (another `experiment:` "
+                        "name) and analyze both result folders together")
+    raise SpecError(f"--resume: the config changed since the experiment started ({', '.join(changed)}); "
+                    "resume with the original config, or start again with --overwrite")
+
+
+def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [field for key in sorted(set(old) | set(new))
+                for field in _changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if old != new else []
 
 
 def start_ray(address: str | None = None, **init_kwargs: Any) -> bool:

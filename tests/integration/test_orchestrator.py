@@ -106,6 +106,13 @@ def test_resume_after_sigkill_runs_every_trial_once(ray_home, tiny_gpt2, tiny_co
     assert 1 <= len(first) < 18, f"the kill should land mid-grid: {first}"
     assert not (tmp_path / "out" / "resume" / "trials.parquet").exists()
 
+    # a changed config is refused before Ray starts, naming what changed; one that only adds cells too
+    for override, expect in (("finetune.steps=41", "changed since the experiment started (finetune.steps)"),
+                             ("seeds=[0,1,2,3]", "adds 6 cell(s) (seeds)")):
+        refused = subprocess.run(command + ["--resume", "--set", override], capture_output=True, text=True, env=env,
+                                 timeout=120)
+        assert refused.returncode == 2 and expect in refused.stderr and len(refused.stderr.splitlines()) == 1
+
     result = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     second = progress(result.stdout)
