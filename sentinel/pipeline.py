@@ -208,7 +208,7 @@ def run_trial(spec: TrialSpec, shared: SharedWork | None = None) -> TrialResult:
 
 
 def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
-    from sentinel.eval import Stopwatch, autocast, compare_throughput, count_parameters, forward_flops, resolve_device
+    from sentinel.eval import Stopwatch, autocast, count_parameters, forward_flops, resolve_device
 
     timings = Stopwatch(result.timings)
 
@@ -271,7 +271,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
         with timings("speed"):  # once per layout, with the node to itself
             speed, result.reused["speed"] = shared.get_or_compute(
                 f"speed/{layout_key}/{result.device}/seq{spec.data.seq_len}x{spec.data.batch_size}",
-                lambda: _quiet_speed(dense, model, spec, device, shared, compare_throughput))
+                lambda: _quiet_speed(dense, model, spec, device, shared))
         result.speed_before, result.speed_after, result.speed_quiet = speed
 
     if spec.finetune is not None and spec.finetune.steps > 0:
@@ -286,10 +286,13 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
         result.recovered = result.pruned
 
 
-def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork, compare) -> tuple[float, float, bool]:
+def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork) -> tuple[float, float, bool]:
+    """(dense tokens/s, pruned tokens/s, whether the node was quiet), dense and pruned timed alternately."""
+    from sentinel.eval import compare_throughput
+
     with shared.exclusive() as quiet:
-        before, after = compare(dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
-                                rounds=2, iters=1, device=device)
+        before, after = compare_throughput(dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
+                                           rounds=2, iters=1, device=device)
     return before, after, quiet
 
 
@@ -350,13 +353,13 @@ def _task(dense: nn.Module, spec: TrialSpec, tokenizer) -> _Task:
     batches = lambda texts, size: sdata.sentence_batches(tokenizer, texts, size, d.seq_len)  # noqa: E731
     score_batches = batches(sdata.sentences(splits.score, limit=d.batch_size * d.score_batches), d.batch_size)
     train_sentences = sdata.sentences(splits.train, limit=8192, seed=d.split_seed)
+    pairs = seval.load_stsb("test")  # read once per task; sts_spearman samples from it
     return _Task(
         key=f"stsb/test:{d.sts_pairs or 'all'}:seed{d.split_seed}",
         score_key=f"sentences/{d.source}:split{d.split_seed}:len{d.seq_len}:b{d.batch_size}x{d.score_batches}",
         score_batches=score_batches,
         train_batches=lambda batch_size: batches(train_sentences, batch_size),
-        evaluate=lambda m: seval.sts_spearman(m, tokenizer, pairs=seval.load_stsb("test"), sample=d.sts_pairs,
-                                              seed=d.split_seed),
+        evaluate=lambda m: seval.sts_spearman(m, tokenizer, pairs=pairs, sample=d.sts_pairs, seed=d.split_seed),
         teacher=dense,  # encoders recover by distillation to the dense model's embeddings
     )
 

@@ -117,9 +117,7 @@ def gguf_file_type(path: Path | str) -> str:
     try:
         import gguf
 
-        reader = gguf.GGUFReader(str(path))
-        field = reader.fields["general.file_type"]
-        return gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_")
+        return gguf.LlamaFileType(int(_gguf_field(path, "general.file_type")[0])).name.removeprefix("MOSTLY_")
     except Exception:  # a hub file not downloaded here, an old header: the name usually says it
         name = Path(path).name.upper()
         return next((q for q in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "BF16", "F32") if q in name), "?")
@@ -133,11 +131,8 @@ def context_length(name: str) -> int | None:
         return None
     source = Path(resolve_source(name))
     if source.suffix == ".gguf":
-        import gguf
-
-        reader = gguf.GGUFReader(str(source))
-        field = reader.fields.get(f"{gguf_architecture(source)}.context_length")
-        return int(field.parts[field.data[0]][0]) if field is not None else None
+        value = _gguf_field(source, f"{gguf_architecture(source)}.context_length")
+        return int(value[0]) if value is not None else None
     config = source / "config.json"
     if not config.is_file():
         return None
@@ -147,10 +142,15 @@ def context_length(name: str) -> int | None:
 
 def gguf_architecture(path: Path | str) -> str:
     """`general.architecture` of a GGUF file (llama, qwen2, ...): its transformers model_type."""
+    return bytes(_gguf_field(path, "general.architecture")).decode()
+
+
+def _gguf_field(path: Path | str, key: str):
+    """The value array of one metadata field of a GGUF file's header (None if absent); no tensor is read."""
     import gguf
 
-    field = gguf.GGUFReader(str(path)).fields["general.architecture"]
-    return bytes(field.parts[field.data[0]]).decode()
+    field = gguf.GGUFReader(str(path)).fields.get(key)
+    return None if field is None else field.parts[field.data[0]]
 
 
 def resolve_source(name: str) -> str:
