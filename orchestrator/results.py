@@ -1,29 +1,38 @@
 """Results tables: trial payloads -> `trials`, `curves`, `heads` Parquet tables with fixed pyarrow schemas.
 
 Every column has an explicit type, so a table of failed rows (all metrics null) has the same schema as a
-table of good ones. Files are written atomically: a temp file then os.replace locally; one object PUT (which
-S3-like stores make atomic) through pyarrow.fs for URIs. The schema is documented in docs/RESULTS.md; bump
-SCHEMA_VERSION on any change that breaks a reader.
+table of good ones. A `trials` row is built by `sentinel.trial.TrialResult.row()` (failed cells included);
+this module adds only the run's context (CONTEXT_COLUMNS) and the schema.
+
+Rows stream to storage while the grid runs: each flush writes one Parquet part per table under
+`<output>/parts/<table>/`, and `compact` merges the parts (and any earlier compacted table) into
+`<table>.parquet`, one row per trial_id, then removes the merged parts. A driver killed mid-grid leaves its
+finished rows in the parts; the next run (`--resume`) compacts them and runs only the cells without a row.
+Files are written atomically: a temp file then os.replace locally; one object PUT (which S3-like stores make
+atomic) through pyarrow.fs for URIs. The schema is documented in docs/RESULTS.md; bump SCHEMA_VERSION on any
+change that breaks a reader.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
-import os
-import tempfile
 from typing import Any, Iterable, Mapping
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-SCHEMA_VERSION = 1
-STAGES = ("load", "baseline", "score", "select", "prune", "eval_pruned", "speed", "finetune")
-PROTOCOL_KEYS = {"dataset": pa.string(), "split": pa.string(), "seq_len": pa.int64(), "stride": pa.int64(),
-                 "tokens": pa.int64(), "windows": pa.int64(), "pairs": pa.int64(), "sample": pa.string(),
-                 "sample_seed": pa.int64()}
+from orchestrator.storage import filesystem, write_bytes
+from sentinel.trial import STAGES
+
+SCHEMA_VERSION = 2  # 2: protocol_<key> columns replaced by `task` + `protocol_label` (the protocol stays as JSON)
 VERSION_KEYS = ("sentinel_bench", "torch", "transformers", "ray", "python")
+# what the runner adds to TrialResult.row(): where and when the trial ran
+CONTEXT_COLUMNS = ("schema_version", "experiment", "run_id", "tune_trial_id", "attempts", "device_assigned", "gpu_ids",
+                   "cuda_visible_devices", "ray_node_id", "version_ray", "started_at", "finished_at")
+TABLE_NAMES = ("trials", "curves", "heads")
 
 TRIALS_SCHEMA = pa.schema(
     [
@@ -59,7 +68,8 @@ TRIALS_SCHEMA = pa.schema(
         ("dense", pa.float64()),
         ("pruned", pa.float64()),
         ("recovered", pa.float64()),
-        *[(f"protocol_{k}", t) for k, t in PROTOCOL_KEYS.items()],
+        ("task", pa.string()),  # the evaluation task (sentinel.tasks): perplexity, stsb, ...
+        ("protocol_label", pa.string()),  # the task's one-line description of its protocol
         ("protocol", pa.string()),  # the full protocol as JSON
         ("speed_before", pa.float64()),  # forward tokens/s
         ("speed_after", pa.float64()),
@@ -109,57 +119,14 @@ def _finite_or_none(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _ratio(a: Any, b: Any) -> float | None:
-    a, b = _finite_or_none(a), _finite_or_none(b)
-    return a / b if a is not None and b else None
-
-
 def trial_row(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """Flattens one trial payload (TrialResult.row() plus the trainable's context) into a `trials` row."""
-    row = dict(payload["row"])
+    """One `trials` row: the trial's own row (TrialResult.row()) plus the runner's context columns."""
     ctx = payload.get("context", {})
-    protocol = row.get("protocol") or {}
-    timings = row.get("timings") or {}
-    reused = row.get("reused") or {}
-    versions = dict(row.get("versions") or {})
-    versions.setdefault("ray", ctx.get("ray_version"))
-    out = {
-        "schema_version": SCHEMA_VERSION,
-        "experiment": ctx.get("experiment"),
-        "run_id": ctx.get("run_id"),
-        "tune_trial_id": ctx.get("tune_trial_id"),
-        "attempts": ctx.get("attempts"),
-        "gpu_ids": ctx.get("gpu_ids", ""),
-        "device_assigned": ctx.get("device_assigned"),
-        "cuda_visible_devices": ctx.get("cuda_visible_devices", ""),
-        "ray_node_id": ctx.get("ray_node_id"),
-        "started_at": ctx.get("started_at"),
-        "finished_at": ctx.get("finished_at"),
-        "protocol": json.dumps(protocol, sort_keys=True, default=str),
-        "time_total": sum(v for v in timings.values() if isinstance(v, (int, float))) if timings else None,
-        "reused_baseline": reused.get("baseline"),
-        "reused_scores": reused.get("scores"),
-        "reused_pruned_eval": reused.get("pruned_eval"),
-        "reused_speed": reused.get("speed"),
-        "ideal_speedup": _ratio(row.get("flops_before"), row.get("flops_after")),
-        "pruned_heads": [list(map(int, p)) for p in row.get("pruned_heads") or []],
-        "selection_notes": [str(n) for n in row.get("selection_notes") or []],
-    }
-    for key in PROTOCOL_KEYS:
-        out[f"protocol_{key}"] = protocol.get(key)
-    for stage in STAGES:
-        out[f"time_{stage}"] = timings.get(stage)
-    for key in VERSION_KEYS:
-        out[f"version_{key}"] = versions.get(key)
-    for name in TRIALS_SCHEMA.names:
-        if name not in out:
-            out[name] = row.get(name)
-    for name in ("dense", "pruned", "recovered", "speed_before", "speed_after", "flops_before", "flops_after"):
-        out[name] = _finite_or_none(out[name])
-    if out["status"] != "ok":
-        # a failed trial did not measure anything: nulls, not the dataclass's zero defaults
-        for name in ("heads_total", "heads_pruned", "params_before", "params_after"):
-            out[name] = out[name] or None
+    out = dict(payload["row"])
+    out.update({name: ctx.get(name) for name in CONTEXT_COLUMNS})
+    out["schema_version"] = SCHEMA_VERSION
+    out["version_ray"] = ctx.get("ray_version")
+    out["gpu_ids"], out["cuda_visible_devices"] = ctx.get("gpu_ids", ""), ctx.get("cuda_visible_devices", "")
     return out
 
 
@@ -189,8 +156,9 @@ def head_rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def tables(payloads: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
     """The three tables from trial payloads, rows sorted by (model, strategy, seed, level)."""
-    payloads = sorted(payloads, key=lambda p: (p["row"]["model"], p["row"]["strategy"], p["row"]["seed"],
-                                               p["row"]["level"], p["row"]["trial_id"]))
+    number = lambda v: -1 if v is None else v  # noqa: E731  (a refused cell may lack a seed or a level)
+    payloads = sorted(payloads, key=lambda p: (p["row"]["model"], p["row"]["strategy"], number(p["row"]["seed"]),
+                                               number(p["row"]["level"]), p["row"]["trial_id"]))
     trials = [trial_row(p) for p in payloads]
     curves = [r for p in payloads for r in curve_rows(p)]
     heads = [r for p in payloads for r in head_rows(p)]
@@ -201,48 +169,99 @@ def tables(payloads: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
     }
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Writes a file atomically: temp file + os.replace locally, one object PUT via pyarrow.fs for URIs."""
-    if "://" in path and not path.startswith("file://"):
-        import pyarrow.fs as pafs
-
-        fs, inner = pafs.FileSystem.from_uri(path)
-        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(inner) as out:
-            out.write(data)
-        return
-    path = path.removeprefix("file://")
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_part(output_dir: str, payloads: list[Mapping[str, Any]], name: str) -> None:
+    """Writes finished trials as one part per table: `<output>/parts/<table>/<name>.parquet` (atomic each)."""
+    for table_name, table in tables(payloads).items():
+        if table.num_rows:
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            write_bytes(f"{output_dir.rstrip('/')}/parts/{table_name}/{name}.parquet", buffer.getvalue())
 
 
-def write_results(output_dir: str, payloads: Iterable[Mapping[str, Any]], config: Mapping[str, Any]) -> dict[str, str]:
-    """Writes trials/curves/heads Parquet and the resolved config.yaml into `output_dir`.
+def _files(output_dir: str, table: str) -> tuple[Any, list[str], str | None]:
+    """(filesystem, part files, compacted file or None) of one table."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(output_dir.rstrip("/"))
+    infos = fs.get_file_info(pafs.FileSelector(f"{inner}/parts/{table}", allow_not_found=True))
+    parts = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    compacted = f"{inner}/{table}.parquet"
+    return fs, parts, compacted if fs.get_file_info(compacted).type == pafs.FileType.File else None
+
+
+def _read(fs: Any, paths: list[str], schema: pa.Schema) -> pa.Table:
+    """The files as one table in `schema` (columns a file lacks are null; columns it has but `schema` lacks go)."""
+    out = []
+    for path in paths:
+        table = pq.read_table(path, filesystem=fs)
+        columns = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+                   for f in schema]
+        out.append(pa.Table.from_arrays(columns, schema=schema))
+    return pa.concat_tables(out) if out else schema.empty_table()
+
+
+def finished_trials(output_dir: str) -> pa.Table:
+    """Every trial row already stored for an experiment (compacted table and parts), before deduplication."""
+    fs, parts, compacted = _files(output_dir, "trials")
+    return _read(fs, ([compacted] if compacted else []) + parts, TRIALS_SCHEMA)
+
+
+def latest_per_trial(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial_id (a resumed or repeated run): an ok row beats a failed one, then the newest."""
+    order = trials.assign(_ok=trials["status"].eq("ok"), _t=trials.get("finished_at"))
+    order = order.sort_values(["_ok", "_t"], na_position="first", kind="stable")
+    return order.drop_duplicates("trial_id", keep="last").drop(columns=["_ok", "_t"]).sort_index()
+
+
+def _run_keys(table: pa.Table) -> pa.Array:
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(pc.fill_null(table["trial_id"], ""), pc.fill_null(table["run_id"], ""), "|")
+
+
+def compact(output_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
+    """Merges the parts (and the earlier compacted tables) into `<table>.parquet`, one row per trial_id, writes
+    config.yaml, then deletes the merged parts. Curves and heads keep the rows of the kept trial rows' runs.
 
     Args:
-        output_dir: `<output>/<experiment>`, a local folder or a URI (s3://bucket/prefix/experiment).
-        payloads: what each trial reported (see orchestrator.runner), failed trials included.
+        output_dir: `<output>/<experiment>`, a local folder or a URI.
         config: the resolved experiment spec (ExperimentSpec.to_dict()).
     Returns:
         table name -> path written.
     """
-    written = {}
-    for name, table in tables(payloads).items():
+    import pyarrow.compute as pc
+
+    schemas = {"trials": TRIALS_SCHEMA, "curves": CURVES_SCHEMA, "heads": HEADS_SCHEMA}
+    written, merged = {}, []
+    kept_keys = None
+    for name in TABLE_NAMES:
+        fs, parts, compacted = _files(output_dir, name)
+        table = _read(fs, ([compacted] if compacted else []) + parts, schemas[name])
+        if name == "trials":
+            frame = latest_per_trial(table.to_pandas()) if table.num_rows else table.to_pandas()
+            frame = frame.sort_values(["model", "strategy", "seed", "level", "trial_id"], kind="stable")
+            table = pa.Table.from_pandas(frame, schema=TRIALS_SCHEMA, preserve_index=False)
+            kept_keys = _run_keys(table)
+        else:
+            table = table.filter(pc.is_in(_run_keys(table), value_set=kept_keys))
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         path = output_dir.rstrip("/") + f"/{name}.parquet"
         write_bytes(path, buffer.getvalue())
         written[name] = path
+        merged += [(fs, p) for p in parts]
     path = output_dir.rstrip("/") + "/config.yaml"
     write_bytes(path, yaml.safe_dump(dict(config), sort_keys=False).encode())
     written["config"] = path
+    for fs, part in merged:  # only after every table is written: a kill before this leaves duplicates, never gaps
+        fs.delete_file(part)
+    fs, inner = filesystem(output_dir.rstrip("/"))
+    if merged and not any(_files(output_dir, name)[1] for name in TABLE_NAMES):
+        fs.delete_dir(f"{inner}/parts")  # nothing left unmerged (a compaction runs while no trial streams)
     return written
+
+
+def write_results(output_dir: str, payloads: Iterable[Mapping[str, Any]], config: Mapping[str, Any]) -> dict[str, str]:
+    """Writes trials/curves/heads Parquet and config.yaml for these payloads (one part, then compaction)."""
+    write_part(output_dir, list(payloads), "write_results")
+    return compact(output_dir, config)

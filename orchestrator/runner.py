@@ -1,19 +1,23 @@
-"""The Ray Tune runner: one Tune trial per grid cell, shared work through a store actor, Parquet at the end.
+"""The Ray Tune runner: one Tune trial per grid cell, shared work through a store actor, rows streamed to storage.
 
-    spec ──► Tuner(grid_search over cells, with_resources, FailureConfig, reuse_actors) ──► ResultGrid
+    spec.cells() minus the cells that already have a row ──► Tuner(grid_search, with_resources, FailureConfig)
               └─ trainable(config): TrialSpec.from_dict ─► run_trial(spec, shared) ─► tune.report(payload)
-    ResultGrid (+ errored trials) ──► trials / curves / heads Parquet, config.yaml ──► analyze (if installed)
+    driver callbacks: Progress (a line per trial), ResultStream (a Parquet part per flush), PendingReport
+    after the grid: compact parts ──► trials / curves / heads Parquet, config.yaml ──► analyze (if installed)
 
 A trial whose run_trial returns status "failed" reports its failed row, then raises: Tune retries it up
 to `max_failures` times, and after the last try the failed row (status, error) is what the results hold.
 A trial that died without reporting (worker killed) gets a row built from its config and Tune's error.
+
+Resuming does not restore Tune's state: the stored rows say which cells are done (trials are not checkpointed,
+so Tune would re-run an unfinished one from the start anyway). `--resume` compacts what a killed driver left,
+checks the config against the saved one (only added cells are allowed), and runs the cells without a row.
 """
 from __future__ import annotations
 
 import gc
 import json
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -22,8 +26,9 @@ from typing import Any, Callable, Mapping, TextIO
 
 from ray.tune import Callback
 
-from orchestrator.results import write_bytes, write_results
-from orchestrator.spec import ExperimentSpec, SpecError, _is_uri
+from orchestrator.results import compact, finished_trials, write_part
+from orchestrator.spec import ExperimentSpec, SpecError
+from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
 
 # Experiment state is saved at most this often (Tune's default is >= 10 s); a short period means a killed
 # driver loses at most the last second of finished trials. Local state files are small.
@@ -113,22 +118,9 @@ def trainable(config: dict[str, Any]) -> None:
 
 def failed_row(cell: Mapping[str, Any], error: str) -> dict[str, Any]:
     """A `trials` row for a cell that produced no TrialResult (refused spec, dead worker)."""
-    try:
-        from sentinel.pipeline import TrialSpec
+    from sentinel.trial import TrialResult
 
-        spec = TrialSpec.from_dict(cell)
-        trial_id, spec_json = spec.trial_id(), json.dumps(spec.to_dict(), sort_keys=True)
-    except Exception:  # the cell itself is what failed: identify it by its raw JSON
-        import hashlib
-
-        spec_json = json.dumps(cell, sort_keys=True, default=str)
-        trial_id = hashlib.sha256(spec_json.encode()).hexdigest()[:12]
-    return {
-        "trial_id": trial_id, "model": cell["model"], "strategy": cell["strategy"], "level": float(cell["level"]),
-        "seed": int(cell["seed"]), "method": cell.get("method"), "policy": cell.get("policy"),
-        "strategy_options": json.dumps(dict(cell.get("strategy_options") or {}), sort_keys=True),
-        "spec": spec_json, "status": "failed", "error": error,
-    }
+    return TrialResult.failed_row(cell, error)
 
 
 # ------------------------------------------------------------------------------------------- progress
@@ -140,46 +132,134 @@ class Progress(Callback):
     Tune pickles its callbacks with the experiment; the stream is not pickled (None = sys.stdout).
     """
 
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None, done: int = 0) -> None:
         self.total = total
         self.stream = stream
+        self.done = done  # cells finished by earlier runs of this experiment
         self.last: dict[str, dict] = {}
-        self.finished: set[str] | None = None
         self.started = time.time()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "stream": None, "last": {}, "finished": None}
+        return {**self.__dict__, "stream": None, "last": {}}
 
     def _write(self, text: str) -> None:
         stream = self.stream or sys.stdout
         stream.write(text + "\n")
         stream.flush()
 
-    def _line(self, trials, trial, note: str) -> None:
-        if self.finished is None:  # first event: count trials already finished (a resumed experiment)
-            self.finished = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
-        self.finished.add(trial.trial_id)
-        done = len(self.finished)
-        self._write(f"[{done}/{self.total}] {_cell_name(trial)}: {note} ({time.time() - self.started:.0f}s)")
+    def _line(self, trial, note: str) -> None:
+        self.done += 1
+        self._write(f"[{self.done}/{self.total}] {_cell_name(trial)}: {note} ({time.time() - self.started:.0f}s)")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        payload = json.loads(self.last.get(trial.trial_id, {}).get("payload", "{}") or "{}")
-        row = payload.get("row", {})
+        row = _payload(self.last.get(trial.trial_id)).get("row", {})
         note = "done"
         if row.get("status") == "ok":
             arrow = f"{row['dense']:.4g} -> {row['pruned']:.4g} -> {row['recovered']:.4g}"
-            reused = ",".join(k for k, v in (row.get("reused") or {}).items() if v) or "nothing"
+            reused = ",".join(k.removeprefix("reused_") for k, v in row.items() if k.startswith("reused_") and v) or "nothing"
             note = f"{row['metric_name']} dense -> pruned -> recovered {arrow} (reused {reused})"
-        self._line(trials, trial, note)
+        self._line(trial, note)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._write(f"[retry] {_cell_name(trial)}: {_error_line(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, trial, f"FAILED: {_error_line(trial)}")
+        self._line(trial, f"FAILED: {_error_line(trial)}")
+
+
+def _payload(result: Mapping[str, Any] | None) -> dict[str, Any]:
+    return json.loads((result or {}).get("payload") or "{}")
+
+
+class ResultStream(Callback):
+    """Writes finished trials' rows to storage as they end, so a killed driver loses no finished row.
+
+    Rows are buffered for at most `flush_s` seconds (a part per flush, not per trial, keeps a 10,000-cell grid
+    at a few hundred files); `on_step_end` runs every loop of Tune's driver, so a buffered row waits no longer.
+    """
+
+    def __init__(self, output_dir: str, run_id: str, flush_s: float = 0.5) -> None:
+        self.output_dir, self.run_id, self.flush_s = output_dir, run_id, flush_s
+        self.buffer: list[dict] = []
+        self.parts = 0
+        self.flushed_at = time.time()
+        self.last: dict[str, dict] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "buffer": [], "last": {}}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = result
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        payload = _payload(self.last.pop(trial.trial_id, None))
+        if payload:
+            self._add(payload)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        payload = _payload(self.last.pop(trial.trial_id, None))
+        if not payload:  # died without reporting (a killed worker): a failed row from its config and Tune's error
+            error = (str(getattr(trial, "error_msg", "") or "").strip() or "worker died without reporting")
+            payload = {"row": failed_row(trial.config["cell"], f"TuneError: {error}".splitlines()[0]),
+                       "curve": [], "scores": [],
+                       "context": {"experiment": trial.config["run"]["experiment"], "run_id": self.run_id}}
+        self._add(payload)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.buffer and time.time() - self.flushed_at >= self.flush_s:
+            self.flush()
+
+    def on_experiment_end(self, trials, **info):
+        self.flush()
+
+    def _add(self, payload: dict) -> None:
+        self.buffer.append(payload)
+        if time.time() - self.flushed_at >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            write_part(self.output_dir, self.buffer, f"{self.run_id}-{self.parts:06d}")
+            self.parts += 1
+            self.buffer = []
+        self.flushed_at = time.time()
+
+
+class PendingReport(Callback):
+    """Reports trials that wait for resources longer than `after_s` while nothing runs: on a cluster short of
+    what one trial asks for (resources.cpu/gpu), Tune would otherwise wait silently, maybe forever."""
+
+    def __init__(self, after_s: float, resources: Mapping[str, float], stream: TextIO | None = None) -> None:
+        self.after_s, self.resources, self.stream = after_s, dict(resources), stream
+        self.progress_at = time.time()  # the last time a trial started or ended
+        self.reported_at = 0.0
+        self.running = 0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "stream": None}
+
+    def on_step_end(self, iteration, trials, **info):
+        import ray
+
+        running = sum(t.status == "RUNNING" for t in trials)
+        pending = [t for t in trials if t.status == "PENDING"]
+        now = time.time()
+        if running != self.running or not pending:
+            self.running, self.progress_at = running, now
+            return
+        waited = now - self.progress_at
+        if running == 0 and waited >= self.after_s and now - self.reported_at >= self.after_s:
+            self.reported_at = now
+            total = ray.cluster_resources()
+            has = ", ".join(f"{k.lower()} {total.get(k, 0):g}" for k in ("CPU", "GPU"))
+            asks = ", ".join(f"{k} {v:g}" for k, v in self.resources.items() if v)
+            (self.stream or sys.stdout).write(
+                f"[waiting] {len(pending)} trial(s) pending for {waited:.0f}s with none running: each asks for "
+                f"{asks}, the cluster has {has} in all; add nodes, or lower resources.cpu/gpu\n")
+            (self.stream or sys.stdout).flush()
 
 
 def _cell_name(trial) -> str:
@@ -214,68 +294,60 @@ class RunSummary:
         return self.missing == 0
 
 
-SPEC_FILE = "sentinel_spec.json"  # the resolved spec, next to Tune's state: what --resume compares against
+SPEC_FILE = "sentinel_spec.json"  # the resolved spec, beside the results: what --resume compares against
 
 
-def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool) -> str:
-    """Checks the Tune state folder against --resume/--overwrite before Ray starts. Returns its path.
+def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool) -> None:
+    """Checks the results folder against --resume/--overwrite before Ray starts, and records the spec.
 
-    A fresh start records the resolved spec in the folder; --resume refuses a spec that differs from it, with
-    one line naming what changed: the saved grid and the new config would otherwise mix in one result.
+    --resume refuses a config that differs from the saved one, with one line naming what changed, unless the
+    change only adds cells (more seeds, levels, strategies or models): the finished cells stay, the new ones
+    run. Anything else would mix two experiments in one table.
     """
-    from ray.tune import Tuner
-
-    storage, name = spec.tune_location
-    path = storage.rstrip("/") + "/" + name
-    exists = Tuner.can_restore(path)
+    out = spec.output_dir
+    saved = read_text(f"{out}/{SPEC_FILE}")
+    exists = saved is not None or finished_trials(out).num_rows > 0
     if resume and not exists:
-        raise SpecError(f"--resume: no experiment state at {path!r} to resume; run without --resume")
-    if resume:
-        saved = _read_text(f"{path}/{SPEC_FILE}")
-        if saved is not None:  # experiments started before the file existed resume as they are
-            _check_unchanged(json.loads(saved), spec)
-        return path
-    if exists:
+        raise SpecError(f"--resume: no experiment at {out!r} to resume; run without --resume")
+    if resume and saved is not None:
+        _check_resumable(json.loads(saved), spec)
+    if exists and not resume:
         if not overwrite:
-            raise SpecError(f"experiment: {spec.experiment!r} already has results at {path!r}; "
+            raise SpecError(f"experiment: {spec.experiment!r} already has results at {out!r}; "
                             "pass --resume to continue it or --overwrite to start again")
-        if _is_uri(path):
-            import pyarrow.fs as pafs
-
-            fs, inner = pafs.FileSystem.from_uri(path)
-            fs.delete_dir(inner)
-        else:
-            shutil.rmtree(path)
-    saved = {"spec": spec.to_dict(), "cells": spec.cells()}
-    write_bytes(f"{path}/{SPEC_FILE}", json.dumps(saved, sort_keys=True, default=str).encode())
-    return path
+        _delete_results(out)
+        _delete("/".join(spec.tune_location), folder=True)
+    saved_spec = {"spec": spec.to_dict(), "cells": [c.to_dict() for c in spec.cells()]}
+    write_bytes(f"{out}/{SPEC_FILE}", json.dumps(saved_spec, sort_keys=True, default=str).encode())
 
 
-def _read_text(path: str) -> str | None:
-    import pyarrow.fs as pafs
+def _delete_results(out: str) -> None:
+    """What --overwrite replaces: the tables, their parts, the saved spec (an `analysis/` folder is rewritten later)."""
+    _delete(f"{out}/parts", folder=True)
+    for name in ("trials.parquet", "curves.parquet", "heads.parquet", "config.yaml", SPEC_FILE):
+        _delete(f"{out}/{name}")
 
-    fs, inner = pafs.FileSystem.from_uri(path) if _is_uri(path) else (pafs.LocalFileSystem(), path)
+
+def _delete(path: str, folder: bool = False) -> None:
+    fs, inner = filesystem(path)
     try:
-        with fs.open_input_stream(inner) as f:
-            return f.read().decode()
+        fs.delete_dir(inner) if folder else fs.delete_file(inner)
     except (FileNotFoundError, OSError):
-        return None
+        pass
 
 
-def _check_unchanged(saved: dict[str, Any], spec: ExperimentSpec) -> None:
-    """A SpecError naming the changed fields (`finetune.steps`, `levels`, ...) if `spec` is not the saved one."""
+def _check_resumable(saved: dict[str, Any], spec: ExperimentSpec) -> None:
+    """A SpecError naming the changed fields (`finetune.steps`, ...) unless `spec` only adds cells to the saved one."""
     current = json.loads(json.dumps(spec.to_dict(), sort_keys=True, default=str))
     changed = _changed_fields(saved["spec"], current)
     if not changed:
         return
     old_cells = {json.dumps(c, sort_keys=True, default=str) for c in saved["cells"]}
-    new_cells = {json.dumps(c, sort_keys=True, default=str) for c in spec.cells()}
-    if old_cells < new_cells:
-        raise SpecError(f"--resume: the config adds {len(new_cells - old_cells)} cell(s) ({', '.join(changed)}), "
-                        "and a saved Tune grid cannot grow; run them as a new experiment (another `experiment:` "
-                        "name) and analyze both result folders together")
+    new_cells = {json.dumps(c.to_dict(), sort_keys=True, default=str) for c in spec.cells()}
+    if old_cells <= new_cells:
+        return  # more seeds, levels, strategies or models: every finished cell is still a cell of this grid
     raise SpecError(f"--resume: the config changed since the experiment started ({', '.join(changed)}); "
-                    "resume with the original config, or start again with --overwrite")
+                    "resume with the original config, add cells only, or start again with --overwrite")
 
 
 def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -317,12 +389,12 @@ def run_experiment(
     ray_init: Mapping[str, Any] | None = None,
     stream: TextIO = sys.stdout,
 ) -> RunSummary:
-    """Runs (or resumes) the experiment's grid with Ray Tune and writes the Parquet tables.
+    """Runs (or resumes) the experiment's grid with Ray Tune, streaming rows to storage, then compacts them.
 
     Args:
         spec: the validated experiment.
         address: an existing Ray cluster ("auto", "ray://host:10001", ...); None starts a local one.
-        resume: continue the experiment saved under its storage path; finished trials are not re-run.
+        resume: continue the experiment stored under its output folder; cells with a row are not run again.
         overwrite: delete a previous experiment of the same name instead of refusing to start.
         trainable_fn: replaces `trainable` (tests wrap it to observe concurrency).
         ray_init: extra ray.init arguments (tests: num_cpus, num_gpus).
@@ -338,70 +410,49 @@ def run_experiment(
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the progress line and the row carry the error  # the verbose=0 path prints nothing per iteration
-    path = prepare(spec, resume, overwrite)
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the progress line and the row carry the error
+    prepare(spec, resume, overwrite)
     cells = spec.cells()
-    summary = RunSummary(path, spec.output_dir, total=len(cells))
+    out = spec.output_dir
+    if resume:
+        compact(out, spec.to_dict())  # what a killed driver left in parts becomes the table the cells are read from
+    done = set(finished_trials(out).column("trial_id").to_pylist())
+    todo = [c for c in cells if c.trial_id() not in done]
+    run_id = f"{spec.experiment}-{uuid.uuid4().hex[:8]}"
+    storage, name = spec.tune_location
+    summary = RunSummary(f"{storage.rstrip('/')}/{name}/{run_id}", out, total=len(cells))
     started = time.time()
-    owns_ray = start_ray(address, **dict(ray_init or {}))
-    try:
-        store = start_store(spec.experiment)  # noqa: F841  (the handle keeps the actor alive until the end)
-        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-        fn = tune.with_resources(trainable_fn or trainable, resources)
-        storage, name = spec.tune_location
-        filesystem = None
-        if _is_uri(storage):
-            filesystem, storage = pafs.FileSystem.from_uri(storage)
-        run_config = tune.RunConfig(
-            name=name, storage_path=storage, storage_filesystem=filesystem, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[Progress(len(cells), stream)],
-        )
-        if resume:
-            tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=False, restart_errored=False,
-                                       param_space=None)
-            # the restored run config holds the pickled callbacks; give the progress printer this stream
-            tuner._local_tuner.get_run_config().callbacks = run_config.callbacks
-        else:
-            param_space = {
-                "cell": tune.grid_search(cells),
-                "run": {"experiment": spec.experiment, "run_id": f"{spec.experiment}-{uuid.uuid4().hex[:8]}",
-                        "gpu_dry_run": spec.gpu_dry_run},
-            }
+    if todo:
+        owns_ray = start_ray(address, **dict(ray_init or {}))
+        try:
+            store = start_store(spec.experiment)  # noqa: F841  (the handle keeps the actor alive until the end)
+            resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+            fn = tune.with_resources(trainable_fn or trainable, resources)
+            filesystem = None
+            if is_uri(storage):
+                filesystem, storage = pafs.FileSystem.from_uri(storage)
+            run_config = tune.RunConfig(
+                name=run_id, storage_path=f"{storage.rstrip('/')}/{name}", storage_filesystem=filesystem, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                callbacks=[Progress(len(cells), stream, done=len(cells) - len(todo)), ResultStream(out, run_id),
+                           PendingReport(spec.pending_report_s, resources, stream)],
+            )
+            param_space = {"cell": tune.grid_search([c.to_dict() for c in todo]),
+                           "run": {"experiment": spec.experiment, "run_id": run_id, "gpu_dry_run": spec.gpu_dry_run}}
             tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=spec.max_concurrent_trials)
             tuner = tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
-        stream.write(f"{spec.experiment}: {len(cells)} trials ({'resuming' if resume else 'starting'}), "
-                     f"state in {path}\n")
-        grid = tuner.fit()
-        payloads = collect(grid)
-    finally:
-        if owns_ray:
-            ray.shutdown()
-    summary.ok = sum(p["row"]["status"] == "ok" for p in payloads)
-    summary.failed = len(payloads) - summary.ok
-    summary.missing = len(cells) - len(payloads)
-    summary.written = write_results(spec.output_dir, payloads, spec.to_dict())
+            verb = "resuming" if resume else "starting"
+            stream.write(f"{spec.experiment}: {len(cells)} trials ({verb}; {len(todo)} to run), results in {out}\n")
+            tuner.fit()
+        finally:
+            if owns_ray:
+                ray.shutdown()
+    summary.written = compact(out, spec.to_dict())
+    rows = finished_trials(out).select(["trial_id", "status"]).to_pylist()
+    status = {r["trial_id"]: r["status"] for r in rows}
+    ids = [c.trial_id() for c in cells]
+    summary.ok = sum(status.get(i) == "ok" for i in ids)
+    summary.failed = sum(i in status and status[i] != "ok" for i in ids)
+    summary.missing = len(ids) - summary.ok - summary.failed
     summary.wall_s = time.time() - started
     return summary
-
-
-def collect(grid) -> list[dict[str, Any]]:
-    """Trial payloads from a ResultGrid: what each finished trial reported, or a failed row from its error.
-
-    Trials that never ran to an end (an interrupted experiment) are left out: --resume runs them.
-    """
-    payloads = []
-    for result in grid:
-        reported = (result.metrics or {}).get("payload")
-        if reported:
-            payload = json.loads(reported)
-            if result.error is not None and payload["row"]["status"] == "ok":
-                continue  # reported ok, then crashed while finishing; not a result we can trust
-            payloads.append(payload)
-        elif result.error is not None:
-            cell, run = result.config["cell"], result.config["run"]
-            error = f"{type(result.error).__name__}: {result.error}".strip()
-            payload = {"row": failed_row(cell, error), "curve": [], "scores": [],
-                       "context": {"experiment": run["experiment"], "run_id": run["run_id"]}}
-            payloads.append(payload)
-    return payloads

@@ -6,9 +6,9 @@ reported as one `SpecError` line that names the field, the value and what is all
     experiment: default            # folder name under `output`
     models: [sentinel/tiny-gpt2, {name: gpt2, options: {...}, levels: [0.3], seeds: [0, 1, 2], finetune: {steps: 5}}]
     strategies: [entropy, {name: random, options: {}}]
-    levels: [0.1, 0.3, 0.5]        # fractions of heads to prune, each in (0, 1)
+    levels: [0.1, 0.3, 0.5]        # fractions of heads to prune, each in [0, 1) (0: a fine-tune-only control)
     seeds: [0, 1]
-    data: {source: gutenberg, seq_len: 64, ...}        # sentinel.pipeline.DataSpec
+    data: {source: gutenberg, seq_len: 64, ...}        # sentinel.trial.DataSpec
     finetune: {steps: 20, lr: 5.0e-5, ...}             # sentinel.finetune.FinetuneConfig, or null
     method: remove                 # remove | mask
     policy: global                 # global | per_layer
@@ -33,17 +33,13 @@ from urllib.parse import urlparse
 
 import yaml
 
-METHODS = ("remove", "mask")
-POLICIES = ("global", "per_layer")
+from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join
+from sentinel.contract import SpecError, boolean, integer, number, one_of
+from sentinel.finetune import FinetuneConfig
+from sentinel.trial import LEVEL, METHODS, POLICIES, SEED, DataSpec, TrialSpec, model_name, strategy_name, task_name
+
 DEVICES = ("cpu", "cuda", "auto")
-REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # storage handled by pyarrow.fs
-BUNDLED_SOURCES = ("gutenberg", "wikitext-2", "wikitext-2-raw")
-# FinetuneConfig fields as documented, used only if sentinel.finetune cannot be imported
-FINETUNE_FIELDS = ("steps", "lr", "warmup_steps", "weight_decay", "max_grad_norm", "batch_size", "eval_every", "seed")
-
-
-class SpecError(ValueError):
-    """A bad experiment spec. The message is one line naming the field, the value and what is allowed."""
+__all__ = ["SpecError", "ExperimentSpec", "load_spec", "parse_spec", "apply_overrides", "check_local_run"]
 
 
 @dataclass(frozen=True)
@@ -73,10 +69,11 @@ class ExperimentSpec:
     strategies: tuple[Entry, ...]
     levels: tuple[float, ...]
     seeds: tuple[int, ...] = (0,)
-    data: Mapping[str, Any] = field(default_factory=dict)  # DataSpec keyword arguments
-    finetune: Mapping[str, Any] | None = field(default_factory=dict)  # FinetuneConfig keyword arguments
+    data: DataSpec = field(default_factory=DataSpec)
+    finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
     method: str = "remove"
     policy: str = "global"
+    task: str = "auto"  # evaluation task (sentinel.tasks)
     min_heads_per_layer: int = 1
     device: str = "auto"
     bf16: bool = False
@@ -89,23 +86,30 @@ class ExperimentSpec:
     # Where Ray assigns a GPU but CUDA is absent (logical GPUs in tests), run on CPU and record the GPU the
     # trial would have used, instead of failing the trial.
     gpu_dry_run: bool = False
+    pending_report_s: float = 300.0  # a trial waiting this long for resources is reported (a cluster short of them)
 
-    def cells(self) -> list[dict[str, Any]]:
-        """The grid as TrialSpec dicts (`sentinel.pipeline.TrialSpec.from_dict`), model-major order."""
+    def cells(self) -> list[TrialSpec]:
+        """The grid as validated TrialSpecs, model-major order. A cell the trial contract refuses (a seq_len
+        beyond one model's context, options one strategy rejects) is a SpecError naming the model entry."""
+        if "_cells" in self.__dict__:  # built once (parse_spec validates them all; the runner reuses them)
+            return self.__dict__["_cells"]
         cells = []
-        for model in self.models:
+        for i, model in enumerate(self.models):
+            finetune = None if self.finetune is None else (
+                FinetuneConfig.from_dict({**dataclasses.asdict(self.finetune), **model.finetune}, f"models[{i}].finetune"))
             for strategy in self.strategies:
                 for seed in model.seeds or self.seeds:
                     for level in model.levels or self.levels:
-                        cells.append({
-                            "model": model.name, "model_options": dict(model.options),
-                            "strategy": strategy.name, "strategy_options": dict(strategy.options),
-                            "level": level, "seed": seed, "policy": self.policy,
-                            "min_heads_per_layer": self.min_heads_per_layer, "method": self.method,
-                            "data": dict(self.data),
-                            "finetune": None if self.finetune is None else {**self.finetune, **model.finetune},
-                            "device": self.device, "bf16": self.bf16, "measure_speed": self.measure_speed,
-                        })
+                        try:
+                            cells.append(TrialSpec(
+                                model=model.name, model_options=dict(model.options), strategy=strategy.name,
+                                strategy_options=dict(strategy.options), level=level, seed=seed, policy=self.policy,
+                                min_heads_per_layer=self.min_heads_per_layer, method=self.method, data=self.data,
+                                finetune=finetune, device=self.device, bf16=self.bf16,
+                                measure_speed=self.measure_speed, task=self.task))
+                        except SpecError as exc:
+                            raise SpecError(f"{exc} (models[{i}] {model.name!r}, strategies {strategy.name!r})") from None
+        self.__dict__["_cells"] = cells
         return cells
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,14 +123,14 @@ class ExperimentSpec:
     @property
     def output_dir(self) -> str:
         """Where the Parquet tables go: `<output>/<experiment>` (a local path or a URI)."""
-        return _join(_absolute(self.output), self.experiment)
+        return join(absolute(self.output), self.experiment)
 
     @property
     def tune_location(self) -> tuple[str, str]:
         """(storage_path, name) for Tune's RunConfig; the Tune experiment folder is their join."""
         if self.storage_path is None:
             return self.output_dir, "tune"
-        return _absolute(self.storage_path), self.experiment
+        return absolute(self.storage_path), self.experiment
 
 
 def _plain(value: Any) -> Any:
@@ -135,18 +139,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     raise TypeError(f"{value!r} is not plain data")
-
-
-def _is_uri(path: str) -> bool:
-    return urlparse(path).scheme in REMOTE_SCHEMES
-
-
-def _absolute(path: str) -> str:
-    return path if _is_uri(path) else os.path.abspath(os.path.expanduser(path))
-
-
-def _join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name if _is_uri(base) else os.path.join(base, name)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -208,56 +200,48 @@ TOP_LEVEL = tuple(f.name for f in dataclasses.fields(ExperimentSpec))
 
 
 def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
-    """Validates a plain mapping (the parsed YAML) into an ExperimentSpec. Raises SpecError."""
+    """Validates a plain mapping (the parsed YAML) into an ExperimentSpec. Raises SpecError.
+
+    Trial fields are checked by the trial contract's own rules (sentinel.trial): every grid cell is built as a
+    TrialSpec here, so what a worker would refuse is refused now. This module adds the YAML shape (lists of
+    entries, per-model overrides) and the Ray-only fields (resources, concurrency, retries, storage).
+    """
     _known_keys(raw, TOP_LEVEL, "config")
     for required in ("models", "strategies", "levels"):
         if raw.get(required) in (None, [], ""):
             raise SpecError(f"{required}: is required (a non-empty list)")
+    data = DataSpec.from_dict(raw.get("data") or {}, "data")
     spec = ExperimentSpec(
         experiment=_experiment_name(raw.get("experiment")),
-        models=tuple(_entries(raw["models"], "models", _check_model, extra_keys=("finetune", "levels", "seeds"))),
-        strategies=tuple(_entries(raw["strategies"], "strategies", _check_strategy)),
+        models=tuple(_entries(raw["models"], "models", model_name, extra_keys=("finetune", "levels", "seeds"))),
+        strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name)),
         levels=tuple(_levels(raw["levels"])),
         seeds=tuple(_seeds(raw.get("seeds", [0]))),
-        data=(data := _data(raw.get("data") or {})),
+        data=data,
         finetune=_finetune(raw.get("finetune", {}), data),
-        method=_choice(raw.get("method", "remove"), METHODS, "method"),
-        policy=_choice(raw.get("policy", "global"), POLICIES, "policy"),
-        min_heads_per_layer=_int(raw.get("min_heads_per_layer", 1), "min_heads_per_layer", minimum=1),
-        device=_choice(raw.get("device", "auto"), DEVICES, "device"),
-        bf16=_bool(raw.get("bf16", False), "bf16"),
-        measure_speed=_bool(raw.get("measure_speed", True), "measure_speed"),
+        method=one_of(METHODS)(raw.get("method", "remove"), "method"),
+        policy=one_of(POLICIES)(raw.get("policy", "global"), "policy"),
+        task=task_name(raw.get("task", "auto"), "task"),
+        min_heads_per_layer=integer(minimum=1)(raw.get("min_heads_per_layer", 1), "min_heads_per_layer"),
+        device=one_of(DEVICES)(raw.get("device", "auto"), "device"),
+        bf16=boolean(raw.get("bf16", False), "bf16"),
+        measure_speed=boolean(raw.get("measure_speed", True), "measure_speed"),
         resources=_resources(raw.get("resources") or {}),
         max_concurrent_trials=None if raw.get("max_concurrent_trials") is None
-        else _int(raw["max_concurrent_trials"], "max_concurrent_trials", minimum=1),
-        max_failures=_int(raw.get("max_failures", 1), "max_failures", minimum=0),
+        else integer(minimum=1)(raw["max_concurrent_trials"], "max_concurrent_trials"),
+        max_failures=integer(minimum=0)(raw.get("max_failures", 1), "max_failures"),
         storage_path=None if raw.get("storage_path") is None else _path(raw["storage_path"], "storage_path"),
         output=_path(raw.get("output", "results"), "output"),
-        gpu_dry_run=_bool(raw.get("gpu_dry_run", False), "gpu_dry_run"),
+        gpu_dry_run=boolean(raw.get("gpu_dry_run", False), "gpu_dry_run"),
+        pending_report_s=number(above=0)(raw.get("pending_report_s", 300), "pending_report_s"),
     )
-    if spec.finetune is not None:  # per-model fine-tuning overrides, checked merged over the section
-        for i, model in enumerate(spec.models):
-            if model.finetune:
-                _finetune({**spec.finetune, **model.finetune}, spec.data, where=f"models[{i}].finetune")
-    _check_context(spec)
+    spec.cells()  # every cell through the trial contract (per-model finetune, strategy options, context length)
     if spec.device == "cuda" and spec.resources.gpu <= 0:
         raise SpecError("resources.gpu: 0 with device 'cuda'; give each trial a GPU share (e.g. 0.5) or use device auto")
     return spec
 
 
 # ------------------------------------------------------------------------------------------ field checks
-
-
-def _check_context(spec: ExperimentSpec) -> None:
-    """data.seq_len must fit every local model's context (hub models are checked when their trial loads them)."""
-    from sentinel.models.loading import context_length
-
-    seq_len = spec.data.get("seq_len", 128)
-    for i, model in enumerate(spec.models):
-        limit = context_length(model.name)
-        if limit is not None and seq_len > limit:
-            raise SpecError(f"data.seq_len: {seq_len} is longer than models[{i}] {model.name!r} accepts "
-                            f"({limit} positions); use at most {limit}")
 
 
 def check_local_run(spec: ExperimentSpec, cpus: int | None = None, gpus: int | None = None) -> None:
@@ -284,7 +268,7 @@ def check_local_run(spec: ExperimentSpec, cpus: int | None = None, gpus: int | N
     from sentinel.models import loading
 
     for i, model in enumerate(spec.models):
-        if _model_folder(model.name, f"models[{i}]") is None:
+        if loading.local_model_type(model.name) is None:  # a hub name (local ones were checked by the contract)
             try:
                 loading.check_reachable(model.name, model.options.get("gguf_file"),
                                         bool(model.options.get("trust_remote_code", False)))
@@ -338,66 +322,14 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = ()) -> l
     return entries
 
 
-def _check_strategy(name: str, at: str) -> None:
-    from sentinel.pruning import STRATEGIES
-
-    if name not in STRATEGIES:
-        raise SpecError(f"{at}: {STRATEGIES.unknown_message(name)}")
-
-
-def _check_model(name: str, at: str) -> None:
-    """Shipped names and local folders must hold a supported model type; hub names are checked at run time."""
-    from sentinel.models import supported_model_types
-
-    folder = _model_folder(name, at)
-    if folder is None:
-        return
-    if folder.suffix == ".gguf":  # a GGUF file (or the shipped SmolLM2): its header names the architecture
-        from sentinel.models.loading import gguf_architecture
-
-        try:
-            model_type = gguf_architecture(folder)
-        except Exception as exc:  # not a GGUF file, gguf not installed
-            raise SpecError(f"{at}: {name!r} is not a readable GGUF file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-        if model_type not in supported_model_types():
-            raise SpecError(f"{at}: GGUF architecture {model_type!r} of {name!r} is not one of "
-                            f"{', '.join(sorted(supported_model_types()))}")
-        return
-    config = folder / "config.json"
-    if not config.is_file():
-        raise SpecError(f"{at}: {name!r} is a folder without config.json (not a transformers model)")
-    try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise SpecError(f"{at}: {str(config)!r} is not valid JSON") from None
-    allowed = supported_model_types()
-    if model_type not in allowed:
-        raise SpecError(f"{at}: model_type {model_type!r} of {name!r} is not one of {', '.join(sorted(allowed))}")
-
-
-def _model_folder(name: str, at: str) -> Path | None:
-    """The local folder a model name refers to: a path, or a shipped `sentinel/...` name; None for hub names."""
-    from sentinel.models import loading
-
-    if name in loading.KNOWN or name in loading.MINILM_ALIASES or Path(name).expanduser().exists():
-        try:
-            return Path(loading.resolve_source(name))  # the loader's own name -> folder rule, and its messages
-        except ValueError as exc:
-            raise SpecError(f"{at}: {str(exc).removeprefix('model: ')}".splitlines()[0]) from None
-    if name.startswith("sentinel/"):
-        raise SpecError(f"{at}: {name!r} is not a shipped model; shipped: {', '.join(loading.KNOWN)}")
-    return None  # a hub name: load_model resolves it (cache or download) when the trial runs
-
-
 def _levels(value: Any, at: str = "levels") -> list[float]:
     if not isinstance(value, list):
         value = [value]
     if not value:
-        raise SpecError(f"{at}: is empty; give at least one fraction in (0, 1)")
+        raise SpecError(f"{at}: is empty; give at least one fraction in [0, 1)")
     levels = []
     for i, level in enumerate(value):
-        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-            raise SpecError(f"{at}[{i}]: {level!r} is not a fraction in (0, 1)")
+        level = LEVEL(level, f"{at}[{i}]")  # the trial contract's rule for `level`
         if float(level) in levels:
             raise SpecError(f"{at}: {level!r} appears twice (duplicate grid cells)")
         levels.append(float(level))
@@ -411,89 +343,20 @@ def _seeds(value: Any, at: str = "seeds") -> list[int]:
         raise SpecError(f"{at}: is empty; give at least one integer seed")
     seeds = []
     for i, seed in enumerate(value):
-        seed = _int(seed, f"{at}[{i}]", minimum=0)
+        seed = SEED(seed, f"{at}[{i}]")  # the trial contract's rule for `seed`
         if seed in seeds:
             raise SpecError(f"{at}: {seed!r} appears twice (duplicate grid cells)")
         seeds.append(seed)
     return seeds
 
 
-def _dataclass_fields(cls) -> dict[str, Any]:
-    """name -> default for each field of a dataclass."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-        else:
-            out[f.name] = None
-    return out
-
-
-def _typed_section(value: Any, defaults: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Checks keys against `defaults` and each value's type against its default's type."""
-    if not isinstance(value, dict):
-        raise SpecError(f"{where}: {value!r} is not a mapping")
-    _known_keys(value, tuple(defaults), where)
-    out = {}
-    for key, item in value.items():
-        default, at = defaults[key], f"{where}.{key}"
-        if isinstance(default, bool):
-            item = _bool(item, at)
-        elif isinstance(default, int):
-            item = _int(item, at)
-        elif isinstance(default, float):
-            item = _float(item, at)
-        elif isinstance(default, str) and not isinstance(item, str):
-            raise SpecError(f"{at}: {item!r} is not a string")
-        out[key] = item
-    return out
-
-
-def _data(value: Any) -> dict[str, Any]:
-    from sentinel.pipeline import DataSpec
-
-    defaults = _dataclass_fields(DataSpec)
-    data = _typed_section(value, defaults, "data")
-    for key in ("seq_len", "stride", "batch_size", "score_batches"):
-        if key in data and data[key] < 1:
-            raise SpecError(f"data.{key}: {data[key]!r} must be >= 1")
-    seq_len, stride = data.get("seq_len", defaults["seq_len"]), data.get("stride", defaults["stride"])
-    if "stride" not in data and stride > seq_len:
-        data["stride"] = stride = seq_len  # a short window without a stride: disjoint windows
-    if stride > seq_len:
-        raise SpecError(f"data.stride: {stride!r} must be in (0, seq_len={seq_len}] (set data.stride too)")
-    for key in ("source", "eval_source"):
-        if data.get(key) is not None or key == "source":
-            _check_source(data.get(key, defaults["source"]), f"data.{key}")
-    return data
-
-
-def _check_source(source: Any, at: str) -> None:
-    if not isinstance(source, str) or not source:
-        raise SpecError(f"{at}: {source!r} is missing; give {', '.join(BUNDLED_SOURCES)}, a file or folder, "
-                        "or a datasets name as path:name:split")
-    if source in BUNDLED_SOURCES or Path(source).expanduser().exists():
-        return
-    if ":" in source and not source.startswith((".", "/", "~")):
-        return  # a `datasets` name (path:name:split), resolved when the trial loads it
-    raise SpecError(f"{at}: {source!r} does not exist and is not one of {', '.join(BUNDLED_SOURCES)} "
-                    "or a datasets name as path:name:split")
-
-
-def _finetune(value: Any, data: Mapping[str, Any], where: str = "finetune") -> dict[str, Any] | None:
-    from sentinel.finetune import FinetuneConfig
-
+def _finetune(value: Any, data: DataSpec) -> FinetuneConfig | None:
+    """The finetune section (null: no recovery fine-tuning); an unset batch_size means the scoring batches'."""
     if value is None or value is False:
-        return None  # no recovery fine-tuning
-    section = _typed_section(value, _dataclass_fields(FinetuneConfig), where)
-    section.setdefault("batch_size", data.get("batch_size", 8))  # unset: the same batches as scoring
-    try:
-        FinetuneConfig(**section)
-    except ValueError as exc:
-        raise SpecError(f"{where}.{exc}".splitlines()[0]) from None
-    return section
+        return None
+    if isinstance(value, dict) and "batch_size" not in value:
+        value = {**value, "batch_size": data.batch_size}
+    return FinetuneConfig.from_dict(value, "finetune")
 
 
 def _resources(value: Any) -> Resources:
@@ -537,35 +400,3 @@ def _path(value: Any, at: str) -> str:
     except OSError as exc:
         raise SpecError(f"{at}: {value!r} is not writable ({str(probe)!r}: {exc.strerror or exc})") from None
     return str(path)
-
-
-def _choice(value: Any, allowed: Sequence[str], at: str) -> str:
-    if value not in allowed:
-        raise SpecError(f"{at}: {value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def _bool(value: Any, at: str) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(f"{at}: {value!r} is not true or false")
-    return value
-
-
-def _float(value: Any, at: str) -> float:
-    # PyYAML reads `1e-3` (no dot) as a string, per YAML 1.1: accept the numbers people write
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{at}: {value!r} is not a number")
-    return float(value)
-
-
-def _int(value: Any, at: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{at}: {value!r} is not an integer")
-    if minimum is not None and value < minimum:
-        raise SpecError(f"{at}: {value!r} must be >= {minimum}")
-    return value

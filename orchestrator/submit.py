@@ -35,7 +35,8 @@ from urllib.parse import urlparse
 
 import yaml
 
-from orchestrator.spec import ExperimentSpec, SpecError, _is_uri, apply_overrides
+from orchestrator.spec import ExperimentSpec, SpecError, apply_overrides
+from orchestrator.storage import is_uri
 
 JOB_CONFIG = "sentinel-job.yaml"  # the resolved config, at the root of the job's working dir
 TOP_LEVEL_EXCLUDES = ("results", ".venv", ".git")  # never shipped: outputs, the local venv, history
@@ -196,7 +197,7 @@ def resolve_config(config: str, overrides: list[str], working_dir: Path) -> tupl
     raw = apply_overrides(raw, overrides)
     for key in ("output", "storage_path"):
         value = raw.get(key, "results" if key == "output" else None)
-        if value is not None and not _is_uri(str(value)) and not os.path.isabs(os.path.expanduser(str(value))):
+        if value is not None and not is_uri(str(value)) and not os.path.isabs(os.path.expanduser(str(value))):
             raise SpecError(f"{key}: {value!r} is a relative path; a cluster job runs in a temporary copy of the "
                             f"working dir, so give shared storage: an absolute NFS path or s3://bucket/prefix "
                             f"(e.g. --set {key}=s3://bucket/sentinel)")

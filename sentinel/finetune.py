@@ -24,12 +24,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from sentinel.eval.device import autocast, model_device
-from sentinel.eval.sentence import mean_pool
+from sentinel.contract import Contract, SpecError, checked, integer, number
 from sentinel.models import HeadMask, get_adapter, head_layout
-from sentinel.models.heads import blocks
+from sentinel.models.device import autocast, mean_pool, model_device
+from sentinel.models.heads import blocks, head_slices, slice_parameters
 
 Batch = dict[str, torch.Tensor]
 Curve = list[dict[str, Any]]  # rows {step, train_loss, eval_metric, lr}
@@ -37,32 +36,24 @@ IGNORE = -100
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    """Hyper-parameters of one recovery run.
+class FinetuneConfig(Contract):
+    """Hyper-parameters of one recovery run; every field checks itself (sentinel.contract).
 
     `batch_size` is the most sequences per optimizer step: larger `train_batches` are split.
     """
 
-    steps: int = 100
-    lr: float = 5e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    batch_size: int = 8
-    eval_every: int = 50
-    seed: int = 0
+    steps: int = checked(100, integer(minimum=1))
+    lr: float = checked(5e-4, number(above=0))
+    warmup_steps: int = checked(10, integer(minimum=0))
+    weight_decay: float = checked(0.01, number(minimum=0))
+    max_grad_norm: float = checked(1.0, number(above=0))
+    batch_size: int = checked(8, integer(minimum=1))
+    eval_every: int = checked(50, integer(minimum=1))
+    seed: int = checked(0, integer(minimum=0))
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"warmup_steps: {self.warmup_steps} must be in [0, steps={self.steps}]")
-        for name in ("lr", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: {getattr(self, name)} must be > 0")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay: {self.weight_decay} must be >= 0")
+    def check_together(self) -> None:
+        if self.warmup_steps > self.steps:
+            raise SpecError(f"warmup_steps: {self.warmup_steps} must be in [0, steps={self.steps}]")
 
 
 def lr_factor(step: int, config: FinetuneConfig) -> float:
@@ -124,23 +115,10 @@ def _objective(model: nn.Module, teacher: nn.Module | None) -> Callable[[Batch],
 # ---------------------------------------------------------------------------- masked heads
 
 
-def _head_slices(module: nn.Module, units: list[int], unit: int, offset: int, outputs: bool):
-    """(param, dim, index) for `units` blocks of `unit` features of a Linear/Conv1D, outputs or inputs."""
-    index = torch.tensor([offset + u * unit + i for u in units for i in range(unit)], dtype=torch.long)
-    index = index.to(module.weight.device)
-    # Linear weight is [out, in]; Conv1D weight is [in, out]
-    weight_dim = (0 if outputs else 1) if not isinstance(module, Conv1D) else (1 if outputs else 0)
-    slices = [(module.weight, weight_dim, index)]
-    if outputs and module.bias is not None:  # an output bias is per feature; an input never has one
-        slices.append((module.bias, 0, index))
-    return slices
-
-
 def masked_slices(model: nn.Module, mask: HeadMask) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
     """The weights that belong only to masked heads: their q rows, o columns, and the k/v rows of
     KV groups whose query heads are all masked (a KV head shared with a kept head is not frozen)."""
     adapter, layout = get_adapter(model), head_layout(model)
-    d = layout.head_dim
     out = []
     for layer, block in enumerate(blocks(model, adapter)):
         heads = torch.nonzero(mask.gates[layer] == 0).flatten().tolist()
@@ -148,16 +126,9 @@ def masked_slices(model: nn.Module, mask: HeadMask) -> list[tuple[nn.Parameter, 
             continue
         group = layout.group_size(layer)
         kv = [g for g in range(layout.kv_heads[layer]) if all(h in heads for h in range(g * group, (g + 1) * group))]
-        if adapter.qkv:  # fused [q | k | v] along the outputs, no GQA
-            qkv, width = block.get_submodule(adapter.qkv), layout.heads[layer] * d
-            for offset in (0, width, 2 * width):
-                out += _head_slices(qkv, heads, d, offset, outputs=True)
-        else:
-            out += _head_slices(block.get_submodule(adapter.q), heads, d, 0, outputs=True)
-            for path in (adapter.k, adapter.v):
-                if kv:
-                    out += _head_slices(block.get_submodule(path), kv, d, 0, outputs=True)
-        out += _head_slices(block.get_submodule(adapter.o), heads, d, 0, outputs=False)
+        for piece in head_slices(adapter, layout, layer, heads, kv):
+            if len(piece.index):
+                out += slice_parameters(block, piece)
     return out
 
 

@@ -20,126 +20,18 @@ import copy
 import hashlib
 import json
 import platform
-import socket
 import traceback
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, replace
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol
 
 import torch
 from torch import nn
 
-from sentinel.finetune import FinetuneConfig, finetune
-from sentinel.models import get_adapter, head_layout, load_model, mask_heads, prune_heads
+from sentinel.finetune import finetune
+from sentinel.models import head_layout, load_model, mask_heads, prune_heads
 from sentinel.pruning import STRATEGIES, score_heads, select_heads
-
-METHODS = ("remove", "mask")
-POLICIES = ("global", "per_layer")
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Where a trial's text comes from and how it is cut. Splits are by document (sentinel.data)."""
-
-    source: str = "gutenberg"  # scoring and fine-tuning text, and evaluation text unless eval_source is set
-    eval_source: str | None = None  # e.g. "wikitext-2" to evaluate on another corpus (its eval split)
-    seq_len: int = 128
-    stride: int = 64  # sliding-window perplexity stride (== seq_len: disjoint windows)
-    batch_size: int = 8
-    score_batches: int = 4  # batches of the score split used to score heads
-    eval_tokens: int = 16384  # evaluation tokens taken from the eval split (0 = all of it)
-    split_seed: int = 0  # document split; fixed across trials so every cell sees the same data
-    sts_pairs: int = 0  # encoders: a seeded random sample of this many STS-B test pairs (0 = all 1379)
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything that determines one cell's result. Its canonical JSON digest is the trial id."""
-
-    model: str
-    strategy: str
-    level: float
-    seed: int = 0
-    strategy_options: Mapping[str, Any] = field(default_factory=dict)
-    policy: str = "global"
-    min_heads_per_layer: int = 1
-    method: str = "remove"  # "remove": physical slicing (real speedup); "mask": gates only
-    data: DataSpec = field(default_factory=DataSpec)
-    finetune: FinetuneConfig | None = field(default_factory=lambda: FinetuneConfig(steps=20))
-    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto"
-    bf16: bool = False  # bf16 autocast, CUDA only
-    model_options: Mapping[str, Any] = field(default_factory=dict)  # passed to load_model
-    measure_speed: bool = True
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(STRATEGIES.unknown_message(self.strategy))
-        if not isinstance(self.level, (int, float)) or not 0 <= self.level < 1:
-            raise ValueError(f"level: {self.level!r} is not in [0, 1)")
-        if self.method not in METHODS:
-            raise ValueError(f"method: {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy: {self.policy!r} is not one of {', '.join(POLICIES)}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
-        d = dict(d)
-        if isinstance(d.get("data"), Mapping):
-            d["data"] = DataSpec(**d["data"])
-        if isinstance(d.get("finetune"), Mapping):
-            d["finetune"] = FinetuneConfig(**d["finetune"])
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
-
-    def trial_id(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
-
-@dataclass
-class TrialResult:
-    spec: TrialSpec
-    status: str = "ok"  # "ok" or "failed"
-    error: str = ""
-    architecture: str = ""
-    metric_name: str = ""
-    higher_is_better: bool = False
-    metric_scale: str = ""  # how seeds are averaged and compared (sentinel.eval.Metric.scale)
-    dense: float = float("nan")
-    pruned: float = float("nan")
-    recovered: float = float("nan")
-    protocol: dict = field(default_factory=dict)
-    heads_total: int = 0
-    heads_pruned: int = 0
-    pruned_heads: list = field(default_factory=list)  # [[layer, head], ...] in the dense layout
-    selection_notes: list = field(default_factory=list)
-    weights: str = ""  # where the weights came from ("gguf Q4_1 (...), dequantised to float32", ...)
-    params_before: int = 0
-    params_after: int = 0
-    flops_before: float = float("nan")  # forward FLOPs of one seq_len sequence (sentinel.eval.forward_flops)
-    flops_after: float = float("nan")
-    speed_before: float = float("nan")  # forward tokens/s
-    speed_after: float = float("nan")
-    speed_quiet: bool | None = None  # no other trial computed on the node while speed was measured
-    timings: dict = field(default_factory=dict)  # stage -> seconds
-    reused: dict = field(default_factory=dict)  # "baseline"/"scores" -> bool
-    device: str = ""
-    node: str = field(default_factory=socket.gethostname)
-    versions: dict = field(default_factory=dict)
-    curve: list = field(default_factory=list)  # fine-tuning rows {step, train_loss, eval_metric, lr}
-    scores: list = field(default_factory=list)  # [layers][heads] head scores (higher = more important)
-
-    def row(self) -> dict[str, Any]:
-        """One `trials` row (flat, JSON-friendly); curves and scores go to their own tables."""
-        s = self.spec
-        row = {k.name: getattr(self, k.name) for k in fields(self) if k.name not in ("spec", "curve", "scores")}
-        row.update(
-            trial_id=s.trial_id(), model=s.model, strategy=s.strategy, level=float(s.level), seed=s.seed,
-            method=s.method, policy=s.policy, strategy_options=json.dumps(dict(s.strategy_options), sort_keys=True),
-            spec=json.dumps(s.to_dict(), sort_keys=True),
-        )
-        return row
-
+from sentinel.tasks import Prepared, prepare_task
+from sentinel.trial import DataSpec, TrialResult, TrialSpec  # noqa: F401  (the contract, re-exported)
 
 class SharedWork(Protocol):
     def get_or_compute(self, key: str, fn: Callable[[], Any]) -> tuple[Any, bool]: ...
@@ -237,6 +129,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
     result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
     result.metric_scale = baseline["scale"]
     result.dense, result.protocol = baseline["value"], baseline["protocol"]
+    result.task, result.protocol_label = task.task, task.label
     result.params_before = baseline["params"]
 
     with stage("score"):
@@ -296,75 +189,17 @@ def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork) -> t
     return before, after, quiet
 
 
-@dataclass
-class _Task:
-    """What a model is measured on: the data and metric for causal LMs or for encoders."""
-
-    key: str  # identifies the evaluation data + protocol (baseline cache key)
-    score_key: str  # identifies the scoring data (scores cache key)
-    score_batches: list
-    train_batches: Callable[[int], list]  # batch size -> fine-tuning batches
-    evaluate: Callable[[nn.Module], Any]
-    teacher: nn.Module | None = None
+_TASKS: dict[tuple, Prepared] = {}  # prepared tasks (tokenised data) per (model, task, data spec), in this worker
 
 
-_TASKS: dict[tuple, _Task] = {}  # tokenised data per (model, data spec), kept in this worker process
-
-
-def _cached_task(dense: nn.Module, spec: TrialSpec, tokenizer) -> _Task:
-    key = (spec.model, str(next(dense.parameters()).device), json.dumps(asdict(spec.data), sort_keys=True))
+def _cached_task(dense: nn.Module, spec: TrialSpec, tokenizer) -> Prepared:
+    key = (spec.model, spec.task, str(next(dense.parameters()).device), json.dumps(asdict(spec.data), sort_keys=True))
     if key not in _TASKS:
-        _TASKS[key] = _task(dense, spec, tokenizer)
+        _TASKS[key] = prepare_task(spec.task, dense, tokenizer, spec.data)
     return _TASKS[key]
 
 
-def _task(dense: nn.Module, spec: TrialSpec, tokenizer) -> _Task:
-    """Data and metric for one model. `dense` is the cached dense model: read, never modified."""
-    from sentinel import data as sdata
-    from sentinel import eval as seval
-
-    d = spec.data
-    adapter = get_adapter(dense)  # unsupported architectures fail here, before any data work
-    sdata.check_seq_len(dense, d.seq_len)
-    splits = sdata.split_documents(sdata.load_documents(d.source), seed=d.split_seed)
-
-    if adapter.causal and dense.get_output_embeddings() is not None:
-        # causal LMs: packed token blocks for scoring and fine-tuning, sliding-window perplexity
-        blocks = lambda docs: sdata.pack_blocks(sdata.token_stream(tokenizer, docs), d.seq_len)  # noqa: E731
-        score_batches = sdata.batches(blocks(splits.score), d.batch_size)[: d.score_batches]
-        train_blocks = blocks(splits.train)
-        eval_docs = splits.eval if d.eval_source is None else sdata.split_documents(
-            sdata.load_documents(d.eval_source), seed=d.split_seed).eval
-        ids = sdata.token_stream(tokenizer, eval_docs)
-        ids = ids[: d.eval_tokens] if d.eval_tokens else ids
-        evaluate = lambda m: seval.perplexity(  # noqa: E731
-            m, ids, seq_len=d.seq_len, stride=d.stride, batch_size=d.batch_size,
-            dataset=d.eval_source or d.source, split="eval",
-        )
-        return _Task(
-            key=f"ppl/{d.eval_source or d.source}:split{d.split_seed}:seq{d.seq_len}:stride{d.stride}:tok{d.eval_tokens}",
-            score_key=f"blocks/{d.source}:split{d.split_seed}:seq{d.seq_len}:b{d.batch_size}x{d.score_batches}",
-            score_batches=score_batches,
-            train_batches=lambda batch_size: sdata.batches(train_blocks, batch_size),
-            evaluate=evaluate,
-        )
-
-    # encoders: sentences (with [CLS]/[SEP]) for scoring and distillation, STS-B test for the metric
-    batches = lambda texts, size: sdata.sentence_batches(tokenizer, texts, size, d.seq_len)  # noqa: E731
-    score_batches = batches(sdata.sentences(splits.score, limit=d.batch_size * d.score_batches), d.batch_size)
-    train_sentences = sdata.sentences(splits.train, limit=8192, seed=d.split_seed)
-    pairs = seval.load_stsb("test")  # read once per task; sts_spearman samples from it
-    return _Task(
-        key=f"stsb/test:{d.sts_pairs or 'all'}:seed{d.split_seed}",
-        score_key=f"sentences/{d.source}:split{d.split_seed}:len{d.seq_len}:b{d.batch_size}x{d.score_batches}",
-        score_batches=score_batches,
-        train_batches=lambda batch_size: batches(train_sentences, batch_size),
-        evaluate=lambda m: seval.sts_spearman(m, tokenizer, pairs=pairs, sample=d.sts_pairs, seed=d.split_seed),
-        teacher=dense,  # encoders recover by distillation to the dense model's embeddings
-    )
-
-
-def _baseline(model: nn.Module, task: _Task, spec: TrialSpec, device: torch.device) -> dict[str, Any]:
+def _baseline(model: nn.Module, task: Prepared, spec: TrialSpec, device: torch.device) -> dict[str, Any]:
     from sentinel.eval import autocast, count_parameters
 
     with autocast(device, spec.bf16):

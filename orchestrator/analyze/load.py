@@ -17,7 +17,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-SUPPORTED_SCHEMA_VERSIONS = (1,)  # orchestrator.results.SCHEMA_VERSION values this reader understands
+from orchestrator.results import latest_per_trial
+
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # orchestrator.results.SCHEMA_VERSION values this reader understands
 TABLES = ("trials", "curves", "heads")
 # columns without which a table cannot be analysed at all; everything else is optional and filled with NA
 REQUIRED = {
@@ -152,9 +154,7 @@ def _dedupe_trials(trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     """One row per trial_id across runs (a resumed or repeated run): an ok row beats a failed one, then newest."""
     if "trial_id" not in trials.columns or trials["trial_id"].isna().all():
         return trials
-    order = trials.assign(_ok=trials["status"].eq("ok"), _t=trials.get("finished_at"))
-    order = order.sort_values(["_ok", "_t"], na_position="first", kind="stable")
-    kept = order.drop_duplicates("trial_id", keep="last").drop(columns=["_ok", "_t"])
+    kept = latest_per_trial(trials)
     if len(kept) < len(trials):
         notes.append(f"{len(trials) - len(kept)} duplicate trial row(s) (same trial_id in several runs) were "
                      "dropped: an ok row is kept over a failed one, then the newest")

@@ -38,24 +38,19 @@ def metric_label(metric: object, higher_is_better: object) -> str:
 
 
 def protocol_label(row: pd.Series | dict) -> str:
-    """'perplexity, gutenberg eval split, seq 128 stride 64, 16384 tokens' from a trials row's protocol."""
-    get = lambda key: row.get(f"protocol_{key}") if pd.notna(row.get(f"protocol_{key}", None)) else None  # noqa: E731
-    protocol = {}
-    if get("dataset") is None and isinstance(row.get("protocol"), str):  # only the JSON column: read it
+    """'perplexity, wikitext-2 eval split, seq 128 stride 64, 1024 tokens': the metric and its task's own label.
+
+    Tables before schema 2 have no `protocol_label`: their protocol JSON is shown as key=value pairs."""
+    parts = [str(row.get("metric_name") or "metric")]
+    label = row.get("protocol_label")
+    if isinstance(label, str) and label:
+        parts.append(label)
+    elif isinstance(row.get("protocol"), str):
         try:
             protocol = json.loads(row["protocol"])
         except json.JSONDecodeError:
             protocol = {}
-        get = protocol.get  # noqa: F811
-    parts = [str(row.get("metric_name") or "metric")]
-    if get("dataset"):
-        parts.append(f"{get('dataset')} {get('split') or ''} split".replace("  ", " "))
-    if get("seq_len"):
-        parts.append(f"seq {int(get('seq_len'))}" + (f" stride {int(get('stride'))}" if get("stride") else ""))
-    if get("tokens"):
-        parts.append(f"{int(get('tokens'))} tokens")
-    if get("pairs"):
-        parts.append(f"{int(get('pairs'))} pairs")
+        parts += [f"{k} {v}" for k, v in protocol.items() if not isinstance(v, (dict, list))]
     return ", ".join(parts)
 
 

@@ -1,7 +1,7 @@
 """The report: tables (CSV + markdown), plots (PNG + SVG) and report.md / report.html in one folder.
 
 The report is built as a list of blocks (heading, text, bullet list, table, image) rendered twice, to
-markdown and to HTML, so both say the same thing. Files are written through orchestrator.results.write_bytes:
+markdown and to HTML, so both say the same thing. Files are written through orchestrator.storage.write_bytes:
 atomically for local folders, one PUT per object for s3:// and other pyarrow.fs URIs.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from orchestrator.analyze import plots
 from orchestrator.analyze.load import Results
 from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
-from orchestrator.results import write_bytes
+from orchestrator.storage import write_bytes
 
 FORMATS = ("png", "svg")
 

@@ -8,11 +8,11 @@ import contextlib
 import gzip
 import os
 import re
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+
+from sentinel.models.hub import hub_reachable
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 BUNDLED = ("gutenberg", "wikitext-2", "wikitext-2-raw")
@@ -63,22 +63,6 @@ def load_documents(source: str) -> list[Document]:
         f"source: {source!r} is not one of {', '.join(BUNDLED)}, an existing file or folder, "
         "or a datasets name as path:name:split"
     )
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the Hugging Face hub accepts a TCP connection within `timeout` seconds (and offline mode is off)."""
-    if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return False
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager

@@ -3,15 +3,14 @@
 Every quality metric returns a `Metric` (value + direction + the protocol that produced it).
 The exact protocols are written down in docs/METRICS.md.
 """
-from sentinel.eval.device import autocast, model_device, resolve_device
 from sentinel.eval.metric import Metric
+from sentinel.models.device import autocast, mean_pool, model_device, resolve_device  # re-exported
 from sentinel.eval.perplexity import perplexity, windows
 from sentinel.eval.sentence import (
     cosine_pairs,
     embedding_fidelity,
     encode,
     load_stsb,
-    mean_pool,
     sample_pairs,
     sts_spearman,
 )

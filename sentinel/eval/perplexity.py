@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sentinel.eval.device import model_device
+from sentinel.models.device import model_device
 from sentinel.eval.metric import Metric
 
 IGNORE = -100  # the label value transformers' losses skip

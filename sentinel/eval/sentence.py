@@ -14,28 +14,13 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from sentinel.eval.device import model_device
+from sentinel.models.device import mean_pool, model_device
 from sentinel.eval.metric import Metric
 
 STSB_DIR = Path(__file__).resolve().parents[1] / "data" / "corpus" / "stsb"
 STSB_FILES = {"test": "sts-test.csv", "dev": "sts-dev.csv"}
 
 Pair = tuple[str, str, float]
-
-
-def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the non-padding tokens.
-
-    Args:
-        last_hidden_state: [B, T, D].
-        attention_mask: [B, T], 1 on real tokens, 0 on padding.
-    Returns:
-        [B, D].
-    """
-    mask = attention_mask[..., None].to(last_hidden_state.dtype)  # [B, T, 1]
-    summed = (last_hidden_state * mask).sum(dim=1)  # [B, D]
-    # clamp as sentence-transformers does: an all-padding row gives zeros, not NaN
-    return summed / mask.sum(dim=1).clamp(min=1e-9)
 
 
 def encode(

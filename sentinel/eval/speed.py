@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from sentinel.eval.device import model_device
+from sentinel.models.device import model_device
 from sentinel.models import head_layout
 
 

@@ -213,47 +213,79 @@ def mask_heads(model: nn.Module, heads: HeadRequest | None = None, *, requires_g
     return HeadMask(model, gates, layout.head_dim)
 
 
-# ---------------------------------------------------------------------------- physical removal
+# ---------------------------------------------------------------------------- per-head slices
+
+
+@dataclass(frozen=True)
+class HeadSlice:
+    """The features of one projection that belong to some heads of one layer: the one geometry that masking
+    (weights frozen under a mask), removal, weight-magnitude scoring and fine-tuning all read."""
+
+    path: str  # the projection, relative to the block
+    role: str  # "q", "k", "v" or "o"
+    outputs: bool  # True: output features (q/k/v rows and their bias); False: input features (o columns)
+    index: torch.Tensor  # feature indices, ascending
 
 
 def _rows(units: list[int], unit_size: int, offset: int = 0) -> torch.Tensor:
     return torch.tensor([offset + u * unit_size + i for u in units for i in range(unit_size)], dtype=torch.long)
 
 
-def _keep_outputs(module: nn.Module, index: torch.Tensor) -> nn.Module:
-    """The same layer with only output features `index` (q/k/v rows and their biases)."""
-    if isinstance(module, Conv1D):  # weight is [in, out]: outputs are columns
-        new = Conv1D(len(index), module.weight.shape[0])
-        new.weight = nn.Parameter(module.weight.detach()[:, index].clone())
-        new.bias = nn.Parameter(module.bias.detach()[index].clone())
-        return new.to(module.weight.device)
-    return prune_linear_layer(module, index.to(module.weight.device), dim=0).to(module.weight.dtype)
-
-
-def _keep_inputs(module: nn.Module, index: torch.Tensor) -> nn.Module:
-    """The same layer with only input features `index` (o columns); the bias stays whole."""
-    if isinstance(module, Conv1D):  # weight is [in, out]: inputs are rows
-        new = Conv1D(module.nf, len(index))
-        new.weight = nn.Parameter(module.weight.detach()[index, :].clone())
-        new.bias = nn.Parameter(module.bias.detach().clone())
-        return new.to(module.weight.device)
-    return prune_linear_layer(module, index.to(module.weight.device), dim=1).to(module.weight.dtype)
-
-
-def _prune_block(block: nn.Module, adapter: AttentionAdapter, kept: list[int], kept_kv: list[int], d: int) -> None:
+def head_slices(adapter: AttentionAdapter, layout: HeadLayout, layer: int, heads: list[int],
+                kv_heads: list[int]) -> list[HeadSlice]:
+    """Where query heads `heads` and KV heads `kv_heads` of `layer` live: head h is features
+    [h * head_dim, (h + 1) * head_dim) of q (and of o's inputs), KV head g the same rows of k and v. A fused
+    qkv (GPT-2's c_attn) holds [q | k | v] along its outputs, without GQA."""
+    d = layout.head_dim
+    o = HeadSlice(adapter.o, "o", False, _rows(heads, d))
     if adapter.qkv:
-        width = _out_features(_get(block, adapter.qkv)) // 3
-        index = torch.cat([_rows(kept, d, offset) for offset in (0, width, 2 * width)])
-        _set(block, adapter.qkv, _keep_outputs(_get(block, adapter.qkv), index))
-    else:
-        _set(block, adapter.q, _keep_outputs(_get(block, adapter.q), _rows(kept, d)))
-        for path in (adapter.k, adapter.v):
-            _set(block, path, _keep_outputs(_get(block, path), _rows(kept_kv, d)))
-    _set(block, adapter.o, _keep_inputs(_get(block, adapter.o), _rows(kept, d)))
+        width = layout.heads[layer] * d
+        return [HeadSlice(adapter.qkv, role, True, _rows(heads, d, offset))
+                for role, offset in (("q", 0), ("k", width), ("v", 2 * width))] + [o]
+    return [HeadSlice(adapter.q, "q", True, _rows(heads, d)), HeadSlice(adapter.k, "k", True, _rows(kv_heads, d)),
+            HeadSlice(adapter.v, "v", True, _rows(kv_heads, d)), o]
+
+
+def weight_dim(module: nn.Module, outputs: bool) -> int:
+    """The weight dimension that indexes output (or input) features: Linear is [out, in], Conv1D [in, out]."""
+    return (1 if outputs else 0) if isinstance(module, Conv1D) else (0 if outputs else 1)
+
+
+def slice_parameters(block: nn.Module, piece: HeadSlice) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
+    """(parameter, dim, index) of a slice: the weight, and the bias for output features (o's bias is not per head)."""
+    module = _get(block, piece.path)
+    index = piece.index.to(module.weight.device)
+    out = [(module.weight, weight_dim(module, piece.outputs), index)]
+    if piece.outputs and module.bias is not None:
+        out.append((module.bias, 0, index))
+    return out
+
+
+# ---------------------------------------------------------------------------- physical removal
+
+
+def _keep(module: nn.Module, index: torch.Tensor, outputs: bool) -> nn.Module:
+    """The same layer with only the output (q/k/v rows and bias) or input (o columns; bias whole) features `index`."""
+    if isinstance(module, Conv1D):  # weight is [in, out]
+        dim = weight_dim(module, outputs)
+        new = Conv1D(len(index) if outputs else module.nf, module.weight.shape[0] if outputs else len(index))
+        new.weight = nn.Parameter(module.weight.detach().index_select(dim, index).clone())
+        new.bias = nn.Parameter((module.bias.detach()[index] if outputs else module.bias.detach()).clone())
+        return new.to(module.weight.device)
+    return prune_linear_layer(module, index.to(module.weight.device), dim=0 if outputs else 1).to(module.weight.dtype)
+
+
+def _prune_block(block: nn.Module, adapter: AttentionAdapter, layout: HeadLayout, layer: int, kept: list[int],
+                 kept_kv: list[int]) -> None:
+    kept_features: dict[str, list[HeadSlice]] = {}
+    for piece in head_slices(adapter, layout, layer, kept, kept_kv):  # a fused qkv gets its three slices at once
+        kept_features.setdefault(piece.path, []).append(piece)
+    for path, pieces in kept_features.items():
+        _set(block, path, _keep(_get(block, path), torch.cat([p.index for p in pieces]), pieces[0].outputs))
 
     attention = _get(block, adapter.attention)
     for attr, rule in adapter.attrs.items():
-        setattr(attention, attr, rule(len(kept), len(kept_kv), d))
+        setattr(attention, attr, rule(len(kept), len(kept_kv), layout.head_dim))
     # remember which original heads survive, so prunes compose and save_pruned can write them out
     attention.sentinel_heads = [attention.sentinel_heads[h] for h in kept]
     attention.sentinel_kv_heads = [attention.sentinel_kv_heads[g] for g in kept_kv]
@@ -285,7 +317,7 @@ def prune_heads(model: nn.Module, heads: HeadRequest) -> nn.Module:
     _ensure_provenance(model, layout)
     layer_blocks = blocks(model, adapter)
     for layer, (kept, kept_kv) in plan.items():
-        _prune_block(layer_blocks[layer], adapter, kept, kept_kv, layout.head_dim)
+        _prune_block(layer_blocks[layer], adapter, layout, layer, kept, kept_kv)
     return model
 
 

@@ -19,7 +19,7 @@ import torch
 import transformers
 from torch import nn
 
-from sentinel.data.sources import hub_reachable
+from sentinel.models.hub import hub_reachable
 from sentinel.models.io import is_pruned_checkpoint, load_pruned
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
@@ -138,6 +138,27 @@ def context_length(name: str) -> int | None:
         return None
     values = json.loads(config.read_text(encoding="utf-8"))
     return next((values[k] for k in ("max_position_embeddings", "n_positions") if isinstance(values.get(k), int)), None)
+
+
+def local_model_type(name: str) -> str | None:
+    """The `model_type` of a shipped or local model, read from its files (config.json or the GGUF header)
+    without loading weights; None for a hub name. A ValueError, in the loader's words, for a local path that
+    is not a model, a shipped model that is not installed, or an unknown `sentinel/` name."""
+    if name.startswith("sentinel/") and name not in KNOWN:
+        raise ValueError(f"model: {name!r} is not a shipped model; shipped: {', '.join(KNOWN)}")
+    local = name in KNOWN or name in MINILM_ALIASES or name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+    if not local:
+        return None
+    source = Path(resolve_source(name))
+    if source.suffix == ".gguf":
+        try:
+            return gguf_architecture(source)
+        except Exception as exc:  # not a GGUF file, gguf not installed
+            raise ValueError(f"model: {name!r} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+    try:
+        return json.loads((source / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise ValueError(f"model: {str(source / 'config.json')!r} is not valid JSON") from None
 
 
 def gguf_architecture(path: Path | str) -> str:

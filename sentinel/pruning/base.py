@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from sentinel.eval.device import model_device  # noqa: F401  (re-exported for the strategies)
+from sentinel.models.device import model_device  # noqa: F401  (re-exported for the strategies)
 from sentinel.models import get_adapter, head_layout
 from sentinel.registry import Registry
 

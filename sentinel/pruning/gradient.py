@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from sentinel.eval.sentence import mean_pool
+from sentinel.models.device import mean_pool
 from sentinel.models import get_adapter, head_layout, mask_heads
 from sentinel.pruning.base import (
     Batch,

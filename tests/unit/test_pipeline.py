@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
+from sentinel.contract import SpecError
 from sentinel.finetune import FinetuneConfig
 from sentinel.pipeline import DataSpec, LocalShared, TrialSpec, _MODELS, run_trial
 
@@ -31,6 +33,7 @@ def test_gpt2_trial_runs_every_stage(shared):
     assert len(result.pruned_heads) == 8 and all(0 <= l < 4 and 0 <= h < 8 for l, h in result.pruned_heads)
     assert result.params_after < result.params_before
     assert result.protocol["seq_len"] == 32 and result.protocol["stride"] == 32
+    assert result.task == "perplexity" and result.protocol_label.startswith("gutenberg eval split, seq 32 stride 32")
     assert [row["step"] for row in result.curve] == [0, 1, 2]
     assert result.curve[0]["eval_metric"] == result.pruned and result.curve[-1]["eval_metric"] == result.recovered
     assert {"load", "baseline", "score", "select", "prune", "eval_pruned", "finetune"} <= set(result.timings)
@@ -99,11 +102,33 @@ def test_encoder_trial_distills_and_leaves_cached_dense_model_trainable(shared):
     assert dense_models and all(p.requires_grad for m in dense_models for p in m.parameters())
 
 
-def test_failures_become_rows_not_exceptions():
-    missing = run_trial(spec(model="/nonexistent/model"))
-    assert missing.status == "failed" and "/nonexistent/model" in missing.error
-    bad_option = run_trial(spec(strategy="entropy", strategy_options={"normalise": True}))
-    assert bad_option.status == "failed" and "'normalise' is not an option" in bad_option.error
+def test_what_only_a_run_can_find_becomes_a_failed_row_not_an_exception(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub name that is nowhere: known only when the trial loads it
+    missing = run_trial(spec(model="does-not/exist-anywhere"))
+    assert missing.status == "failed" and "does-not/exist-anywhere" in missing.error
+    assert set(missing.row()) == set(run_trial(spec(strategy="random", level=0.0, finetune=None)).row())
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model", "/nonexistent/model", "model: '/nonexistent/model' is not a model folder"),
+    ("strategy_options", {"normalise": True}, "strategy_options.'normalise' is not an option of strategy 'entropy'"),
+    ("min_heads_per_layer", 0, "min_heads_per_layer: 0 must be >= 1"),
+    ("device", "gpu", "device: 'gpu' is not one of auto, cpu, cuda, cuda:N"),
+    ("model_options", {"revision": "x"}, "model_options.revision: not an option of load_model"),
+])
+def test_what_files_can_tell_is_refused_when_the_spec_is_built(field, value, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        spec(**{"strategy": "entropy", field: value})
+
+
+def test_the_same_rule_runs_from_a_dict_with_the_fields_path():
+    with pytest.raises(SpecError, match=re.escape("data.stride: 100 must be in (0, seq_len=32]")):
+        TrialSpec.from_dict({**spec().to_dict(), "data": {"seq_len": 32, "stride": 100}})
+    with pytest.raises(SpecError, match=re.escape("finetune.warmup_steps: 9 must be in [0, steps=2]")):
+        TrialSpec.from_dict({**spec().to_dict(), "finetune": {"steps": 2, "warmup_steps": 9}})
+    with pytest.raises(SpecError, match=re.escape("data.sequence_length: unknown key in data; allowed: source,")):
+        TrialSpec.from_dict({**spec().to_dict(), "data": {"sequence_length": 32}})
+    assert TrialSpec.from_dict(spec().to_dict()) == spec()  # a worker rebuilds exactly the cell it was given
 
 
 def test_device_option_resolves_on_cpu(shared):
@@ -115,7 +140,7 @@ def test_device_option_resolves_on_cpu(shared):
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("strategy", "entropi", "did you mean 'entropy'"), ("level", 1.0, "level: 1.0 is not in [0, 1)"),
+    [("strategy", "entropi", "did you mean 'entropy'"), ("level", 1.0, "level: 1.0 is not a fraction in [0, 1)"),
      ("method", "cut", "method: 'cut' is not one of remove, mask")],
 )
 def test_bad_spec_is_rejected_when_built(field, value, message):

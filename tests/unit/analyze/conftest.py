@@ -53,7 +53,7 @@ def small_corpus(folder: Path) -> Path:
 
 
 def cells(model: str, source: str) -> list[dict]:
-    """The TrialSpec dicts of the test grid (the last one fails inside the pipeline)."""
+    """The TrialSpec dicts of the test grid (the trial contract refuses the last one: a failed row)."""
     data = {**DATA, "source": source}
     grid = [(s, level, seed) for s in ("random", "magnitude") for level in (0.25, 0.5) for seed in (0, 1)]
     grid.append(("entropy", 0.5, 0))
@@ -65,15 +65,20 @@ def cells(model: str, source: str) -> list[dict]:
 
 def payloads(model: str, source: str) -> list[dict]:
     """What the orchestrator's trainable reports per trial: the row, curve, scores and run context."""
-    from sentinel.pipeline import LocalShared, TrialSpec, run_trial
+    from sentinel.contract import SpecError
+    from sentinel.pipeline import LocalShared, TrialResult, TrialSpec, run_trial
 
     shared, out = LocalShared(), []
     for cell in cells(model, source):
         started = time.time()
-        result = run_trial(TrialSpec.from_dict(cell), shared)
-        context = {"experiment": EXPERIMENT, "run_id": f"{EXPERIMENT}-0001", "tune_trial_id": "local",
-                   "attempts": 1, "started_at": int(started * 1000), "finished_at": int(time.time() * 1000)}
-        out.append({"row": result.row(), "curve": result.curve, "scores": result.scores, "context": context})
+        try:
+            result = run_trial(TrialSpec.from_dict(cell), shared)
+            payload = {"row": result.row(), "curve": result.curve, "scores": result.scores}
+        except SpecError as exc:  # as the trainable does: the refused cell is still one failed row
+            payload = {"row": TrialResult.failed_row(cell, f"SpecError: {exc}"), "curve": [], "scores": []}
+        payload["context"] = {"experiment": EXPERIMENT, "run_id": f"{EXPERIMENT}-0001", "tune_trial_id": "local",
+                              "attempts": 1, "started_at": int(started * 1000), "finished_at": int(time.time() * 1000)}
+        out.append(payload)
     return out
 
 

@@ -218,3 +218,15 @@ def test_only_failed_trials_still_give_a_report(results_dir, tmp_path):
     text = report.read_text()
     assert "## Failed trials (1)" in text and "trials: 0 ok, 1 failed" in text
     assert not list(report.parent.glob("*.png"))  # nothing measured, nothing to plot
+
+
+def test_report_names_each_models_protocol_from_its_task(results_dir, report):
+    """The protocol line comes from the task's own label (schema 2), so a new task needs no reader changes."""
+    trials = load([str(results_dir)]).trials
+    ok = trials[trials.status == "ok"].iloc[0]
+    assert ok["task"] == "perplexity" and ok["protocol_label"].endswith("alice-40k.txt eval split, seq 32 stride 32, 128 tokens")
+    assert f"perplexity, {ok['protocol_label']}" in report.read_text()
+    from orchestrator.analyze.plots import protocol_label
+
+    old = {"metric_name": "perplexity", "protocol": '{"dataset": "gutenberg", "seq_len": 64}'}  # a schema-1 row
+    assert protocol_label(old) == "perplexity, dataset gutenberg, seq_len 64"

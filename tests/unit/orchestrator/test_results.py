@@ -1,36 +1,62 @@
 """Results tables: fixed schemas (also for all-failed tables), flattened columns, atomic writes."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
 import pandas as pd
 import pyarrow.parquet as pq
 
-from orchestrator.results import CURVES_SCHEMA, HEADS_SCHEMA, SCHEMA_VERSION, TRIALS_SCHEMA, tables, write_results
+from orchestrator.results import (
+    CONTEXT_COLUMNS,
+    CURVES_SCHEMA,
+    HEADS_SCHEMA,
+    SCHEMA_VERSION,
+    TRIALS_SCHEMA,
+    compact,
+    tables,
+    trial_row,
+    write_part,
+    write_results,
+)
+from sentinel.trial import TrialResult, TrialSpec
 
 
 def ok_payload(level: float = 0.5) -> dict:
-    row = {
-        "trial_id": f"t{level}", "model": "m", "strategy": "entropy", "level": level, "seed": 0, "method": "remove",
-        "policy": "global", "strategy_options": "{}", "spec": "{}", "status": "ok", "error": "", "architecture": "gpt2",
-        "metric_name": "perplexity", "higher_is_better": False, "dense": 10.0, "pruned": 12.0, "recovered": 11.0,
-        "protocol": {"dataset": "gutenberg", "split": "eval", "seq_len": 32, "stride": 16, "tokens": 500, "windows": 30},
-        "heads_total": 4, "heads_pruned": 2, "pruned_heads": [[0, 1], [1, 3]], "selection_notes": [],
-        "params_before": 100, "params_after": 80, "speed_before": 1000.0, "speed_after": 1200.0,
-        "timings": {"load": 0.1, "score": 0.2, "finetune": 1.0}, "reused": {"baseline": True, "scores": False},
-        "device": "cpu", "node": "host", "versions": {"torch": "2.13.0", "transformers": "5.0", "sentinel_bench": "0.1.0"},
-    }
-    return {"row": row, "curve": [{"step": 1, "train_loss": 3.0, "eval_metric": 11.0, "lr": 1e-3}],
+    spec = TrialSpec(model="sentinel/tiny-gpt2", strategy="entropy", level=level)
+    result = TrialResult(
+        spec=spec, architecture="gpt2", task="perplexity", metric_name="perplexity", higher_is_better=False,
+        metric_scale="log", dense=10.0, pruned=12.0, recovered=11.0,
+        protocol={"dataset": "gutenberg", "split": "eval", "seq_len": 32, "stride": 16, "tokens": 500, "windows": 30},
+        protocol_label="gutenberg eval split, seq 32 stride 16, 500 tokens", heads_total=4, heads_pruned=2,
+        pruned_heads=[[0, 1], [1, 3]], params_before=100, params_after=80, flops_before=2.0, flops_after=1.6,
+        speed_before=1000.0, speed_after=1200.0, timings={"load": 0.1, "score": 0.2, "finetune": 1.0},
+        reused={"baseline": True, "scores": False}, device="cpu", node="host",
+        versions={"torch": "2.13.0", "transformers": "5.0", "sentinel_bench": "0.1.0"},
+    )
+    return {"row": result.row(), "curve": [{"step": 1, "train_loss": 3.0, "eval_metric": 11.0, "lr": 1e-3}],
             "scores": [[0.4, 0.1, 0.5, 0.6], [0.3, 0.2, 0.7, 0.05]],
             "context": {"experiment": "e", "run_id": "e-1", "ray_version": "2.60.0", "started_at": 1_700_000_000_000,
                         "finished_at": 1_700_000_001_000, "gpu_ids": "", "attempts": 1}}
 
 
 def failed_payload() -> dict:
-    row = {"trial_id": "bad", "model": "m", "strategy": "random", "level": 0.3, "seed": 1, "status": "failed",
-           "error": "OSError: broken weights", "dense": float("nan"), "heads_total": 0}
-    return {"row": row, "curve": [], "scores": [], "context": {"experiment": "e", "run_id": "e-1"}}
+    cell = {"model": "sentinel/tiny-gpt2", "strategy": "random", "level": 0.3, "seed": 1}
+    return {"row": TrialResult.failed_row(cell, "OSError: broken weights"), "curve": [], "scores": [],
+            "context": {"experiment": "e", "run_id": "e-1"}}
+
+
+def test_one_row_shape_for_every_trial_and_it_is_the_schema():
+    """TrialResult.row() plus the runner's context columns is exactly TRIALS_SCHEMA, for ok rows, failed rows,
+    and rows of cells the contract refused (whose fields may be anything)."""
+    refused = {"row": TrialResult.failed_row({"model": 3, "strategy": "nope", "level": "x", "seed": -1}, "SpecError: ..."),
+               "context": {}}
+    for payload in (ok_payload(), failed_payload(), refused):
+        assert set(trial_row(payload)) == set(TRIALS_SCHEMA.names)
+        assert set(payload["row"]).isdisjoint(CONTEXT_COLUMNS)  # the trial never claims to know where it ran
+    table = tables([ok_payload(), failed_payload(), {**refused, "curve": [], "scores": []}])["trials"]
+    assert table.num_rows == 3 and table.schema == TRIALS_SCHEMA
 
 
 def test_all_failed_tables_keep_the_schema(tmp_path):
@@ -48,7 +74,9 @@ def test_trial_row_is_flat_with_protocol_timings_versions(tmp_path):
     df = pd.read_parquet(written["trials"])
     row = df[df.status == "ok"].iloc[0]
     assert row.schema_version == SCHEMA_VERSION and row.run_id == "e-1"
-    assert row.protocol_seq_len == 32 and row.protocol_stride == 16 and row.protocol_tokens == 500
+    assert json.loads(row.protocol)["seq_len"] == 32 and row.task == "perplexity"
+    assert row.protocol_label == "gutenberg eval split, seq 32 stride 16, 500 tokens"
+    assert math.isclose(row.ideal_speedup, 1.25)
     assert math.isclose(row.time_total, 1.3) and math.isclose(row.time_finetune, 1.0) and pd.isna(row.time_prune)
     assert row.reused_baseline and not row.reused_scores
     assert row.version_ray == "2.60.0" and row.version_torch == "2.13.0"
@@ -69,3 +97,19 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     write_results(str(out), [ok_payload(), ok_payload(0.25)], {"experiment": "e", "levels": [0.25, 0.5]})
     assert sorted(os.listdir(out)) == ["config.yaml", "curves.parquet", "heads.parquet", "trials.parquet"]
     assert len(pd.read_parquet(out / "trials.parquet")) == 2
+
+
+def test_parts_compact_into_one_row_per_trial_and_are_then_removed(tmp_path):
+    out = str(tmp_path / "e")
+    first, again = ok_payload(0.5), ok_payload(0.5)
+    again["context"] = {**again["context"], "run_id": "e-2", "finished_at": 1_700_000_009_000}
+    write_part(out, [first, failed_payload()], "e-1-000000")
+    write_part(out, [again], "e-2-000000")  # the same cell, run again later: the newer row wins
+    written = compact(out, {"experiment": "e"})
+    trials, curves = pd.read_parquet(written["trials"]), pd.read_parquet(written["curves"])
+    assert len(trials) == 2 and trials.trial_id.is_unique
+    assert trials.set_index("status").loc["ok", "run_id"] == "e-2"
+    assert set(curves.run_id) == {"e-2"}  # curves and heads follow the kept row's run
+    assert not (tmp_path / "e" / "parts").exists()
+    write_part(out, [ok_payload(0.25)], "e-3-000000")  # a later run's parts merge with the compacted table
+    assert len(pd.read_parquet(compact(out, {"experiment": "e"})["trials"])) == 3

@@ -55,10 +55,10 @@ def test_valid_spec_expands_to_grid(tmp_path, base):
     spec = load_spec(write(tmp_path, base))
     cells = spec.cells()
     assert len(cells) == 1 * 2 * 2 * 2
-    assert {(c["strategy"], c["level"], c["seed"]) for c in cells} == {
+    assert {(c.strategy, c.level, c.seed) for c in cells} == {
         (s, l, d) for s in ("entropy", "random") for l in (0.25, 0.5) for d in (0, 1)}
-    assert cells[0]["data"] == {"source": "gutenberg", "seq_len": 32, "stride": 32}  # stride follows a short window
-    assert cells[0]["finetune"]["batch_size"] == 8  # follows data.batch_size
+    assert (cells[0].data.seq_len, cells[0].data.stride) == (32, 32)  # the stride follows a short window
+    assert cells[0].finetune.batch_size == 8  # follows data.batch_size
     assert spec.output_dir == str(tmp_path / "out" / "t")
 
 
@@ -85,11 +85,16 @@ def test_unknown_shipped_model_lists_shipped(tmp_path, base, capsys):
     assert "models[0]" in err and "sentinel/tiny-gpt2" in err and "sentinel/all-MiniLM-L6-v2" in err
 
 
-@pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, "half"])
-def test_level_outside_open_unit_interval(tmp_path, base, capsys, level):
+@pytest.mark.parametrize("level", [1, 1.5, -0.1, "half", True])
+def test_level_outside_the_unit_interval(tmp_path, base, capsys, level):
     base["levels"] = [0.25, level]
     err = run_cli(tmp_path, base, capsys)
-    assert "levels[1]" in err and "(0, 1)" in err
+    assert "levels[1]" in err and "is not a fraction in [0, 1)" in err  # the trial contract's rule, word for word
+
+
+def test_level_zero_is_a_fine_tune_only_control(tmp_path, base):
+    spec = load_spec(write(tmp_path, {**base, "levels": [0, 0.5]}))
+    assert sorted({c.level for c in spec.cells()}) == [0.0, 0.5]
 
 
 @pytest.mark.parametrize("field,value", [
@@ -171,8 +176,8 @@ def test_cuda_device_needs_a_gpu_share(tmp_path, base, capsys):
 def test_overrides_are_yaml_values(tmp_path, base):
     spec = load_spec(write(tmp_path, base), ["levels=[0.1, 0.2]", "data.seq_len=16", "finetune.lr=1e-3",
                                              "bf16=true", "resources.gpu=0.5"])
-    assert spec.levels == (0.1, 0.2) and spec.data["seq_len"] == 16 and spec.bf16 is True
-    assert spec.finetune["lr"] == 1e-3 and spec.resources.gpu == 0.5
+    assert spec.levels == (0.1, 0.2) and spec.data.seq_len == 16 and spec.bf16 is True
+    assert spec.finetune.lr == 1e-3 and spec.resources.gpu == 0.5
 
 
 def test_bad_override_is_reported(tmp_path, base, capsys):
@@ -195,7 +200,7 @@ def test_seed_config_reproduces_seed_grid():
     spec = load_spec(CONFIGS / "seed-distilgpt2.yaml")
     assert [m.name for m in spec.models] == ["distilgpt2"]
     assert [s.name for s in spec.strategies] == ["entropy", "magnitude", "random"]
-    assert spec.levels == (0.1, 0.3, 0.5) and spec.finetune["steps"] == 100 and spec.data["source"] == "gutenberg"
+    assert spec.levels == (0.1, 0.3, 0.5) and spec.finetune.steps == 100 and spec.data.source == "gutenberg"
 
 
 def test_stride_longer_than_window(tmp_path, base, capsys):
@@ -206,16 +211,16 @@ def test_stride_longer_than_window(tmp_path, base, capsys):
 def test_per_model_finetune_overrides_the_section(tmp_path, base, model_dir):
     base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "finetune": {"steps": 5, "lr": 1e-5}}]
     cells = load_spec(write(tmp_path, base)).cells()
-    by_model = {c["model"]: c["finetune"] for c in cells}
-    assert by_model[str(model_dir)]["steps"] == 2 and by_model["sentinel/tiny-llama"]["steps"] == 5
-    assert by_model["sentinel/tiny-llama"]["lr"] == 1e-5
-    assert by_model["sentinel/tiny-llama"]["eval_every"] == 1  # the rest comes from the section
+    by_model = {c.model: c.finetune for c in cells}
+    assert by_model[str(model_dir)].steps == 2 and by_model["sentinel/tiny-llama"].steps == 5
+    assert by_model["sentinel/tiny-llama"].lr == 1e-5
+    assert by_model["sentinel/tiny-llama"].eval_every == 1  # the rest comes from the section
 
 
 def test_per_model_levels_and_seeds_replace_the_experiments(tmp_path, base, model_dir):
     base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "levels": [0.3], "seeds": [0, 1, 2]}]
     spec = load_spec(write(tmp_path, base))
-    grid = {(c["model"], c["level"], c["seed"]) for c in spec.cells()}
+    grid = {(c.model, c.level, c.seed) for c in spec.cells()}
     assert {(l, s) for m, l, s in grid if m == str(model_dir)} == {(l, s) for l in (0.25, 0.5) for s in (0, 1)}
     assert {(l, s) for m, l, s in grid if m == "sentinel/tiny-llama"} == {(0.3, s) for s in (0, 1, 2)}
     assert len(spec.cells()) == 2 * (4 + 3)  # two strategies
@@ -223,7 +228,7 @@ def test_per_model_levels_and_seeds_replace_the_experiments(tmp_path, base, mode
 
 
 @pytest.mark.parametrize("entry,expect", [
-    ({"levels": [1.5]}, "models[0].levels[0]: 1.5 is not a fraction in (0, 1)"),
+    ({"levels": [1.5]}, "models[0].levels[0]: 1.5 is not a fraction in [0, 1)"),
     ({"seeds": [1, 1]}, "models[0].seeds: 1 appears twice"),
     ({"seeds": []}, "models[0].seeds: is empty"),
 ])
@@ -276,4 +281,4 @@ def test_output_the_os_will_not_let_us_write_is_refused_in_one_line(tmp_path, ba
 def test_seq_len_beyond_the_models_context_is_refused_before_ray(tmp_path, base, capsys, model, limit):
     base["models"] = [model]
     err = run_cli(tmp_path, base, capsys, f"data.seq_len={limit + 1}")
-    assert f"data.seq_len: {limit + 1} is longer than models[0] {model!r} accepts ({limit} positions)" in err
+    assert f"data.seq_len: {limit + 1} is longer than {model!r} accepts ({limit} positions)" in err and "models[0]" in err

@@ -1,4 +1,4 @@
-"""Device selection and mixed precision, shared by evaluation, fine-tuning and the pipeline."""
+"""Device selection, mixed precision and embedding pooling: shared by scoring, evaluation, fine-tuning and the pipeline."""
 from __future__ import annotations
 
 import contextlib
@@ -50,3 +50,18 @@ def autocast(device: str | torch.device, bf16: bool) -> ContextManager:
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (models here live on one device)."""
     return next(model.parameters()).device
+
+
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the non-padding tokens.
+
+    Args:
+        last_hidden_state: [B, T, D].
+        attention_mask: [B, T], 1 on real tokens, 0 on padding.
+    Returns:
+        [B, D].
+    """
+    mask = attention_mask[..., None].to(last_hidden_state.dtype)  # [B, T, 1]
+    summed = (last_hidden_state * mask).sum(dim=1)  # [B, D]
+    # clamp as sentence-transformers does: an all-padding row gives zeros, not NaN
+    return summed / mask.sum(dim=1).clamp(min=1e-9)

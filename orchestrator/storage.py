@@ -1,0 +1,62 @@
+"""Where results live: local paths or object-store URIs (s3://, gs://, ...), read and written through pyarrow.fs."""
+from __future__ import annotations
+
+import os
+import tempfile
+from urllib.parse import urlparse
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # storage handled by pyarrow.fs
+
+
+def is_uri(path: str) -> bool:
+    """Whether `path` names remote storage (s3://bucket/...) rather than a local path."""
+    return urlparse(path).scheme in REMOTE_SCHEMES
+
+
+def absolute(path: str) -> str:
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name if is_uri(base) else os.path.join(base, name)
+
+
+def filesystem(path: str):
+    """(pyarrow FileSystem, path inside it) for a local path or a URI."""
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path.removeprefix("file://"))
+
+
+def read_text(path: str) -> str | None:
+    """The file's text, or None if it does not exist."""
+    fs, inner = filesystem(path)
+    try:
+        with fs.open_input_stream(inner) as f:
+            return f.read().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes a file atomically: temp file + os.replace locally, one object PUT via pyarrow.fs for URIs."""
+    if is_uri(path):
+        import pyarrow.fs as pafs
+
+        fs, inner = pafs.FileSystem.from_uri(path)
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(inner) as out:
+            out.write(data)
+        return
+    path = path.removeprefix("file://")
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

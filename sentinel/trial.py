@@ -1,0 +1,268 @@
+"""The trial contract: what one grid cell is (`TrialSpec`, with its `DataSpec` and `FinetuneConfig`) and what it
+produces (`TrialResult`, whose `row()` is the one place a `trials` row is built, failed cells included).
+
+Every field carries its rule (sentinel.contract), so a spec is valid wherever it exists: parsed from YAML by
+the orchestrator, built by a library user, or rebuilt from JSON inside a Ray worker. Rules that need only
+local files run here too (a shipped model's type, its context length); what needs the network or the
+machine (is the hub reachable, are there enough CPUs) is the orchestrator's pre-flight.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import math
+import re
+import socket
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from sentinel.contract import (
+    Contract,
+    SpecError,
+    boolean,
+    checked,
+    fraction,
+    integer,
+    mapping,
+    nested,
+    one_of,
+    optional,
+    text,
+)
+from sentinel.finetune import FinetuneConfig
+from sentinel.pruning import STRATEGIES
+from sentinel.tasks import TASKS
+
+METHODS = ("remove", "mask")
+POLICIES = ("global", "per_layer")
+STAGES = ("load", "baseline", "score", "select", "prune", "eval_pruned", "speed", "finetune")
+LEVEL = fraction(zero=True)  # 0 is allowed: a control cell that prunes nothing and only fine-tunes
+SEED = integer(minimum=0)
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+
+def data_source(value: Any, name: str) -> str:
+    """A bundled corpus, an existing file or folder, or a `datasets` name as path:name:split."""
+    from sentinel.data import BUNDLED
+
+    if isinstance(value, str) and value:
+        if value in BUNDLED or Path(value).expanduser().exists():
+            return value
+        if ":" in value and not value.startswith((".", "/", "~")):
+            return value  # a `datasets` name, resolved when a trial loads it
+    raise SpecError(f"{name}: {value!r} does not exist and is not one of {', '.join(BUNDLED)} "
+                    "or a datasets name as path:name:split")
+
+
+def device_name(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise SpecError(f"{name}: {value!r} is not one of auto, cpu, cuda, cuda:N")
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _local_model(model: str) -> tuple[str | None, int | None]:
+    """(model_type, context length) of a shipped or local model, read from its files; (None, None) for hub names."""
+    from sentinel.models import loading
+
+    model_type = loading.local_model_type(model)
+    return model_type, (loading.context_length(model) if model_type else None)
+
+
+def model_name(value: Any, name: str) -> str:
+    """A hub name (checked when its trial loads it), or a shipped/local model of a supported type."""
+    from sentinel.models import supported_model_types
+
+    value = text(value, name)
+    try:
+        model_type, _ = _local_model(value)
+    except ValueError as exc:
+        raise SpecError(f"{name}: {str(exc).removeprefix('model: ')}".splitlines()[0]) from None
+    if model_type is not None and model_type not in supported_model_types():
+        raise SpecError(f"{name}: model_type {model_type!r} of {value!r} is not one of "
+                        f"{', '.join(sorted(supported_model_types()))}")
+    return value
+
+
+def strategy_name(value: Any, name: str) -> str:
+    if value not in STRATEGIES:
+        raise SpecError(f"{name}: {STRATEGIES.unknown_message(value)}")
+    return value
+
+
+def task_name(value: Any, name: str) -> str:
+    return one_of(("auto", *TASKS.names()))(value, name)
+
+
+def model_options(value: Any, name: str) -> dict[str, Any]:
+    """Keyword arguments of sentinel.models.load_model (besides the name and the device)."""
+    from sentinel.models import load_model
+
+    value = mapping(value, name)
+    allowed = [p for p in inspect.signature(load_model).parameters if p not in ("name_or_path", "device")]
+    for key in value:
+        if key not in allowed:
+            raise SpecError(f"{name}.{key}: not an option of load_model; allowed: {', '.join(allowed)}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class DataSpec(Contract):
+    """Where a trial's text comes from and how it is cut. Splits are by document (sentinel.data)."""
+
+    source: str = checked("gutenberg", data_source)  # scoring and fine-tuning text; evaluation unless eval_source
+    eval_source: str | None = checked(None, optional(data_source))  # e.g. "wikitext-2" (its eval split)
+    seq_len: int = checked(128, integer(minimum=1))
+    stride: int | None = checked(None, optional(integer(minimum=1)))  # sliding-window stride; None: min(64, seq_len)
+    batch_size: int = checked(8, integer(minimum=1))
+    score_batches: int = checked(4, integer(minimum=1))  # batches of the score split used to score heads
+    eval_tokens: int = checked(16384, integer(minimum=0))  # evaluation tokens from the eval split (0 = all)
+    split_seed: int = checked(0, integer(minimum=0))  # document split; fixed across trials: every cell sees the same data
+    sts_pairs: int = checked(0, integer(minimum=0))  # encoders: a seeded random sample of STS-B test pairs (0 = all 1379)
+
+    def check_together(self) -> None:
+        if self.stride is None:
+            object.__setattr__(self, "stride", min(64, self.seq_len))
+        if self.stride > self.seq_len:
+            raise SpecError(f"stride: {self.stride!r} must be in (0, seq_len={self.seq_len}]")
+
+
+@dataclass(frozen=True)
+class TrialSpec(Contract):
+    """Everything that determines one cell's result. Its canonical JSON digest is the trial id."""
+
+    model: str = checked(rule=model_name)
+    strategy: str = checked(rule=strategy_name)
+    level: float = checked(rule=LEVEL)
+    seed: int = checked(0, SEED)
+    strategy_options: Mapping[str, Any] = checked(rule=mapping, factory=dict)
+    policy: str = checked("global", one_of(POLICIES))
+    min_heads_per_layer: int = checked(1, integer(minimum=1))
+    method: str = checked("remove", one_of(METHODS))  # "remove": physical slicing (real speedup); "mask": gates only
+    data: DataSpec = nested(DataSpec, factory=DataSpec)
+    finetune: FinetuneConfig | None = nested(FinetuneConfig, factory=lambda: FinetuneConfig(steps=20), optional=True)
+    device: str = checked("cpu", device_name)  # "cpu", "cuda", "cuda:N" or "auto"
+    bf16: bool = checked(False, boolean)  # bf16 autocast, CUDA only
+    model_options: Mapping[str, Any] = checked(rule=model_options, factory=dict)  # passed to load_model
+    measure_speed: bool = checked(True, boolean)
+    task: str = checked("auto", task_name)  # evaluation task (sentinel.tasks); auto: the first that fits the model
+
+    def check_together(self) -> None:
+        try:
+            STRATEGIES.get(self.strategy).resolve(self.strategy_options)
+        except ValueError as exc:
+            raise SpecError(f"strategy_options.{str(exc).removeprefix('options: ')}".splitlines()[0]) from None
+        _, limit = _local_model(self.model)
+        if limit is not None and self.data.seq_len > limit:
+            raise SpecError(f"data.seq_len: {self.data.seq_len} is longer than {self.model!r} accepts "
+                            f"({limit} positions); use at most {limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
+
+    def trial_id(self) -> str:
+        return digest(self.to_dict())
+
+
+def digest(value: Any) -> str:
+    """The 12-hex-digit id of a JSON-able value (a trial id is the digest of its spec)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------- result
+
+
+@dataclass
+class TrialResult:
+    spec: TrialSpec
+    status: str = "ok"  # "ok" or "failed"
+    error: str = ""
+    architecture: str = ""
+    task: str = ""  # the evaluation task that ran (sentinel.tasks)
+    metric_name: str = ""
+    higher_is_better: bool | None = None
+    metric_scale: str = ""  # how seeds are averaged and compared (sentinel.eval.Metric.scale)
+    dense: float = math.nan
+    pruned: float = math.nan
+    recovered: float = math.nan
+    protocol: dict = field(default_factory=dict)  # the task's full protocol record
+    protocol_label: str = ""  # the task's one-line description of it (plots and reports show this)
+    heads_total: int | None = None
+    heads_pruned: int | None = None
+    pruned_heads: list = field(default_factory=list)  # [[layer, head], ...] in the dense layout
+    selection_notes: list = field(default_factory=list)
+    weights: str = ""  # where the weights came from ("gguf Q4_1 (...), dequantised to float32", ...)
+    params_before: int | None = None
+    params_after: int | None = None
+    flops_before: float = math.nan  # forward FLOPs of one seq_len sequence (sentinel.eval.forward_flops)
+    flops_after: float = math.nan
+    speed_before: float = math.nan  # forward tokens/s
+    speed_after: float = math.nan
+    speed_quiet: bool | None = None  # no other trial computed on the node while speed was measured
+    timings: dict = field(default_factory=dict)  # stage -> seconds
+    reused: dict = field(default_factory=dict)  # "baseline"/"scores"/"pruned_eval"/"speed" -> bool
+    device: str = ""
+    node: str = field(default_factory=socket.gethostname)
+    versions: dict = field(default_factory=dict)
+    curve: list = field(default_factory=list)  # fine-tuning rows {step, train_loss, eval_metric, lr}
+    scores: list = field(default_factory=list)  # [layers][heads] head scores (higher = more important)
+
+    NESTED = ("spec", "curve", "scores", "timings", "reused", "versions", "protocol")
+
+    def row(self) -> dict[str, Any]:
+        """The `trials` row of this cell: flat, JSON-able, NaN as None. The runner adds only where and when it
+        ran (orchestrator.results.CONTEXT_COLUMNS); curves and scores go to their own tables."""
+        return self._row(_identity(self.spec.to_dict(), self.spec.trial_id()))
+
+    def _row(self, identity: dict[str, Any]) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.NESTED}
+        row.update(identity)
+        row.update(
+            protocol=json.dumps(self.protocol, sort_keys=True, default=str),
+            pruned_heads=[[int(l), int(h)] for l, h in self.pruned_heads],
+            selection_notes=[str(n) for n in self.selection_notes],
+            ideal_speedup=_ratio(self.flops_before, self.flops_after),
+            time_total=sum(self.timings.values()) if self.timings else None,
+        )
+        row.update({f"time_{stage}": self.timings.get(stage) for stage in STAGES})
+        row.update({f"reused_{k}": self.reused.get(k) for k in ("baseline", "scores", "pruned_eval", "speed")})
+        row.update({f"version_{k}": self.versions.get(k) for k in ("sentinel_bench", "torch", "transformers", "python")})
+        return {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
+
+    @staticmethod
+    def failed_row(cell: Mapping[str, Any], error: str) -> dict[str, Any]:
+        """The row of a cell that produced no TrialResult (a refused spec, a worker that died), in the same shape."""
+        try:
+            spec = TrialSpec.from_dict(cell)
+        except Exception:  # the cell itself is what failed: its raw JSON identifies it
+            return TrialResult(spec=None, status="failed", error=error, node="")._row(_identity(dict(cell), digest(dict(cell))))  # type: ignore[arg-type]
+        return TrialResult(spec=spec, status="failed", error=error, node="").row()
+
+
+def _identity(spec: dict[str, Any], trial_id: str) -> dict[str, Any]:
+    """The columns that say which cell a row is, from a spec's plain dict."""
+    level, seed = spec.get("level"), spec.get("seed")
+    return {
+        "trial_id": trial_id, "model": str(spec.get("model")), "strategy": str(spec.get("strategy")),
+        "level": float(level) if isinstance(level, (int, float)) else None,
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        "method": str(spec.get("method") or ""), "policy": str(spec.get("policy") or ""),
+        "strategy_options": json.dumps(dict(spec.get("strategy_options") or {}), sort_keys=True, default=str),
+        "spec": json.dumps(spec, sort_keys=True, default=str),
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not (math.isnan(a) or math.isnan(b)) else math.nan

@@ -1,0 +1,69 @@
+"""The package imports point one way: orchestrator -> sentinel; inside sentinel, models <- pruning/eval/data <- pipeline."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+# what each part of sentinel may import (besides itself); sentinel.contract and sentinel.registry are leaves
+ALLOWED = {
+    "registry": set(),
+    "contract": set(),
+    "models": {"registry", "contract"},
+    "data": {"models", "registry", "contract"},
+    "eval": {"models", "registry", "contract"},
+    "pruning": {"models", "registry", "contract"},
+}
+TOP = {"finetune", "pipeline", "trial", "tasks", "__init__"}  # the pipeline layer: may import any of the above
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module a file imports (also inside functions), resolved to absolute names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names += [f"{node.module}.{a.name}" for a in node.names]
+    return names
+
+
+def _part(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "sentinel" and len(parts) > 1 else ("__init__" if module == "sentinel" else None)
+
+
+def test_sentinel_never_imports_the_orchestrator_or_ray():
+    for path in (ROOT / "sentinel").rglob("*.py"):
+        bad = [m for m in _imports(path) if m.split(".")[0] in ("orchestrator", "ray")]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_layers_inside_sentinel_point_one_way():
+    checked = 0
+    for path in (ROOT / "sentinel").rglob("*.py"):
+        rel = path.relative_to(ROOT / "sentinel")
+        part = rel.parts[0].removesuffix(".py")
+        if part in TOP:
+            continue
+        assert part in ALLOWED, f"sentinel/{rel}: add its package to the layer table in this test"
+        for module in _imports(path):
+            target = _part(module)
+            if target is None or target == part:
+                continue
+            target = target if target in ALLOWED or target in TOP else target.removesuffix(".py")
+            assert target in ALLOWED[part], f"sentinel/{rel} imports {module}: {part} may import only {sorted(ALLOWED[part])}"
+            checked += 1
+    assert checked > 10  # the scan saw the imports (a broken walk would pass vacuously)
+
+
+def test_no_private_names_imported_across_modules():
+    for package in ("sentinel", "orchestrator"):
+        for path in (ROOT / package).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("sentinel", "orchestrator"):
+                    private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                    assert not private, f"{path.relative_to(ROOT)} imports private {private} from {node.module}"
