@@ -103,3 +103,31 @@ def test_killed_worker_node_trials_rerun_on_survivor_each_cell_once(cluster, tin
     assert len(starts) == 6 + len(lost)
     assert set(trials.ray_node_id) == {survivor.node_id}  # nothing finished on the victim
     assert (trials.node == socket.gethostname()).all()  # one host: only ray_node_id tells the nodes apart
+
+
+class _Lines(io.StringIO):
+    """A progress stream other threads can poll."""
+
+    def seen(self, text: str) -> bool:
+        return text in self.getvalue()
+
+
+def test_trial_waiting_for_resources_is_reported_then_runs_when_a_node_joins(cluster, tiny_gpt2, tmp_path):
+    """No node can give a trial 2 CPUs: the runner says so (what one trial asks, what the cluster has) instead of
+    waiting silently, and the grid finishes once a node that can run it joins (what an autoscaler would do)."""
+    cluster, _ = cluster
+    raw = tiny_experiment("pending", [tiny_gpt2], str(tmp_path / "out"), strategies=["magnitude"],
+                          resources={"cpu": 2}, pending_report_s=1)
+    progress = _Lines()
+    done: list = []
+    runner = threading.Thread(target=lambda: done.append(run_experiment(parse_spec(raw), address=cluster.address,
+                                                                        stream=progress)), daemon=True)
+    runner.start()
+    deadline = time.time() + 60
+    while not progress.seen("[waiting]") and time.time() < deadline:
+        time.sleep(0.1)
+    line = next((l for l in progress.getvalue().splitlines() if l.startswith("[waiting]")), "")
+    assert "1 trial(s) pending" in line and "each asks for cpu 2" in line and "the cluster has cpu 2, gpu 0" in line
+    cluster.add_node(node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2)
+    runner.join(timeout=120)
+    assert done and (done[0].ok, done[0].missing) == (1, 0)
