@@ -49,10 +49,10 @@ def run_loop(raw: dict) -> dict:
 
     torch.set_num_threads(1)  # equal footing with a 1-CPU Ray worker (OMP_NUM_THREADS=1)
     from orchestrator.spec import parse_spec
-    from sentinel.pipeline import LocalShared, TrialSpec, run_trial
+    from sentinel.pipeline import LocalShared, run_trial
 
     shared = LocalShared()
-    statuses = [run_trial(TrialSpec.from_dict(cell), shared).status for cell in parse_spec(raw).cells()]
+    statuses = [run_trial(cell, shared).status for cell in parse_spec(raw).cells()]
     return {"wall_s": time.perf_counter() - start, "trials": len(statuses), "ok": statuses.count("ok")}
 
 

@@ -11,6 +11,7 @@ quantisation config is then dropped: the model is an ordinary float model that c
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -168,10 +169,17 @@ def gguf_architecture(path: Path | str) -> str:
 
 def _gguf_field(path: Path | str, key: str):
     """The value array of one metadata field of a GGUF file's header (None if absent); no tensor is read."""
+    return _gguf_header(str(Path(path).resolve()), Path(path).stat().st_mtime_ns).get(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_header(path: str, mtime_ns: int) -> dict:
+    """The scalar and string fields of a GGUF header, read once per file version: gguf's reader walks every field
+    (SmolLM2's tokenizer arrays included) item by item, about 3 s a read on one core."""
     import gguf
 
-    field = gguf.GGUFReader(str(path)).fields.get(key)
-    return None if field is None else field.parts[field.data[0]]
+    fields = gguf.GGUFReader(path).fields
+    return {key: field.parts[field.data[0]] for key, field in fields.items() if len(field.data) == 1}
 
 
 def resolve_source(name: str) -> str:
