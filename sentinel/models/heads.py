@@ -1,8 +1,12 @@
 """Head layout, masking and physical removal: one generic implementation for every adapter.
 
-Head indices always refer to the model's *current* layout (after earlier prunes). Each attention
-module remembers which of the original (dense) heads it still holds in `sentinel_heads` /
-`sentinel_kv_heads`, so successive prunes compose and `save_pruned` can write a sidecar.
+Head ids. `prune_heads` and `mask_heads` take *original* head ids by default, as transformers 4's
+`prune_heads` did: head 3 of layer 0 is the head that was number 3 in the dense model, however many prunes
+came before, so composed prunes cannot silently hit a different head. A head that is already gone is
+ignored with a warning (v4's behaviour). `ids="current"` takes positions in the model as it is now (what
+scores of an already-pruned model are indexed by). Each attention module remembers which original heads it
+still holds (`sentinel_heads` / `sentinel_kv_heads`), and `config.pruned_heads` says which are gone, in v4's
+format, so checkpoints load in either library.
 
 GQA unit (Llama, Mistral, Qwen2): query head h reads KV head h // group_size (transformers'
 `repeat_kv`). A removal request is honoured when every KV group that keeps any query head keeps the
@@ -12,6 +16,7 @@ ValueError naming the layer and the per-group counts it would leave.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -101,7 +106,7 @@ def head_layout(model: nn.Module) -> HeadLayout:
 
 
 def validate_request(
-    layout: HeadLayout, request: HeadRequest, *, allow_empty_layer: bool = False
+    layout: HeadLayout, request: HeadRequest, *, allow_empty_layer: bool = False, allow_empty: bool = False
 ) -> dict[int, list[int]]:
     """Checks a {layer: [head, ...]} request and returns it normalised (sorted lists).
 
@@ -109,7 +114,8 @@ def validate_request(
     """
     if not isinstance(request, Mapping):
         raise ValueError(f"heads: expected a mapping {{layer: [head, ...]}}, got {type(request).__name__}")
-    if not request or not any(list(v) if not isinstance(v, (str, bytes)) else [v] for v in request.values()):
+    if not allow_empty and (
+            not request or not any(list(v) if not isinstance(v, (str, bytes)) else [v] for v in request.values())):
         raise ValueError("heads: the request is empty; give at least one {layer: [head, ...]}")
     normalised: dict[int, list[int]] = {}
     for layer, heads in request.items():
@@ -197,13 +203,23 @@ class HeadMask:
         self.remove()
 
 
-def mask_heads(model: nn.Module, heads: HeadRequest | None = None, *, requires_grad: bool = False) -> HeadMask:
+def mask_heads(model: nn.Module, heads: HeadRequest | torch.Tensor | None = None, *, requires_grad: bool = False,
+               ids: str = "original") -> HeadMask:
     """Masks heads without changing any weight. `heads=None` installs all-ones gates (for gradients).
 
+    Args:
+        model: a transformers model with a head adapter.
+        heads: {layer: [head, ...]} to mask (ids per `ids`); or a float tensor [layers, heads] (or [heads], for
+            every layer) of gates in the current layout, v4's `head_mask`: head h's output is multiplied by its
+            gate, values other than 0 and 1 included, and gradients reach the tensor (its rows are the gates).
+        requires_grad: make the gates leaves that gradients reach (for a mapping or None).
+        ids: "original" (default) or "current"; see the module docstring.
     Masking every head of a layer is allowed here (it ablates the attention block); removal is not.
     """
     layout = head_layout(model)
-    request = {} if heads is None else validate_request(layout, heads, allow_empty_layer=True)
+    if isinstance(heads, torch.Tensor):
+        return HeadMask(model, _tensor_gates(layout, heads), layout.head_dim)
+    request = {} if heads is None else _checked(layout, heads, _to_current(model, layout, heads, ids), True)
     device = next(model.parameters()).device
     gates = {}
     for layer, n in enumerate(layout.heads):
@@ -211,6 +227,60 @@ def mask_heads(model: nn.Module, heads: HeadRequest | None = None, *, requires_g
         gate[request.get(layer, [])] = 0.0
         gates[layer] = gate.requires_grad_(requires_grad)
     return HeadMask(model, gates, layout.head_dim)
+
+
+def _tensor_gates(layout: HeadLayout, gates: torch.Tensor) -> dict[int, torch.Tensor]:
+    if not gates.is_floating_point() or gates.ndim not in (1, 2):
+        raise ValueError(f"heads: a head_mask tensor must be float [layers, heads] or [heads], got {gates.dtype} "
+                         f"{tuple(gates.shape)}")
+    rows = gates.expand(layout.num_layers, -1) if gates.ndim == 1 else gates
+    if rows.shape[0] != layout.num_layers or any(rows.shape[1] != n for n in layout.heads):
+        raise ValueError(f"heads: head_mask shape {tuple(gates.shape)} does not match the model's heads per layer "
+                         f"{list(layout.heads)}; pass {{layer: [head, ...]}} for uneven layouts")
+    return {layer: rows[layer] for layer in range(layout.num_layers)}
+
+
+def _checked(layout: HeadLayout, asked: HeadRequest, current: HeadRequest, allow_empty_layer: bool) -> dict[int, list[int]]:
+    """validate_request of the converted request; empty only when every head asked for was already gone."""
+    emptied = bool(asked) and isinstance(current, Mapping) and not any(current.values()) and asked != current
+    return validate_request(layout, current, allow_empty_layer=allow_empty_layer, allow_empty=emptied)
+
+
+def _original_heads(model: nn.Module, layer: int, attention: nn.Module, current: int) -> int:
+    provenance = getattr(attention, "sentinel_heads", None)
+    if provenance is None:
+        return current
+    return max(int(getattr(model.config, "num_attention_heads", 0) or 0), max(provenance) + 1)
+
+
+def _to_current(model: nn.Module, layout: HeadLayout, heads: HeadRequest, ids: str) -> dict[int, list[int]]:
+    """A request in original ids as positions in the current layout; already-removed heads are dropped with a
+    warning (as transformers 4 did). Shape errors are left to validate_request, which names them."""
+    if ids not in ("original", "current"):
+        raise ValueError(f"ids: {ids!r} is not one of original, current")
+    if ids == "current" or not isinstance(heads, Mapping):
+        return heads  # type: ignore[return-value]
+    modules = attention_modules(model)
+    out, gone = {}, []
+    for layer, wanted in heads.items():
+        if not _is_index(layer) or not 0 <= layer < layout.num_layers or isinstance(wanted, (str, bytes)) \
+                or not isinstance(wanted, Iterable):
+            out[layer] = wanted  # validate_request names the problem
+            continue
+        wanted = list(wanted)
+        provenance = getattr(modules[layer], "sentinel_heads", None) or list(range(layout.heads[layer]))
+        n = _original_heads(model, layer, modules[layer], layout.heads[layer])
+        for head in wanted:
+            if not _is_index(head) or not 0 <= head < n:
+                raise ValueError(f"layer {layer}: head {head!r} is not an original head index in [0, {n - 1}]")
+        if len(set(map(int, wanted))) != len(wanted):
+            raise ValueError(f"layer {layer}: duplicate head indices {sorted({h for h in wanted if wanted.count(h) > 1})}")
+        position = {original: i for i, original in enumerate(provenance)}
+        gone += [(int(layer), int(h)) for h in wanted if int(h) not in position]
+        out[int(layer)] = [position[int(h)] for h in wanted if int(h) in position]
+    if gone:
+        warnings.warn(f"heads {gone} (layer, original head) were already pruned; ignored", stacklevel=3)
+    return out
 
 
 # ---------------------------------------------------------------------------- per-head slices
@@ -261,6 +331,24 @@ def slice_parameters(block: nn.Module, piece: HeadSlice) -> list[tuple[nn.Parame
     return out
 
 
+def find_pruneable_heads_and_indices(heads: Iterable[int], n_heads: int, head_size: int,
+                                     already_pruned_heads: Iterable[int]) -> tuple[set[int], torch.Tensor]:
+    """transformers 4's helper of that name, for code written against it (docs/MIGRATION.md).
+
+    Args:
+        heads: original ids of the heads to prune.
+        n_heads: heads the layer has now; head_size: features per head.
+        already_pruned_heads: original ids removed earlier.
+    Returns:
+        (the original ids still present, to prune now; the indices of the features to keep, in the current layout).
+    """
+    gone = set(already_pruned_heads)
+    heads = set(heads) - gone
+    position = {h: h - sum(1 for g in gone if g < h) for h in heads}  # where an original head sits now
+    kept = [p for p in range(n_heads) if p not in set(position.values())]
+    return heads, _rows(kept, head_size)
+
+
 # ---------------------------------------------------------------------------- physical removal
 
 
@@ -298,27 +386,46 @@ def _ensure_provenance(model: nn.Module, layout: HeadLayout) -> None:
             attention.sentinel_kv_heads = list(range(layout.kv_heads[layer]))
 
 
-def prune_heads(model: nn.Module, heads: HeadRequest) -> nn.Module:
+def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original") -> nn.Module:
     """Physically removes heads in place and returns the model.
 
     Slices q/k/v output rows (and biases) and the output projection's input columns, then updates the
-    attributes the forward pass reads. The whole request is validated before anything changes.
+    attributes the forward pass reads and `config.pruned_heads`. The whole request is validated before
+    anything changes.
 
     Args:
         model: a transformers model whose `config.model_type` has an adapter.
-        heads: {layer: [head, ...]} in the model's current layout.
+        heads: {layer: [head, ...]}.
+        ids: "original" (default: ids in the dense model, as transformers 4's prune_heads; heads already
+            removed are ignored with a warning) or "current" (positions in the model as it is now).
     Returns:
         The same model object, smaller.
     """
     adapter = get_adapter(model)
     layout = head_layout(model)
-    request = validate_request(layout, heads)
+    request = _checked(layout, heads, _to_current(model, layout, heads, ids), False)
+    if not request:
+        return model  # every requested head was already gone (warned)
     plan = {layer: _kept_groups(layout, layer, removed) for layer, removed in request.items()}
     _ensure_provenance(model, layout)
     layer_blocks = blocks(model, adapter)
     for layer, (kept, kept_kv) in plan.items():
         _prune_block(layer_blocks[layer], adapter, layout, layer, kept, kept_kv)
+    model.config.pruned_heads = pruned_heads_v4(model)
     return model
+
+
+def pruned_heads_v4(model: nn.Module) -> dict[int, list[int]]:
+    """{layer: [original head, ...]} removed so far: transformers 4's `config.pruned_heads`."""
+    out = {}
+    for layer, attention in enumerate(attention_modules(model)):
+        kept = getattr(attention, "sentinel_heads", None)
+        if kept is not None:
+            n = _original_heads(model, layer, attention, len(kept))
+            removed = sorted(set(range(n)) - set(kept))
+            if removed:
+                out[layer] = removed
+    return out
 
 
 def kept_heads(model: nn.Module) -> dict[int, dict[str, list[int]]]:

@@ -1,8 +1,11 @@
 """Saving and loading pruned models: transformers' own files plus a small sidecar of kept heads.
 
-A pruned model cannot be described by `config.json` alone (layers may keep different numbers of
-heads), so `save_pruned` writes `sentinel_heads.json` next to it. `load_pruned` builds the dense
-architecture from the config, removes the same heads, then loads the safetensors weights strictly.
+`save_pruned` writes `config.json` with `pruned_heads` in transformers 4's format ({layer: [original head]}),
+so transformers 4 loads the checkpoint as it loaded its own pruned models, and `sentinel_heads.json`, which
+also records the kept KV heads of GQA models (which `pruned_heads` cannot say). `load_pruned` builds the
+dense architecture from the config, removes the same heads, then loads the safetensors weights strictly; it
+reads our folders and folders saved by transformers 4 after `prune_heads` (config.pruned_heads only).
+Plain transformers 5 cannot load either: see docs/MIGRATION.md ("Loading without sentinel").
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import transformers
 from safetensors.torch import load_file
 from torch import nn
 
-from sentinel.models.heads import head_layout, kept_heads, prune_heads
+from sentinel.models.heads import head_layout, kept_heads, prune_heads, pruned_heads_v4
 
 SIDECAR = "sentinel_heads.json"
 SIDECAR_VERSION = 1
@@ -24,6 +27,7 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None) -> Path:
     """Writes the model (safetensors), its config, the kept-heads sidecar and optionally a tokenizer."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    model.config.pruned_heads = pruned_heads_v4(model)  # what transformers 4 reads (prune_heads keeps it current too)
     model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
@@ -37,7 +41,17 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None) -> Path:
 
 
 def is_pruned_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / SIDECAR).is_file()
+    """A folder written by save_pruned, or by transformers 4's save_pretrained after prune_heads."""
+    return (Path(path) / SIDECAR).is_file() or bool(_v4_pruned_heads(Path(path)))
+
+
+def _v4_pruned_heads(path: Path) -> dict[int, list[int]]:
+    """config.json's `pruned_heads` ({layer: [original head]}); {} when absent, empty or unreadable."""
+    try:
+        pruned = json.loads((path / "config.json").read_text(encoding="utf-8")).get("pruned_heads") or {}
+        return {int(layer): [int(h) for h in heads] for layer, heads in pruned.items() if heads}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -52,12 +66,14 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> nn.Module:
-    """Loads a model written by `save_pruned`; it gives the same logits as the model that was saved."""
+    """Loads a pruned checkpoint: one written by `save_pruned`, or one transformers 4 saved after `prune_heads`.
+    The model gives the same outputs as the model that was saved."""
     path = Path(path)
     if not is_pruned_checkpoint(path):
-        raise ValueError(f"path: {str(path)!r} has no {SIDECAR}; it was not written by sentinel.save_pruned")
-    sidecar = json.loads((path / SIDECAR).read_text())
-    if sidecar.get("format_version") != SIDECAR_VERSION:
+        raise ValueError(f"path: {str(path)!r} has neither {SIDECAR} nor config.pruned_heads; it is not a pruned "
+                         "checkpoint (load it with load_model)")
+    sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).is_file() else None
+    if sidecar is not None and sidecar.get("format_version") != SIDECAR_VERSION:
         raise ValueError(
             f"{path / SIDECAR}: format_version {sidecar.get('format_version')!r} is not supported "
             f"(this sentinel reads {SIDECAR_VERSION})"
@@ -70,14 +86,13 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
     model = model_class(config)
 
     layout = head_layout(model)  # dense, freshly built
-    removed = {}
-    for layer, kept in sidecar["layers"].items():
-        layer = int(layer)
-        gone = [h for h in range(layout.heads[layer]) if h not in set(kept["heads"])]
+    removed = _v4_pruned_heads(path) if sidecar is None else {}
+    for layer, kept in (sidecar or {"layers": {}})["layers"].items():
+        gone = [h for h in range(layout.heads[int(layer)]) if h not in set(kept["heads"])]
         if gone:
-            removed[layer] = gone
+            removed[int(layer)] = gone
     if removed:
-        prune_heads(model, removed)
+        prune_heads(model, removed, ids="original")  # a fresh dense model: original ids are positions
 
     state = _state_dict(path)
     missing, unexpected = model.load_state_dict(state, strict=False)

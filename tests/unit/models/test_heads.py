@@ -95,7 +95,7 @@ def test_save_load_round_trip_gives_identical_outputs(model_type, tmp_path):
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_two_successive_prunes_compose(model_type):
-    """Prune twice (indices in the current layout) == masking the union of original heads once."""
+    """Prune twice (positions in the current layout, ids="current") == masking the union of original heads once."""
     model, batch = tiny_model(model_type), padded_batch()
     if model_type in GQA:
         first, second, union = {0: [0, 1]}, {0: [1], 1: [0, 2]}, {0: [0, 1, 3], 1: [0, 2]}
@@ -103,11 +103,37 @@ def test_two_successive_prunes_compose(model_type):
         first, second, union = {0: [1]}, {0: [1], 1: [0]}, {0: [1, 2], 1: [0]}  # second's 0:[1] is original 2
     with sentinel.mask_heads(model, union):
         expected = outputs(model, batch)
-    sentinel.prune_heads(model, first)
-    sentinel.prune_heads(model, second)
+    sentinel.prune_heads(model, first, ids="current")
+    sentinel.prune_heads(model, second, ids="current")
     assert (outputs(model, batch) - expected).abs().max().item() <= 1e-4
     kept = sentinel.models.kept_heads(model)
     assert kept[0]["heads"] == [h for h in range(4) if h not in union[0]]
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_original_ids_by_default_never_hit_another_head(model_type):
+    """The default (v4's convention): ids name dense heads, so the second prune's 0:[1] is the head already gone
+    (ignored with a warning), not whatever sits at position 1 now; config.pruned_heads says what is gone."""
+    model, batch = tiny_model(model_type), padded_batch()
+    if model_type in GQA:
+        first, second, union = {0: [0, 1]}, {0: [3, 1], 1: [0, 2]}, {0: [0, 1, 3], 1: [0, 2]}
+    else:
+        first, second, union = {0: [1]}, {0: [2, 1], 1: [0]}, {0: [1, 2], 1: [0]}
+    with sentinel.mask_heads(model, union):
+        expected = outputs(model, batch)
+    sentinel.prune_heads(model, first)
+    with pytest.warns(UserWarning, match=r"\(0, 1\)\] \(layer, original head\) were already pruned; ignored"):
+        sentinel.prune_heads(model, second)
+    assert (outputs(model, batch) - expected).abs().max().item() <= 1e-4
+    assert model.config.pruned_heads == union
+    with pytest.warns(UserWarning, match="already pruned"):  # nothing left to do: the model is unchanged
+        assert sentinel.prune_heads(model, {0: [1]}) is model
+    with sentinel.mask_heads(model, {1: [1]}):  # original head 1 of layer 1 is at position 0 now
+        masked = outputs(model, batch)
+    with sentinel.mask_heads(model, {1: [0]}, ids="current"):
+        assert (outputs(model, batch) - masked).abs().max().item() == 0
+    with pytest.raises(ValueError, match=r"layer 0: head 4 is not an original head index in \[0, 3\]"):
+        sentinel.prune_heads(model, {0: [4]})
 
 
 @pytest.mark.parametrize("model_type", sorted(CAUSAL))
@@ -136,10 +162,10 @@ def test_gradients_reach_mask_gates(model_type):
 
 
 BAD_REQUESTS = [
-    ({0: [4]}, "layer 0: head 4 is not a head index in [0, 3]"),
-    ({0: [-1]}, "layer 0: head -1 is not a head index"),
-    ({0: [1.0]}, "layer 0: head 1.0 is not a head index"),
-    ({0: [True]}, "layer 0: head True is not a head index"),
+    ({0: [4]}, "layer 0: head 4 is not an original head index in [0, 3]"),
+    ({0: [-1]}, "layer 0: head -1 is not an original head index"),
+    ({0: [1.0]}, "layer 0: head 1.0 is not an original head index"),
+    ({0: [True]}, "layer 0: head True is not an original head index"),
     ({0: [1, 1]}, "layer 0: duplicate head indices [1]"),
     ({5: [0]}, "layer: 5 is not a layer index in [0, 1]"),
     ({}, "heads: the request is empty"),

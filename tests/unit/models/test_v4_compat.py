@@ -1,0 +1,95 @@
+"""The drop-in for what transformers 5 removed, checked against transformers 4.57.6 itself.
+
+tests/fixtures/v4/<family>/ were made once by scripts/make_v4_fixtures.py under transformers 4 (the script says
+how to remake them): the dense weights, v4's outputs for `head_mask` and for two composed `prune_heads` calls
+(original ids; the second names a head the first already removed), d(loss)/d(head_mask), and the folder v4's
+`save_pretrained` wrote after pruning. Here, under transformers 5, the same weights go through sentinel's calls.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import sentinel
+from sentinel.models import find_pruneable_heads_and_indices, load_pruned
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "v4"
+FAMILIES = ("gpt2", "bert", "roberta", "distilbert")
+ATOL = 1e-5
+
+
+def fixture(family: str):
+    folder = FIXTURES / family
+    tensors = load_file(folder / "tensors.safetensors")
+    meta = json.loads((folder / "meta.json").read_text())
+    model = transformers.AutoModel.from_pretrained(folder / "dense", attn_implementation="eager").eval()
+    batch = {"input_ids": tensors["input_ids"], "attention_mask": tensors["attention_mask"]}
+    return folder, tensors, meta, model, batch
+
+
+def hidden(model, batch) -> torch.Tensor:
+    return model(**batch).last_hidden_state
+
+
+def close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> bool:
+    keep = mask.bool()  # padded positions are not compared (they attend to nothing meaningful)
+    return torch.allclose(a[keep], b[keep], atol=ATOL)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dense_weights_give_v4s_outputs(family):
+    _, tensors, _, model, batch = fixture(family)
+    with torch.no_grad():
+        assert close(hidden(model, batch), tensors["dense"], batch["attention_mask"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_float_head_mask_tensor_is_v4s_head_mask_with_its_gradient(family):
+    _, tensors, _, model, batch = fixture(family)
+    with torch.no_grad(), sentinel.mask_heads(model, tensors["head_mask"]):  # gates 0.25, 0.5, 0.75 too
+        assert close(hidden(model, batch), tensors["masked"], batch["attention_mask"])
+    gates = tensors["head_mask"].clone().requires_grad_(True)
+    with sentinel.mask_heads(model, gates):
+        hidden(model, batch).pow(2).mean().backward()
+    assert torch.allclose(gates.grad, tensors["head_mask_grad"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_composed_prune_heads_calls_port_line_by_line(family):
+    _, tensors, meta, model, batch = fixture(family)
+    first, second = ({int(k): v for k, v in call.items()} for call in meta["prune_calls"])
+    sentinel.prune_heads(model, first)
+    with pytest.warns(UserWarning, match="already pruned"):  # v4 warned and ignored it too
+        sentinel.prune_heads(model, second)
+    with torch.no_grad():
+        assert close(hidden(model, batch), tensors["pruned"], batch["attention_mask"])
+    assert sum(p.numel() for p in model.parameters()) == meta["params_pruned"]
+    assert model.config.pruned_heads == {int(k): v for k, v in meta["config_pruned_heads"].items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_checkpoint_v4_saved_after_pruning_loads(family, tmp_path):
+    folder, tensors, meta, _, batch = fixture(family)
+    assert sentinel.models.is_pruned_checkpoint(folder / "pruned")  # so load_model routes it to load_pruned too
+    model = load_pruned(folder / "pruned")
+    with torch.no_grad():
+        assert close(hidden(model, batch), tensors["pruned"], batch["attention_mask"])
+    assert sum(p.numel() for p in model.parameters()) == meta["params_pruned"]
+    # and what we save says config.pruned_heads in v4's format, so v4's from_pretrained rebuilds the same shapes
+    sentinel.save_pruned(model, tmp_path / "again")
+    saved = json.loads((tmp_path / "again" / "config.json").read_text())["pruned_heads"]
+    assert saved == meta["config_pruned_heads"]
+
+
+def test_find_pruneable_heads_and_indices_keeps_v4s_contract():
+    heads, index = find_pruneable_heads_and_indices([0, 2, 3], n_heads=3, head_size=2, already_pruned_heads={1})
+    assert heads == {0, 2, 3}  # original ids still present, to prune now
+    # the current layout holds original heads 0, 2, 3 at positions 0, 1, 2: nothing of them is kept
+    assert index.tolist() == []
+    heads, index = find_pruneable_heads_and_indices([2, 1], n_heads=3, head_size=2, already_pruned_heads={1})
+    assert heads == {2} and index.tolist() == [0, 1, 4, 5]  # keeps positions 0 (original 0) and 2 (original 3)
