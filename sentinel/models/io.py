@@ -5,7 +5,12 @@ so transformers 4 loads the checkpoint as it loaded its own pruned models, and `
 also records the kept KV heads of GQA models (which `pruned_heads` cannot say). `load_pruned` builds the
 dense architecture from the config, removes the same heads, then loads the safetensors weights strictly; it
 reads our folders and folders saved by transformers 4 after `prune_heads` (config.pruned_heads only).
-Plain transformers 5 cannot load either: see docs/MIGRATION.md ("Loading without sentinel").
+Loading without sentinel: transformers 5's `per_layer_config` cannot give our families per-layer head counts
+(scripts/probe_per_layer_config.py), but where every layer keeps the same number of heads and the family reads
+an explicit `head_dim` (Llama, Mistral, Qwen2), a config with the pruned counts describes the model exactly:
+`save_pruned` then writes that config, checked by building the architecture from it (on the meta device) and
+comparing every parameter's shape, and a plain `AutoModel.from_pretrained` loads the folder. Otherwise the config
+stays the dense one. docs/MIGRATION.md ("Loading without sentinel") has the table.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import transformers
 from safetensors.torch import load_file
 from torch import nn
 
-from sentinel.models.heads import head_layout, kept_heads, prune_heads, pruned_heads_v4
+from sentinel.models.heads import attention_modules, head_layout, kept_heads, prune_heads, pruned_heads_v4
 
 SIDECAR = "sentinel_heads.json"
 SIDECAR_VERSION = 1
@@ -28,16 +33,45 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.config.pruned_heads = pruned_heads_v4(model)  # what transformers 4 reads (prune_heads keeps it current too)
-    model.save_pretrained(path, safe_serialization=True)
+    plain = plain_config(model)
+    if plain is not None:  # a config plain transformers builds this very model from
+        dense_config, model.config = model.config, plain
+    try:
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        if plain is not None:
+            model.config = dense_config
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     sidecar = {
         "format_version": SIDECAR_VERSION,
         "model_type": model.config.model_type,
         "layers": {str(layer): kept for layer, kept in kept_heads(model).items()},
+        "dense": {"heads": int(model.config.num_attention_heads),
+                  "kv_heads": int(getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads)},
     }
     (path / SIDECAR).write_text(json.dumps(sidecar, indent=1))
     return path
+
+
+def plain_config(model: nn.Module) -> transformers.PretrainedConfig | None:
+    """A config under which transformers itself builds `model`'s pruned shapes (every layer the same number of query
+    and KV heads, an explicit head_dim), verified parameter by parameter; None if there is none."""
+    layout = head_layout(model)
+    pruned = layout.total_heads < layout.num_layers * int(getattr(model.config, "num_attention_heads", 0) or 0)
+    if not pruned or len(set(layout.heads)) != 1 or len(set(layout.kv_heads)) != 1:
+        return None
+    values = {"num_attention_heads": layout.heads[0], "head_dim": layout.head_dim, "pruned_heads": {}}
+    if "num_key_value_heads" in model.config.to_dict():
+        values["num_key_value_heads"] = layout.kv_heads[0]
+    config = type(model.config).from_dict({**model.config.to_dict(), **values})
+    try:
+        with torch.device("meta"):
+            built = type(model)(config)
+    except Exception:  # the family rejects the combination
+        return None
+    shapes = {k: v.shape for k, v in built.state_dict().items()}
+    return config if shapes == {k: v.shape for k, v in model.state_dict().items()} else None
 
 
 def is_pruned_checkpoint(path: str | Path) -> bool:
@@ -85,14 +119,20 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
         raise ValueError(f"{path / 'config.json'}: architectures {config.architectures!r} is not a transformers class")
     model = model_class(config)
 
-    layout = head_layout(model)  # dense, freshly built
-    removed = _v4_pruned_heads(path) if sidecar is None else {}
-    for layer, kept in (sidecar or {"layers": {}})["layers"].items():
-        gone = [h for h in range(layout.heads[int(layer)]) if h not in set(kept["heads"])]
-        if gone:
-            removed[int(layer)] = gone
-    if removed:
-        prune_heads(model, removed, ids="original")  # a fresh dense model: original ids are positions
+    layout = head_layout(model)  # freshly built: dense, or already pruned when saved with a plain config
+    kept = {int(layer): k for layer, k in (sidecar or {"layers": {}})["layers"].items()}
+    if kept and all(layout.heads[layer] == len(k["heads"]) for layer, k in kept.items()):
+        for layer, attention in enumerate(attention_modules(model)):  # shapes are right: only the provenance
+            attention.sentinel_heads, attention.sentinel_kv_heads = kept[layer]["heads"], kept[layer]["kv_heads"]
+        model.config = _dense_config(model.config, sidecar)
+    else:
+        removed = _v4_pruned_heads(path) if sidecar is None else {}
+        for layer, k in kept.items():
+            gone = [h for h in range(layout.heads[layer]) if h not in set(k["heads"])]
+            if gone:
+                removed[layer] = gone
+        if removed:
+            prune_heads(model, removed, ids="original")  # a fresh dense model: original ids are positions
 
     state = _state_dict(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -103,6 +143,14 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
     if torch_dtype is not None:
         model.to(torch_dtype)
     return model.eval()
+
+
+def _dense_config(config: transformers.PretrainedConfig, sidecar: dict) -> transformers.PretrainedConfig:
+    """The dense model's config back from a plain (pruned-shape) one: the head counts the sidecar recorded."""
+    values = {"num_attention_heads": sidecar["dense"]["heads"]}
+    if "kv_heads" in sidecar["dense"] and "num_key_value_heads" in config.to_dict():
+        values["num_key_value_heads"] = sidecar["dense"]["kv_heads"]
+    return type(config).from_dict({**config.to_dict(), **values})
 
 
 def _is_tied(model: nn.Module, key: str) -> bool:

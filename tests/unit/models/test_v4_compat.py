@@ -93,3 +93,47 @@ def test_find_pruneable_heads_and_indices_keeps_v4s_contract():
     assert index.tolist() == []
     heads, index = find_pruneable_heads_and_indices([2, 1], n_heads=3, head_size=2, already_pruned_heads={1})
     assert heads == {2} and index.tolist() == [0, 1, 4, 5]  # keeps positions 0 (original 0) and 2 (original 3)
+
+
+PLAIN_LOAD = """
+import sys, json, torch, transformers
+out = {}
+for name, folder in json.loads(sys.argv[1]).items():
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+        batch = torch.load(folder + "/batch.pt")
+        with torch.no_grad():
+            out[name] = model(**batch).logits.mul(batch["attention_mask"][..., None]).tolist()
+    except Exception as exc:
+        out[name] = type(exc).__name__
+out["sentinel imported"] = any(m.split(".")[0] == "sentinel" for m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def test_uniform_gqa_prunes_load_in_plain_transformers_and_the_rest_are_refused_not_misread(tmp_path):
+    """Where every layer keeps the same heads (Llama, Mistral, Qwen2: explicit head_dim), save_pruned writes a config
+    that plain transformers 5 builds the pruned model from, in a process that never imports sentinel; elsewhere
+    plain transformers refuses the folder (size mismatch) instead of loading a wrong model. Both reload in sentinel."""
+    import subprocess
+    import sys
+
+    from tests.tiny_models import outputs, padded_batch, tiny_model
+
+    cases = {"llama": ("llama", {0: [0, 1], 1: [2, 3]}), "mistral": ("mistral", {0: [0, 2], 1: [1, 3]}),
+             "qwen2": ("qwen2", {0: [2, 3], 1: [0, 1]}), "llama-uneven": ("llama", {0: [0, 1]}),
+             "gpt2": ("gpt2", {0: [1], 1: [2]})}
+    batch, expected, folders = padded_batch(), {}, {}
+    for name, (model_type, request) in cases.items():
+        model = sentinel.prune_heads(tiny_model(model_type), request)
+        folders[name] = str(sentinel.save_pruned(model, tmp_path / name))
+        torch.save(batch, tmp_path / name / "batch.pt")
+        expected[name] = outputs(model, batch)
+        assert torch.equal(outputs(load_pruned(tmp_path / name), batch), expected[name])
+    run = subprocess.run([sys.executable, "-c", PLAIN_LOAD, json.dumps(folders)], capture_output=True, text=True,
+                         timeout=300)
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got.pop("sentinel imported") is False
+    for name in ("llama", "mistral", "qwen2"):
+        assert torch.allclose(torch.tensor(got[name]), expected[name], atol=1e-6), name
+    assert got["llama-uneven"] == got["gpt2"] == "RuntimeError"
