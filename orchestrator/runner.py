@@ -155,7 +155,7 @@ class Progress(Callback):
         self.last[trial.trial_id] = result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        row = _payload(self.last.get(trial.trial_id)).get("row", {})
+        row = _payload(self.last.pop(trial.trial_id, None)).get("row", {})
         note = "done"
         if row.get("status") == "ok":
             arrow = f"{row['dense']:.4g} -> {row['pruned']:.4g} -> {row['recovered']:.4g}"
@@ -167,6 +167,7 @@ class Progress(Callback):
         self._write(f"[retry] {_cell_name(trial)}: {_error_line(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.last.pop(trial.trial_id, None)
         self._line(trial, f"FAILED: {_error_line(trial)}")
 
 
@@ -287,6 +288,8 @@ class RunSummary:
     failed: int = 0
     missing: int = 0  # trials that did not finish (interrupted); --resume runs them
     wall_s: float = 0.0
+    compact_s: float = 0.0  # merging the streamed parts into the tables
+    parts: int = 0  # Parquet parts this run streamed
     written: dict = field(default_factory=dict)
 
     @property
@@ -431,10 +434,11 @@ def run_experiment(
             filesystem = None
             if is_uri(storage):
                 filesystem, storage = pafs.FileSystem.from_uri(storage)
+            results = ResultStream(out, run_id)
             run_config = tune.RunConfig(
                 name=run_id, storage_path=f"{storage.rstrip('/')}/{name}", storage_filesystem=filesystem, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                callbacks=[Progress(len(cells), stream, done=len(cells) - len(todo)), ResultStream(out, run_id),
+                callbacks=[Progress(len(cells), stream, done=len(cells) - len(todo)), results,
                            PendingReport(spec.pending_report_s, resources, stream)],
             )
             param_space = {"cell": tune.grid_search([c.to_dict() for c in todo]),
@@ -444,10 +448,13 @@ def run_experiment(
             verb = "resuming" if resume else "starting"
             stream.write(f"{spec.experiment}: {len(cells)} trials ({verb}; {len(todo)} to run), results in {out}\n")
             tuner.fit()
+            summary.parts = results.parts
         finally:
             if owns_ray:
                 ray.shutdown()
+    compacting = time.time()
     summary.written = compact(out, spec.to_dict())
+    summary.compact_s = time.time() - compacting
     rows = finished_trials(out).select(["trial_id", "status"]).to_pylist()
     status = {r["trial_id"]: r["status"] for r in rows}
     ids = [c.trial_id() for c in cells]
