@@ -99,7 +99,7 @@ def driver(cells: int, output: str, address: str, resume: bool) -> dict:
 def start_cluster():
     from ray.cluster_utils import Cluster
 
-    node = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
+    node = {"include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 0})
     for _ in range(NODES):
         cluster.add_node(**node, num_cpus=CPUS_PER_NODE)

@@ -186,6 +186,7 @@ def finetune(
     device: torch.device | str | None = None,
     bf16: bool = False,
     initial_metric: float | None = None,
+    on_step: Callable[[int], bool] | None = None,
 ) -> Curve:
     """Fine-tunes `model` in place to recover from pruning, and returns its learning curve.
 
@@ -204,6 +205,9 @@ def finetune(
         bf16: bfloat16 autocast on CUDA (ignored on CPU).
         initial_metric: the metric of `model` as it is now, if the caller already measured it
             (the pipeline's "pruned" value); step 0 then reuses it instead of evaluating again.
+        on_step: called with the step number after every optimizer step, before that step's evaluation;
+            it returns True when it masked more heads in `mask` (dynamic pruning), whose weights are then
+            frozen from that step on.
     Returns:
         One row per step: {"step", "train_loss", "eval_metric" (None where not evaluated), "lr"};
         step 0 is the evaluation before training (train_loss and lr None).
@@ -241,6 +245,8 @@ def finetune(
             optimizer.step()
             scheduler.step()
             _restore(frozen)  # undo weight decay on masked heads (their gradient is exactly zero)
+            if on_step is not None and on_step(step):
+                frozen = _snapshot(masked_slices(model, mask))
             due = step % config.eval_every == 0 or step == config.steps
             metric = _evaluate(model, evaluate) if due else None
             curve.append({"step": step, "train_loss": loss.item(), "eval_metric": metric, "lr": lr})

@@ -29,7 +29,7 @@ from torch import nn
 
 from sentinel.finetune import finetune
 from sentinel.models import head_layout, load_model, mask_heads, prune_heads
-from sentinel.pruning import STRATEGIES, score_heads, select_heads
+from sentinel.pruning import STRATEGIES, Selection, score_heads, select_heads
 from sentinel.tasks import Prepared, prepare_task
 from sentinel.trial import DataSpec, TrialResult, TrialSpec  # noqa: F401  (the contract, re-exported)
 
@@ -132,8 +132,9 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
     result.task, result.protocol_label = task.task, task.label
     result.params_before = baseline["params"]
 
+    strategy = STRATEGIES.get(spec.strategy)
     with stage("score"):
-        seed = spec.seed if STRATEGIES.get(spec.strategy).depends_on_seed(dense) else "any"
+        seed = spec.seed if strategy.depends_on_seed(dense) else "any"
         scores, result.reused["scores"] = shared.get_or_compute(
             f"scores/{model_key}/{spec.strategy}/{json.dumps(dict(spec.strategy_options), sort_keys=True)}"
             f"/{seed}/{task.score_key}",
@@ -141,8 +142,14 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
         )
     result.scores = scores.scores.tolist()
 
-    with stage("select"):  # whole KV groups on GQA models: HeadScores carries the group size
-        selection = select_heads(scores, spec.level, policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer)
+    curve_done = strategy.during_finetune  # dynamic: heads are chosen while a copy of the dense model fine-tunes
+    if curve_done:
+        with stage("finetune"):
+            selection, result.curve = _prune_while_finetuning(dense, task, spec, result.dense, device)
+    else:
+        with stage("select"):  # whole KV groups on GQA models: HeadScores carries the group size
+            selection = select_heads(scores, spec.level, policy=spec.policy,
+                                     min_heads_per_layer=spec.min_heads_per_layer)
     result.selection_notes = list(selection.notes)
     result.pruned_heads = [[l, h] for l, heads in sorted(selection.heads.items()) for h in heads]
     result.heads_pruned = len(result.pruned_heads)
@@ -167,7 +174,9 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
                 lambda: _quiet_speed(dense, model, spec, device, shared))
         result.speed_before, result.speed_after, result.speed_quiet = speed
 
-    if spec.finetune is not None and spec.finetune.steps > 0:
+    if curve_done:  # pruned while fine-tuning: its last evaluation had every selected head masked (= removed)
+        result.recovered = result.curve[-1]["eval_metric"]
+    elif spec.finetune is not None and spec.finetune.steps > 0:
         with stage("finetune"):
             result.curve = finetune(
                 model, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
@@ -177,6 +186,26 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
         result.recovered = result.curve[-1]["eval_metric"]
     else:
         result.recovered = result.pruned
+
+
+def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, dense_metric: float,
+                            device: torch.device) -> tuple[Selection, list]:
+    """A strategy with `during_finetune` (dynamic): a copy of the dense model fine-tunes while its
+    DynamicPruner zeroes more gates on schedule. Returns (the heads removed, the learning curve: step 0 is the
+    dense metric, the last step has every removed head masked)."""
+    from sentinel.pruning.dynamic import DynamicPruner
+
+    trained = copy.deepcopy(dense)
+    trained.sentinel_mask = mask = mask_heads(trained, None)
+    pruner = DynamicPruner(trained, mask, task.score_batches, level=spec.level, steps=spec.finetune.steps,
+                           policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer,
+                           generator=torch.Generator().manual_seed(spec.seed), **spec.strategy_options)
+    curve = finetune(trained, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
+                     evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, device=device, bf16=spec.bf16,
+                     initial_metric=dense_metric, on_step=pruner)
+    heads = mask.masked()
+    selected = sum(len(h) for h in heads.values())
+    return Selection(heads=heads, requested=pruner.requested, selected=selected, notes=pruner.notes), curve
 
 
 def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork) -> tuple[float, float, bool]:

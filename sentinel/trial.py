@@ -156,10 +156,13 @@ class TrialSpec(Contract):
     task: str = checked("auto", task_name)  # evaluation task (sentinel.tasks); auto: the first that fits the model
 
     def check_together(self) -> None:
+        strategy = STRATEGIES.get(self.strategy)
         try:
-            STRATEGIES.get(self.strategy).resolve(self.strategy_options)
+            strategy.resolve(self.strategy_options)
         except ValueError as exc:
             raise SpecError(f"strategy_options.{str(exc).removeprefix('options: ')}".splitlines()[0]) from None
+        if strategy.during_finetune and (self.finetune is None or self.finetune.steps < 1):
+            raise SpecError(f"finetune: strategy {self.strategy!r} prunes during fine-tuning; give finetune.steps >= 1")
         _, limit = _local_model(self.model)
         if limit is not None and self.data.seq_len > limit:
             raise SpecError(f"data.seq_len: {self.data.seq_len} is longer than {self.model!r} accepts "

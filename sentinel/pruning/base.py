@@ -53,6 +53,9 @@ class Strategy:
     checks: Mapping[str, OptionCheck] = field(default_factory=dict)
     summary: str = ""
     uses_seed: bool | SeedUse = False
+    # True: the strategy removes heads while the model fine-tunes (it owns the schedule; see pruning/dynamic.py),
+    # and its scores are those it starts from
+    during_finetune: bool = False
 
     def depends_on_seed(self, model: nn.Module) -> bool:
         """Whether scores of `model` change with the seed (if not, one scoring serves every seed)."""
@@ -77,16 +80,18 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 def register_strategy(
     name: str, *, defaults: Mapping[str, Any] | None = None, checks: Mapping[str, OptionCheck] | None = None,
-    uses_seed: bool | SeedUse = False,
+    uses_seed: bool | SeedUse = False, during_finetune: bool = False,
 ) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: registers `fn` as strategy `name` accepting the options in `defaults`.
 
     `uses_seed`: whether the scores depend on the seed (a bool, or model -> bool when it depends on the model).
+    `during_finetune`: the strategy prunes during fine-tuning (the pipeline then runs its schedule).
     """
 
     def decorate(fn: ScoreFn) -> ScoreFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        STRATEGIES.add(name, Strategy(name, fn, dict(defaults or {}), dict(checks or {}), summary, uses_seed))
+        STRATEGIES.add(name, Strategy(name, fn, dict(defaults or {}), dict(checks or {}), summary, uses_seed,
+                                      during_finetune))
         return fn
 
     return decorate
@@ -175,6 +180,15 @@ def layer_heads(model: nn.Module) -> tuple[int, ...]:
     return head_layout(model).heads
 
 
+def uniform_group_size(model: nn.Module, strategy: str) -> int:
+    """The GQA group size shared by every layer (strategies that select heads themselves need one)."""
+    layout = head_layout(model)
+    sizes = {layout.group_size(layer) for layer in range(layout.num_layers)}
+    if len(sizes) != 1:
+        raise ValueError(f"model: {strategy} needs one GQA group size in every layer, got {sorted(sizes)}")
+    return sizes.pop()
+
+
 def score_heads(strategy: str, model: nn.Module, batches: list[Batch], *, seed: int = 0, **options) -> HeadScores:
     """Scores every attention head of `model` with a registered strategy.
 
@@ -182,7 +196,7 @@ def score_heads(strategy: str, model: nn.Module, batches: list[Batch], *, seed: 
     names), its options, the model type, and that `batches` hold at least one non-padding token.
 
     Args:
-        strategy: a name in `STRATEGIES` (entropy, gradient, hybrid, magnitude, random).
+        strategy: a name in `STRATEGIES` (see STRATEGIES.names() and docs/STRATEGIES.md).
         model: a transformers model whose `config.model_type` has a head adapter.
         batches: list of {"input_ids": [B, T], "attention_mask": [B, T]}.
         seed: seeds the `torch.Generator` handed to the strategy (global RNGs are never touched).

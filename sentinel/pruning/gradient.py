@@ -74,18 +74,12 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-@register_strategy(
-    "gradient", defaults={"normalize_per_layer": False}, checks={"normalize_per_layer": check_bool},
-    uses_seed=lambda model: not uses_lm_loss(model),  # the encoder proxy loss draws seeded directions
-)
-def gradient_scores(
-    model: nn.Module, batches: list[Batch], *, generator: torch.Generator, normalize_per_layer: bool = False
-) -> HeadScores:
-    """Mean |dL/dgate| per head over the scoring batches (Michel et al. 2019).
-
-    Args:
-        normalize_per_layer: divide each layer's importances by their L2 norm (the paper's setting).
-    """
+def gate_importance(
+    model: nn.Module, batches: list[Batch], generator: torch.Generator, masked: dict[int, list[int]] | None = None
+) -> tuple[list[torch.Tensor], int]:
+    """Per layer, float64 [heads] of mean |dL/dgate| over the batches, with the heads in `masked` (current ids)
+    gated to 0 (the model as it would be after removing them: iterative and dynamic rescore that way).
+    Returns (importances, batches used)."""
     lm = uses_lm_loss(model)
     if lm and not any(lm_targets(b) for b in batches):
         raise ValueError("batches: no non-padding token after the first position; the next-token loss has no targets")
@@ -94,7 +88,7 @@ def gradient_scores(
     used = 0
     device = model_device(model)
     with eval_mode(model), frozen_parameters(model):
-        mask = mask_heads(model, None, requires_grad=True)
+        mask = mask_heads(model, masked or None, requires_grad=True, ids="current")
         gates = [mask.gates[layer] for layer in range(len(heads))]
         try:
             for batch in batches:
@@ -107,8 +101,29 @@ def gradient_scores(
                 used += 1
         finally:
             mask.remove()
-    importance = [t / used for t in total]
+    return [t / used for t in total], used
+
+
+def l2_normalized(importance: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each layer's importances divided by their L2 norm (Michel et al.'s per-layer normalisation)."""
+    return [t / t.norm().clamp(min=1e-20) for t in importance]
+
+
+@register_strategy(
+    "gradient", defaults={"normalize_per_layer": False}, checks={"normalize_per_layer": check_bool},
+    uses_seed=lambda model: not uses_lm_loss(model),  # the encoder proxy loss draws seeded directions
+)
+def gradient_scores(
+    model: nn.Module, batches: list[Batch], *, generator: torch.Generator, normalize_per_layer: bool = False
+) -> HeadScores:
+    """Mean |dL/dgate| per head over the scoring batches (Michel et al. 2019).
+
+    Args:
+        normalize_per_layer: divide each layer's importances by their L2 norm (the paper's setting).
+    """
+    importance, used = gate_importance(model, batches, generator)
     if normalize_per_layer:
-        importance = [t / t.norm().clamp(min=1e-20) for t in importance]
-    meta = {"loss": "next-token" if lm else "embedding-projection", "forward_passes": used, "backward_passes": used}
+        importance = l2_normalized(importance)
+    meta = {"loss": "next-token" if uses_lm_loss(model) else "embedding-projection", "forward_passes": used,
+            "backward_passes": used}
     return HeadScores(scores=score_grid(importance), strategy="gradient", meta=meta)
