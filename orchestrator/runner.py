@@ -1,6 +1,6 @@
 """The Ray Tune runner: one Tune trial per grid cell, shared work through a store actor, rows streamed to storage.
 
-    spec.cells() minus the cells that already have a row ──► Tuner(grid_search, with_resources, FailureConfig)
+    spec.cells() minus the cells that already have a row ──► Tuner(CellQueue searcher, with_resources, FailureConfig)
               └─ trainable(config): TrialSpec.from_dict ─► run_trial(spec, shared) ─► tune.report(payload)
     driver callbacks: Progress (a line per trial), ResultStream (a Parquet part per flush), PendingReport
     after the grid: compact parts ──► trials / curves / heads Parquet, config.yaml ──► analyze (if installed)
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TextIO
 
 from ray.tune import Callback
+from ray.tune.search import Searcher
 
 from orchestrator.results import compact, finished_trials, write_part
 from orchestrator.spec import ExperimentSpec, SpecError
@@ -263,6 +264,28 @@ class PendingReport(Callback):
             (self.stream or sys.stdout).flush()
 
 
+class CellQueue(Searcher):
+    """Hands Tune the grid's cells in order, one per trial. Tune's `grid_search` would deep-copy the whole
+    unresolved grid (every cell) for every variant it generates: quadratic in the cells, minutes of driver CPU
+    and hundreds of MB at 10,000 cells. Resume does not need Tune's searcher state (rows are the record)."""
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self._configs = iter(configs)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        return next(self._configs, Searcher.FINISHED)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:  # nothing to save: --resume reads the stored rows
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
 def _cell_name(trial) -> str:
     cell = trial.config["cell"]
     return f"{cell['model']} {cell['strategy']} level={cell['level']} seed={cell['seed']}"
@@ -441,10 +464,14 @@ def run_experiment(
                 callbacks=[Progress(len(cells), stream, done=len(cells) - len(todo)), results,
                            PendingReport(spec.pending_report_s, resources, stream)],
             )
-            param_space = {"cell": tune.grid_search([c.to_dict() for c in todo]),
-                           "run": {"experiment": spec.experiment, "run_id": run_id, "gpu_dry_run": spec.gpu_dry_run}}
-            tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=spec.max_concurrent_trials)
-            tuner = tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
+            run = {"experiment": spec.experiment, "run_id": run_id, "gpu_dry_run": spec.gpu_dry_run}
+            queue = CellQueue([{"cell": c.to_dict(), "run": run} for c in todo])
+            # Tune keeps as many trials pending as a custom searcher's concurrency limit (1 without one: made for
+            # searchers that learn from results). A fixed queue gets what Tune gives grid search.
+            limit = spec.max_concurrent_trials or max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))
+            tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=limit, search_alg=queue,
+                                          num_samples=len(todo))
+            tuner = tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
             verb = "resuming" if resume else "starting"
             stream.write(f"{spec.experiment}: {len(cells)} trials ({verb}; {len(todo)} to run), results in {out}\n")
             tuner.fit()

@@ -84,9 +84,19 @@ def model_name(value: Any, name: str) -> str:
     except ValueError as exc:
         raise SpecError(f"{name}: {str(exc).removeprefix('model: ')}".splitlines()[0]) from None
     if model_type is not None and model_type not in supported_model_types():
-        raise SpecError(f"{name}: model_type {model_type!r} of {value!r} is not one of "
-                        f"{', '.join(sorted(supported_model_types()))}")
+        try:  # not registered: the generic fallback must find and verify an adapter (a 2-layer random model)
+            _fallback(value)
+        except ValueError as exc:
+            raise SpecError(f"{name}: {str(exc).splitlines()[0]} (registered: "
+                            f"{', '.join(sorted(supported_model_types()))})") from None
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _fallback(model: str) -> None:
+    from sentinel.models import loading
+
+    loading.check_fallback(model)
 
 
 def strategy_name(value: Any, name: str) -> str:

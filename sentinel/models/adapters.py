@@ -128,18 +128,25 @@ register(
 
 
 def get_adapter(model: nn.Module) -> AttentionAdapter:
-    """The adapter for `model.config.model_type`; a ValueError listing the supported types otherwise."""
+    """The registered adapter for `model.config.model_type`; for another type, the generic fallback's adapter
+    once verified on this model's class (sentinel/models/fallback.py), or a one-line ValueError."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is None:
         raise ValueError(
             f"model: {type(model).__name__} has no config.model_type; "
             f"supported model types are {', '.join(ADAPTERS.names())}"
         )
-    if model_type not in ADAPTERS:
-        raise ValueError(
-            f"model_type: {model_type!r} has no head adapter; supported: {', '.join(ADAPTERS.names())}"
-        )
-    return ADAPTERS.get(model_type)
+    if model_type in ADAPTERS:
+        return ADAPTERS.get(model_type)
+    adapter = getattr(model, "sentinel_adapter", None)  # set by the fallback on the models it verifies with
+    if adapter is not None:
+        return adapter
+    from sentinel.models.fallback import FallbackError, verified_adapter  # imports this module
+
+    try:
+        return verified_adapter(model)
+    except FallbackError as exc:
+        raise ValueError(f"{exc}; registered: {', '.join(ADAPTERS.names())}") from None
 
 
 def is_supported(model_type: str) -> bool:

@@ -246,6 +246,20 @@ def _in_cache(name: str, trust_remote_code: bool, gguf_file: str | None = None) 
         return False
 
 
+def check_fallback(name: str) -> None:
+    """For a local folder whose model_type has no registered adapter: the generic fallback must find and verify
+    one on a 2-layer random model of the class the loader would use; a one-line ValueError otherwise."""
+    from sentinel.models.fallback import verified_for
+
+    config = transformers.AutoConfig.from_pretrained(resolve_source(name), local_files_only=True)
+    auto = transformers.AutoModelForCausalLM if _is_causal(config) else transformers.AutoModel
+    try:
+        cls = auto._model_mapping[type(config)]
+    except KeyError:
+        raise ValueError(f"model_type: {config.model_type!r} has no {auto.__name__} class in transformers") from None
+    verified_for(cls, config)
+
+
 def _is_causal(config: transformers.PretrainedConfig) -> bool:
     archs = config.architectures or []
     return bool(getattr(config, "is_decoder", False)) or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)

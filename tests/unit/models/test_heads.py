@@ -193,11 +193,12 @@ def test_uneven_gqa_request_is_refused_with_group_counts():
     assert sentinel.head_layout(model).heads == (4, 4)  # layer 1 was valid but nothing changed
 
 
-def test_unsupported_model_type_lists_supported_ones():
+def test_unadaptable_model_type_is_refused_in_one_line_listing_registered_ones():
     import transformers
 
     model = transformers.T5Model(transformers.T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32, d_kv=8))
-    with pytest.raises(ValueError, match=r"model_type: 't5' has no head adapter; supported: .*gpt2.*llama"):
+    with pytest.raises(ValueError, match=r"^model_type: 't5' has no registered adapter and the generic fallback found "
+                                         r"no attention to adapt \(.*\); registered: .*gpt2.*llama[^\n]*$"):
         sentinel.prune_heads(model, {0: [0]})
     with pytest.raises(ValueError, match="t5"):
         sentinel.head_layout(model)
