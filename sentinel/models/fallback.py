@@ -131,7 +131,12 @@ def verified_for(cls: type, config: Any) -> AttentionAdapter:
     key = (cls.__name__, config.model_type)
     if key in _VERIFIED:
         return _VERIFIED[key]
-    small = _small_model(cls, config)
+    try:
+        small = _small_model(cls, config)
+    except Exception as exc:  # a config this code does not understand: refused, in one line
+        raise FallbackError(f"model_type: {config.model_type!r} has no registered adapter and the generic fallback "
+                            f"could not build a small {cls.__name__} to check ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     try:
         adapter = infer_adapter(small)
     except FallbackError as exc:
@@ -150,8 +155,8 @@ def _small_model(cls: type, config: Any) -> nn.Module:
     """A 2-layer random-init model of the class: what the structure is read from and verified on (cheap)."""
     config = copy.deepcopy(config)
     config.num_hidden_layers = min(2, getattr(config, "num_hidden_layers", 2))
-    if isinstance(getattr(config, "layer_types", None), list):  # per-layer lists follow the layer count
-        config.layer_types = config.layer_types[: config.num_hidden_layers]
+    if isinstance(getattr(config, "layer_types", None), list) and "layer_types" in vars(config):
+        config.layer_types = config.layer_types[: config.num_hidden_layers]  # per-layer lists follow the count
     if hasattr(config, "pruned_heads"):  # the small model is dense whatever the full one is
         config.pruned_heads = {}
     with torch.random.fork_rng():

@@ -257,7 +257,7 @@ def check_fallback(name: str) -> None:
         cls = auto._model_mapping[type(config)]
     except KeyError:
         raise ValueError(f"model_type: {config.model_type!r} has no {auto.__name__} class in transformers") from None
-    verified_for(cls, config)
+    verified_for(cls, config)  # FallbackError is a ValueError
 
 
 def _is_causal(config: transformers.PretrainedConfig) -> bool:
