@@ -14,6 +14,11 @@ Per family (GPT-2, BERT, RoBERTa, DistilBERT; random weights from a small config
                   input_ids, attention_mask (second row padded), head_mask [layers, heads] (values in [0, 1]),
                   dense / masked / pruned last_hidden_state, and head_mask_grad: d(mean(hidden^2))/d(head_mask)
     meta.json     the prune calls, parameter counts, config.pruned_heads, library versions
+T5 (t5/): v4's T5 prune_heads was broken (transformers issue #19625), so only dense/ and the three head masks:
+    tensors.safetensors
+                  input_ids, attention_mask, decoder_input_ids, head_mask / decoder_head_mask / cross_attn_head_mask
+                  [layers, heads], dense / masked decoder last_hidden_state, and the three masks' gradients of
+                  mean(hidden^2) (our layer order: encoder self, decoder self, cross: their concatenation)
 """
 from __future__ import annotations
 
@@ -80,6 +85,33 @@ def make(family: str) -> None:
     print(family, meta["config_pruned_heads"], meta["params_dense"], "->", meta["params_pruned"])
 
 
+def make_t5() -> None:
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                   num_heads=4, decoder_start_token_id=0, pad_token_id=0)
+    config._attn_implementation = "eager"
+    model = transformers.T5Model(config).eval()
+    folder = OUT / "t5"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder / "dense", safe_serialization=True)
+    generator = torch.Generator().manual_seed(1)
+    ids, decoder = torch.randint(1, 96, (2, 10), generator=generator), torch.randint(1, 96, (2, 7), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    masks = {"head_mask": HEAD_MASK, "decoder_head_mask": HEAD_MASK.flip(1), "cross_attn_head_mask": HEAD_MASK.flip(0)}
+    run = lambda **m: model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder, **m).last_hidden_state
+    with torch.no_grad():
+        dense, masked = run(), run(**masks)
+    gates = {k: v.clone().requires_grad_(True) for k, v in masks.items()}
+    run(**gates).pow(2).mean().backward()
+    save_file({"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder, "dense": dense, "masked": masked,
+               **masks, **{f"{k}_grad": v.grad for k, v in gates.items()}}, folder / "tensors.safetensors")
+    meta = {"family": "t5", "transformers": transformers.__version__, "torch": torch.__version__}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    print("t5", float((masked - dense).abs().max()))
+
+
 if __name__ == "__main__":
     for name in CONFIGS:
         make(name)
+    make_t5()

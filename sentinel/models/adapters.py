@@ -34,6 +34,10 @@ class AttentionAdapter:
     attrs: Mapping[str, AttrRule] = field(default_factory=dict)
     causal: bool = False
     gqa: bool = False  # K/V heads may be fewer than query heads (repeat_kv semantics)
+    # encoder-decoders: (ModuleList path, block suffix) per stack, indexed in turn (then `layers` is unused)
+    stacks: tuple[tuple[str, str], ...] = ()
+    # called at the end of every prune_heads (idempotent): for what slicing alone cannot fix (T5's shared bias)
+    after_prune: Callable[[nn.Module], None] | None = None
 
     def projections(self) -> tuple[str, ...]:
         return (self.qkv,) if self.qkv else (self.q, self.k, self.v)  # type: ignore[return-value]
@@ -124,6 +128,33 @@ register(
         causal=True,
     ),
     "opt",
+)
+
+
+def _t5_after_prune(model: nn.Module) -> None:
+    from sentinel.models.t5 import keep_full_position_bias  # heads-level code; imports this module
+
+    keep_full_position_bias(model)
+
+
+# T5: three stacks, indexed one after the other: encoder self-attention (layers 0..L-1), decoder
+# self-attention (L..2L-1), decoder cross-attention (2L..3L-1); docs/HEADS.md has the indexing.
+register(
+    AttentionAdapter(
+        name="t5",
+        layers="",
+        stacks=(("encoder.block", "layer.0.SelfAttention"), ("decoder.block", "layer.0.SelfAttention"),
+                ("decoder.block", "layer.1.EncDecAttention")),
+        attention="",
+        q="q",
+        k="k",
+        v="v",
+        o="o",
+        head_dim_attr="key_value_proj_dim",
+        attrs={"n_heads": lambda h, kv, d: h, "inner_dim": lambda h, kv, d: h * d},
+        after_prune=_t5_after_prune,
+    ),
+    "t5",
 )
 
 

@@ -50,7 +50,7 @@ class HeadLayout:
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
-    for name in path.split("."):
+    for name in path.split(".") if path else []:  # "" is the root itself (T5: a block is the attention module)
         root = getattr(root, name)
     return root
 
@@ -61,8 +61,12 @@ def _set(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def blocks(model: nn.Module, adapter: AttentionAdapter | None = None) -> list[nn.Module]:
+    """The model's layers in head-index order: one ModuleList, or (encoder-decoders) several stacks in turn,
+    each block then being the submodule `suffix` of a stack's block."""
     adapter = adapter or get_adapter(model)
-    return list(_get(model.base_model, adapter.layers))
+    if not adapter.stacks:
+        return list(_get(model.base_model, adapter.layers))
+    return [_get(block, suffix) for path, suffix in adapter.stacks for block in _get(model.base_model, path)]
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -412,6 +416,8 @@ def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original") 
     for layer, (kept, kept_kv) in plan.items():
         _prune_block(layer_blocks[layer], adapter, layout, layer, kept, kept_kv)
     model.config.pruned_heads = pruned_heads_v4(model)
+    if adapter.after_prune is not None:
+        adapter.after_prune(model)
     return model
 
 

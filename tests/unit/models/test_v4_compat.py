@@ -137,3 +137,22 @@ def test_uniform_gqa_prunes_load_in_plain_transformers_and_the_rest_are_refused_
     for name in ("llama", "mistral", "qwen2"):
         assert torch.allclose(torch.tensor(got[name]), expected[name], atol=1e-6), name
     assert got["llama-uneven"] == got["gpt2"] == "RuntimeError"
+
+
+def test_t5_head_masks_of_all_three_stacks_are_one_gate_tensor():
+    """v4's head_mask, decoder_head_mask and cross_attn_head_mask are rows of one [3 x layers, heads] tensor here
+    (encoder self-attention, decoder self-attention, cross-attention), outputs and gradients included."""
+    folder = FIXTURES / "t5"
+    tensors = load_file(folder / "tensors.safetensors")
+    model = transformers.T5Model.from_pretrained(folder / "dense", attn_implementation="eager").eval()
+    batch = {k: tensors[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    names = ("head_mask", "decoder_head_mask", "cross_attn_head_mask")
+    with torch.no_grad():
+        assert torch.allclose(hidden(model, batch), tensors["dense"], atol=ATOL)
+        with sentinel.mask_heads(model, torch.cat([tensors[n] for n in names])):
+            assert torch.allclose(hidden(model, batch), tensors["masked"], atol=ATOL)
+    gates = torch.cat([tensors[n] for n in names]).requires_grad_(True)
+    with sentinel.mask_heads(model, gates):
+        hidden(model, batch).pow(2).mean().backward()
+    expected = torch.cat([tensors[f"{n}_grad"] for n in names])
+    assert torch.allclose(gates.grad, expected, rtol=1e-4, atol=1e-7)
