@@ -138,7 +138,7 @@ def _t5_after_prune(model: nn.Module) -> None:
 
 
 # T5: three stacks, indexed one after the other: encoder self-attention (layers 0..L-1), decoder
-# self-attention (L..2L-1), decoder cross-attention (2L..3L-1); docs/HEADS.md has the indexing.
+# self-attention (L..2L-1), decoder cross-attention (2L..3L-1); docs/MIGRATION.md ("T5") has the indexing.
 register(
     AttentionAdapter(
         name="t5",
