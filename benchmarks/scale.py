@@ -85,6 +85,7 @@ def driver(cells: int, output: str, address: str, resume: bool) -> dict:
     wall = time.perf_counter() - started
     import pandas as pd
 
+    grid_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before analyze loads and plots
     trials = pd.read_parquet(summary.written["trials"])
     in_trial = float(trials.time_total.sum())  # each trainable timed itself (see noop_trainable)
     analyzed = time.perf_counter()
@@ -93,6 +94,7 @@ def driver(cells: int, output: str, address: str, resume: bool) -> dict:
     return {"cells": cells, "ok": summary.ok, "missing": summary.missing, "rows": len(trials), "wall_s": wall,
             "expand_s": expanded, "compact_s": summary.compact_s, "parts_written": summary.parts,
             "analyze_s": analyze_s, "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "driver_peak_rss_grid_mb": grid_peak,
             "in_trial_s_sum": in_trial}
 
 

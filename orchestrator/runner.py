@@ -1,6 +1,6 @@
 """The Ray Tune runner: one Tune trial per grid cell, shared work through a store actor, rows streamed to storage.
 
-    spec.cells() minus the cells that already have a row ──► Tuner(CellQueue searcher, with_resources, FailureConfig)
+    spec.cells() minus the cells that already have a row ──► a Tuner per 1,000 cells (CellQueue, with_resources)
               └─ trainable(config): TrialSpec.from_dict ─► run_trial(spec, shared) ─► tune.report(payload)
     driver callbacks: Progress (a line per trial), ResultStream (a Parquet part per flush), PendingReport
     after the grid: compact parts ──► trials / curves / heads Parquet, config.yaml ──► analyze (if installed)
@@ -30,11 +30,6 @@ from ray.tune.search import Searcher
 from orchestrator.results import compact, finished_trials, write_part
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
-
-# Experiment state is saved at most this often (Tune's default is >= 10 s); a short period means a killed
-# driver loses at most the last second of finished trials. Local state files are small.
-CHECKPOINT_PERIOD_S = "1"
-
 
 # Tune runs each trial's function in a new thread, and glibc gives each thread its own malloc arena: the GBs a
 # trial freed (a model copy, its gradients, AdamW state) were not reused by the next trial's thread, so a worker's
@@ -200,9 +195,13 @@ class ResultStream(Callback):
         payload = _payload(self.last.pop(trial.trial_id, None))
         if payload:
             self._add(payload)
+        # Tune keeps (and checkpoints) every trial's last result until the run ends; the row is ours to keep now,
+        # so a 10,000-cell grid does not hold every row twice in the driver
+        (trial.last_result or {}).pop("payload", None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         payload = _payload(self.last.pop(trial.trial_id, None))
+        (trial.last_result or {}).pop("payload", None)
         if not payload:  # died without reporting (a killed worker): a failed row from its config and Tune's error
             error = (str(getattr(trial, "error_msg", "") or "").strip() or "worker died without reporting")
             payload = {"row": failed_row(trial.config["cell"], f"TuneError: {error}".splitlines()[0]),
@@ -238,6 +237,7 @@ class PendingReport(Callback):
         self.after_s, self.resources, self.stream = after_s, dict(resources), stream
         self.progress_at = time.time()  # the last time a trial started or ended
         self.reported_at = 0.0
+        self.checked_at = 0.0
         self.running = 0
 
     def __getstate__(self) -> dict:
@@ -246,9 +246,12 @@ class PendingReport(Callback):
     def on_step_end(self, iteration, trials, **info):
         import ray
 
+        now = time.time()
+        if now - self.checked_at < 1.0:  # Tune steps many times a second; a scan of 10,000 trials each time is not free
+            return
+        self.checked_at = now
         running = sum(t.status == "RUNNING" for t in trials)
         pending = [t for t in trials if t.status == "PENDING"]
-        now = time.time()
         if running != self.running or not pending:
             self.running, self.progress_at = running, now
             return
@@ -304,7 +307,7 @@ def _error_line(trial) -> str:
 
 @dataclass
 class RunSummary:
-    experiment_path: str  # Tune state (for --resume)
+    experiment_path: str  # Tune's state of this run: one folder per chunk of cells (resume reads the rows instead)
     output_dir: str  # Parquet tables
     total: int
     ok: int = 0
@@ -320,6 +323,7 @@ class RunSummary:
         return self.missing == 0
 
 
+CHUNK_CELLS = 1000  # cells per Tuner run (see run_experiment)
 SPEC_FILE = "sentinel_spec.json"  # the resolved spec, beside the results: what --resume compares against
 
 
@@ -434,7 +438,6 @@ def run_experiment(
 
     from orchestrator.shared import start_store
 
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the progress line and the row carry the error
     prepare(spec, resume, overwrite)
@@ -458,23 +461,26 @@ def run_experiment(
             if is_uri(storage):
                 filesystem, storage = pafs.FileSystem.from_uri(storage)
             results = ResultStream(out, run_id)
-            run_config = tune.RunConfig(
-                name=run_id, storage_path=f"{storage.rstrip('/')}/{name}", storage_filesystem=filesystem, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                callbacks=[Progress(len(cells), stream, done=len(cells) - len(todo)), results,
-                           PendingReport(spec.pending_report_s, resources, stream)],
-            )
+            callbacks = [Progress(len(cells), stream, done=len(cells) - len(todo)), results,
+                         PendingReport(spec.pending_report_s, resources, stream)]
             run = {"experiment": spec.experiment, "run_id": run_id, "gpu_dry_run": spec.gpu_dry_run}
-            queue = CellQueue([{"cell": c.to_dict(), "run": run} for c in todo])
             # Tune keeps as many trials pending as a custom searcher's concurrency limit (1 without one: made for
             # searchers that learn from results). A fixed queue gets what Tune gives grid search.
             limit = spec.max_concurrent_trials or max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))
-            tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=limit, search_alg=queue,
-                                          num_samples=len(todo))
-            tuner = tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
             verb = "resuming" if resume else "starting"
             stream.write(f"{spec.experiment}: {len(cells)} trials ({verb}; {len(todo)} to run), results in {out}\n")
-            tuner.fit()
+            # one Tuner per CHUNK_CELLS cells: Tune holds every trial of a run (config, last result, metric
+            # history: ~115 KB each) until it ends, so one Tuner over 10,000 cells grew the driver by 1.1 GB
+            for index, start in enumerate(range(0, len(todo), CHUNK_CELLS)):
+                chunk = todo[start:start + CHUNK_CELLS]
+                run_config = tune.RunConfig(
+                    name=f"chunk-{index:03d}", storage_path=f"{storage.rstrip('/')}/{name}/{run_id}",
+                    storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures))
+                queue = CellQueue([{"cell": c.to_dict(), "run": run} for c in chunk])
+                tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=limit, search_alg=queue,
+                                              num_samples=len(chunk))
+                tune.Tuner(fn, tune_config=tune_config, run_config=run_config).fit()
             summary.parts = results.parts
         finally:
             if owns_ray:

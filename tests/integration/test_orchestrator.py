@@ -128,7 +128,9 @@ def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, 
     assert not (tmp_path / "out" / "resume" / "parts").exists()
 
 
-def test_logical_gpus_pack_four_trials_at_half_a_gpu(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path):
+@pytest.mark.parametrize("fraction, at_once", [(0.5, 4), (0.25, 8)])
+def test_fractional_gpus_pack_trials_on_two_logical_gpus(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path, fraction, at_once):
+    """resources.gpu 0.5 runs 4 trials at once on 2 GPUs, 0.25 runs 8; each sees the GPU Ray gave it."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -148,25 +150,27 @@ def test_logical_gpus_pack_four_trials_at_half_a_gpu(ray_cluster, tiny_gpt2, tin
         def get_peak(self) -> int:
             return self.peak
 
-    barrier = Barrier.options(name="gpu-barrier", namespace="tests").remote()
+    barrier = Barrier.options(name=f"gpu-barrier-{at_once}", namespace="tests").remote()
 
     def concurrent_trainable(config):
-        handle = ray.get_actor("gpu-barrier", namespace="tests")
+        handle = ray.get_actor(f"gpu-barrier-{at_once}", namespace="tests")
         ray.get(handle.enter.remote())
         deadline = time.time() + 60
-        while ray.get(handle.get_peak.remote()) < 4 and time.time() < deadline:
+        while ray.get(handle.get_peak.remote()) < at_once and time.time() < deadline:
             time.sleep(0.1)
         try:
             trainable(config)
         finally:
             ray.get(handle.leave.remote())
 
-    raw = experiment("gpus", tmp_path, [tiny_gpt2], tiny_corpus, device="auto", gpu_dry_run=True,
-                     resources={"cpu": 0.5, "gpu": 0.5}, max_concurrent_trials=None)
+    seeds = list(range(at_once // 4))  # 4 cells per seed
+    raw = experiment(f"gpus{at_once}", tmp_path, [tiny_gpt2], tiny_corpus, device="auto", gpu_dry_run=True,
+                     seeds=seeds, resources={"cpu": 2 / at_once, "gpu": fraction}, max_concurrent_trials=None)
     summary = run_experiment(parse_spec(raw), trainable_fn=concurrent_trainable, stream=io.StringIO())
-    assert ray.get(barrier.get_peak.remote()) == 4
+    assert ray.get(barrier.get_peak.remote()) == at_once
     trials = pd.read_parquet(summary.written["trials"])
-    assert len(trials) == 4 and set(trials.status) == {"ok"}
+    assert len(trials) == at_once and set(trials.status) == {"ok"}
+    assert (trials.groupby("gpu_ids").size() == at_once // 2).all()  # each logical GPU took its share
     assert (trials.device_assigned == "cuda").all() and (trials.device == "cpu").all()
     assert set(trials.gpu_ids) == {"0", "1"} and (trials.cuda_visible_devices == trials.gpu_ids).all()
 
