@@ -92,11 +92,11 @@ def trainable(config: dict[str, Any]) -> None:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "ray_node_id": ray.get_runtime_context().get_node_id(),  # tells apart Ray nodes that share a host
     }
-    cell = dict(config["cell"])
+    cell = config["cell"]
     try:
-        cell["device"], context["device_assigned"] = choose_device(
+        device, context["device_assigned"] = choose_device(
             cell.get("device", "auto"), gpu_ids, torch.cuda.is_available(), run.get("gpu_dry_run", False))
-        result = run_trial(TrialSpec.from_dict(cell), shared)
+        result = run_trial(TrialSpec.from_dict(cell), shared, device=device)
         payload = {"row": result.row(), "curve": result.curve, "scores": result.scores}
     except Exception as exc:  # the spec itself was refused (or no device): still one failed row
         payload = {"row": failed_row(config["cell"], f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}

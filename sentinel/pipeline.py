@@ -88,18 +88,22 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_trial(spec: TrialSpec, shared: SharedWork | None = None) -> TrialResult:
-    """Runs one cell. Never raises for a failure inside the trial: it returns status "failed" and the error."""
+def run_trial(spec: TrialSpec, shared: SharedWork | None = None, device: str | None = None) -> TrialResult:
+    """Runs one cell. Never raises for a failure inside the trial: it returns status "failed" and the error.
+
+    `device` overrides `spec.device` with what a scheduler assigned ("auto" resolved by Ray's GPU ids); the spec
+    stays as asked, because it is the cell's identity (its trial_id) and the row records the device used.
+    """
     result = TrialResult(spec=spec, versions=versions())
     try:
-        _run(spec, shared or LocalShared(), result)
+        _run(spec, shared or LocalShared(), result, device or spec.device)
     except Exception as exc:  # one failing cell must not take down a grid; the row says what happened
         result.status = "failed"
         result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
     return result
 
 
-def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
+def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: str) -> None:
     from sentinel.eval import Stopwatch, autocast, count_parameters, forward_flops, resolve_device
 
     timings = Stopwatch(result.timings)
@@ -109,7 +113,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult) -> None:
         with timings(name), shared.working():
             yield
 
-    device = resolve_device(spec.device)
+    device = resolve_device(device_name)
     result.device = str(device) + (" bf16" if spec.bf16 and device.type == "cuda" else "")
     model_key = f"{spec.model}{json.dumps(dict(spec.model_options), sort_keys=True, default=str)}"
 

@@ -196,9 +196,11 @@ def test_uneven_gqa_request_is_refused_with_group_counts():
 def test_unadaptable_model_type_is_refused_in_one_line_listing_registered_ones():
     import transformers
 
-    model = transformers.T5Model(transformers.T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32, d_kv=8))
-    with pytest.raises(ValueError, match=r"^model_type: 't5' has no registered adapter and the generic fallback found "
+    # Mamba has no attention at all: neither a registered adapter nor the fallback can prune it.
+    model = transformers.MambaModel(transformers.MambaConfig(hidden_size=16, num_hidden_layers=1, state_size=4,
+                                                             vocab_size=50))
+    with pytest.raises(ValueError, match=r"^model_type: 'mamba' has no registered adapter and the generic fallback found "
                                          r"no attention to adapt \(.*\); registered: .*gpt2.*llama[^\n]*$"):
         sentinel.prune_heads(model, {0: [0]})
-    with pytest.raises(ValueError, match="t5"):
+    with pytest.raises(ValueError, match="mamba"):
         sentinel.head_layout(model)
