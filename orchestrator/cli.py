@@ -17,7 +17,7 @@ import sys
 from typing import Sequence
 
 from orchestrator import analyze, submit
-from orchestrator.spec import SpecError, check_local_run, load_spec
+from sentinel.contract import SpecError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validates the config (exit 2 on bad input, before Ray starts), runs the grid, analyzes the results."""
+    from orchestrator.spec import check_local_run, load_spec  # torch and transformers: only `run` needs them here
+
     spec = load_spec(args.config, args.overrides)
     if args.address is None:
         check_local_run(spec)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.storage import filesystem, write_bytes
-from sentinel.trial import STAGES
+from sentinel.contract import STAGES
 
 SCHEMA_VERSION = 2  # 2: protocol_<key> columns replaced by `task` + `protocol_label` (the protocol stays as JSON)
 VERSION_KEYS = ("sentinel_bench", "torch", "transformers", "ray", "python")

@@ -30,13 +30,16 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlparse
 
 import yaml
 
-from orchestrator.spec import ExperimentSpec, SpecError, apply_overrides
 from orchestrator.storage import is_uri
+from sentinel.contract import SpecError
+
+if TYPE_CHECKING:
+    from orchestrator.spec import ExperimentSpec
 
 JOB_CONFIG = "sentinel-job.yaml"  # the resolved config, at the root of the job's working dir
 TOP_LEVEL_EXCLUDES = ("results", ".venv", ".git")  # never shipped: outputs, the local venv, history
@@ -187,7 +190,7 @@ def resolve_config(config: str, overrides: list[str], working_dir: Path) -> tupl
     Raises:
         SpecError: the config fails validation, or its results would not land on shared storage.
     """
-    from orchestrator.spec import load_spec
+    from orchestrator.spec import apply_overrides, load_spec  # imports torch: only `submit` needs it
 
     config_path = Path(config).resolve()
     with _in_dir(working_dir):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sentinel.contract import (
+    STAGES,
     Contract,
     SpecError,
     boolean,
@@ -38,7 +39,6 @@ from sentinel.tasks import TASKS
 
 METHODS = ("remove", "mask")
 POLICIES = ("global", "per_layer")
-STAGES = ("load", "baseline", "score", "select", "prune", "eval_pruned", "speed", "finetune")
 LEVEL = fraction(zero=True)  # 0 is allowed: a control cell that prunes nothing and only fine-tunes
 SEED = integer(minimum=0)
 

@@ -82,10 +82,9 @@ def test_failing_trial_is_a_failed_row_after_retries(ray_cluster, tiny_gpt2, bro
 
 
 def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, tiny_gpt2, tiny_corpus, tmp_path):
-    # 18 short trials, one at a time: on a fast or a loaded machine, the kill lands mid-grid
+    # 12 short trials, one at a time: the kill comes within a second of the first row, so it lands mid-grid
     raw = experiment("resume", tmp_path / "out", [tiny_gpt2], tiny_corpus, max_concurrent_trials=1,
-                     strategies=["magnitude", "random", "entropy"], seeds=[0, 1, 2],
-                     finetune={"steps": 40, "warmup_steps": 0, "eval_every": 40})
+                     seeds=[0, 1, 2], finetune={"steps": 10, "warmup_steps": 0, "eval_every": 10})
     config = tmp_path / "resume.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -97,7 +96,7 @@ def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, 
                             start_new_session=True)  # its own process group: the kill reaches Ray's processes too
     try:
         for line in proc.stdout:
-            if progress(line, 18):
+            if progress(line, 12):
                 break
         seen = time.time()  # the finished trial's row reaches a part within the flush interval; then kill at once
         while not list(parts.glob("*.parquet")):
@@ -106,8 +105,8 @@ def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, 
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    first = progress(line + proc.stdout.read(), 18)  # everything the killed driver printed
-    assert 1 <= len(first) < 18, f"the kill should land mid-grid: {first}"
+    first = progress(line + proc.stdout.read(), 12)  # everything the killed driver printed
+    assert 1 <= len(first) < 12, f"the kill should land mid-grid: {first}"
     assert not (tmp_path / "out" / "resume" / "trials.parquet").exists()
     stored = pd.concat([pd.read_parquet(p) for p in parts.glob("*.parquet")])
     assert 1 <= len(stored) <= len(first)
@@ -122,16 +121,16 @@ def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, 
     result = subprocess.run(command + ["--resume", "--set", "seeds=[0,1,2,3]"], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    second = progress(result.stdout, 24)
-    assert len(second) == 24 - len(stored) and second[-1].startswith("[24/24]")
+    second = progress(result.stdout, 16)
+    assert len(second) == 16 - len(stored) and second[-1].startswith("[16/16]")
     trials = pd.read_parquet(tmp_path / "out" / "resume" / "trials.parquet")
-    assert len(trials) == 24 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
+    assert len(trials) == 16 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
     kept = trials.set_index("trial_id").loc[stored.trial_id]
     assert (kept.run_id.values == stored.run_id.values).all()  # the finished rows are the killed run's, not re-runs
     assert not (tmp_path / "out" / "resume" / "parts").exists()
 
 
-@pytest.mark.parametrize("fraction, at_once", [(0.5, 4), (0.25, 8)])
+@pytest.mark.parametrize("fraction, at_once", [(0.25, 8)])  # 0.5 -> 4 is the same code path, 40 s more
 def test_fractional_gpus_pack_trials_on_two_logical_gpus(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path, fraction, at_once):
     """resources.gpu 0.5 runs 4 trials at once on 2 GPUs, 0.25 runs 8; each sees the GPU Ray gave it."""
     import ray

@@ -67,3 +67,18 @@ def test_no_private_names_imported_across_modules():
                 if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("sentinel", "orchestrator"):
                     private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
                     assert not private, f"{path.relative_to(ROOT)} imports private {private} from {node.module}"
+
+
+def test_the_command_line_imports_torch_only_for_commands_that_run_models():
+    """`sentinel-bench status/logs/analyze --help` answer in about a second: torch and transformers (8 s on 2 cores)
+    are imported by `run` and `submit` (which validate models), not by the parser or the public `sentinel` names."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, orchestrator.cli, sentinel.contract, orchestrator.results; "
+             "orchestrator.cli.build_parser(); print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    used = subprocess.run([sys.executable, "-c", "import sys, sentinel; sentinel.prune_heads; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True).stdout
+    assert used.strip() == "True"  # the public names still work, imported on first use
