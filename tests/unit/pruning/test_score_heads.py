@@ -77,13 +77,12 @@ def test_batches_without_tokens_or_malformed_are_rejected_before_work(counted, b
 
 
 def test_unsupported_model_type_lists_supported_types():
-    config = transformers.GPTNeoConfig(
-        vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global"], 2]], max_position_embeddings=64
-    )
-    model = transformers.GPTNeoModel(config).eval()
+    # GPT-Neo used to be the example; the generic fallback adapts it now. Mamba has no attention at all.
+    config = transformers.MambaConfig(vocab_size=97, hidden_size=16, num_hidden_layers=1, state_size=4)
+    model = transformers.MambaModel(config).eval()
     calls = []
     model.register_forward_pre_hook(lambda *_: calls.append(1))
-    with pytest.raises(ValueError, match="model_type: 'gpt_neo' has no head adapter; supported: bert, distilbert, gpt2"):
+    with pytest.raises(ValueError, match=r"model_type: 'mamba' has no registered adapter .*; registered: bert, distilbert, gpt2"):
         score_heads("entropy", model, [padded_batch()])
     assert not calls
 
