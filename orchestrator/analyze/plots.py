@@ -114,7 +114,8 @@ def plot_metric_vs_level(trials: pd.DataFrame) -> Figure:
         labels += ["after pruning", "after recovery fine-tuning"]
         ax.legend(handles, labels, fontsize=7)
     seeds = int(ok.groupby(["model", "label", "level"])["seed"].nunique().min()) if not ok.empty else 0
-    fig.suptitle(f"Quality vs pruning level: mean over seeds (geometric for perplexity), {_band_note(seeds)}",
+    sep = ", " if len(models) > 1 else "\n"  # one panel is too narrow for the title on one line
+    fig.suptitle(f"Quality vs pruning level: mean over seeds (geometric for perplexity){sep}{_band_note(seeds)}",
                  fontsize=11)
     return fig
 
