@@ -28,11 +28,12 @@ LEVELS = (0.3, 0.5)
 
 def main() -> None:
     from sentinel.finetune import FinetuneConfig
-    from sentinel.pipeline import run_trial
+    from sentinel.pipeline import LocalShared, run_trial
     from sentinel.trial import DataSpec, TrialSpec
 
     data = DataSpec(**yaml.safe_load((REPO / "configs" / "comparison.yaml").read_text())["data"])
     rows = []
+    shared = LocalShared()  # the dense baseline once, each (strategy, options) scored once for both levels
     for strategy in ("gradient", "iterative"):
         for normalize in (False, True):
             for level in LEVELS:
@@ -40,10 +41,11 @@ def main() -> None:
                                  measure_speed=False, strategy_options={"normalize_per_layer": normalize},
                                  finetune=FinetuneConfig(steps=1, batch_size=2, warmup_steps=0, eval_every=1))
                 started = time.time()
-                result = run_trial(spec)
+                result = run_trial(spec, shared)
                 assert result.status == "ok", result.error
                 rows.append({"strategy": strategy, "normalize_per_layer": normalize, "level": level,
-                             "dense": result.dense, "pruned": result.pruned, "seconds": round(time.time() - started, 1)})
+                             "dense": result.dense, "pruned": result.pruned, "seconds": round(time.time() - started, 1),
+                             "reused_scores": result.reused.get("scores")})
                 print(rows[-1], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "normalization_ablation.json").write_text(json.dumps(rows, indent=1))

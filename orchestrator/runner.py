@@ -99,7 +99,7 @@ def trainable(config: dict[str, Any]) -> None:
         result = run_trial(TrialSpec.from_dict(cell), shared, device=device)
         payload = {"row": result.row(), "curve": result.curve, "scores": result.scores}
     except Exception as exc:  # the spec itself was refused (or no device): still one failed row
-        payload = {"row": failed_row(config["cell"], f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}
+        payload = {"row": failed_row(cell, f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}
     finally:
         shared.close()
         gc.collect()  # the trial's model copies go now, not at some later allocation (see WORKER_ENV)

@@ -22,9 +22,6 @@ _PUBLIC = {
     "select_heads": "sentinel.pruning",
 }
 
-_SUBPACKAGES = {"contract", "data", "eval", "finetune", "models", "pipeline", "pruning", "reference", "registry", "tasks",
-                "trial"}
-
 __all__ = [*_PUBLIC, "__version__"]
 
 
@@ -33,8 +30,11 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value  # once
         return value
-    if name in _SUBPACKAGES:  # `import sentinel; sentinel.models.kept_heads(...)` worked before the lazy names
+    try:  # `import sentinel; sentinel.models.kept_heads(...)` worked before the lazy names
         return importlib.import_module(f"sentinel.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"sentinel.{name}":
+            raise  # a submodule that exists but misses a dependency says so
     raise AttributeError(f"module 'sentinel' has no attribute {name!r}")
 
 
