@@ -3,8 +3,9 @@
     sentinel-bench run CONFIG [--set key=value ...] [--address ADDR] [--resume] [--overwrite] [--no-analyze]
     sentinel-bench analyze | submit | status | logs ...   (provided by orchestrator.analyze / orchestrator.submit)
 
-Exit codes: 0 all trials ok; 1 some trials failed or did not finish; 2 bad input (one line on stderr,
-nothing started, nothing written); 130 interrupted.
+Exit codes: 0 all trials ok; 1 some trials failed, or the final tables could not be written (the rows stay in
+parts); 2 bad input (one line on stderr, nothing started, nothing written); 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM): every finished row is written, and the resume command printed.
 
 `orchestrator.analyze` and `orchestrator.submit` register their own subcommands with `add_cli(subparsers)`
 (each subparser `set_defaults(func=fn)`, `fn(args) -> int`).
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 from typing import Sequence
 
@@ -49,18 +52,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Ray on Linux binds GCS and raylet to the machine's address even when told 127.0.0.1; this flag,
         # read when ray is first imported, keeps a local in-process cluster on loopback (docs/SECURITY.md).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from orchestrator.runner import run_experiment
+    from orchestrator.runner import ResultsWriteError, check_address, run_experiment
 
-    summary = run_experiment(spec, address=args.address, resume=args.resume, overwrite=args.overwrite)
+    check_address(args.address)
+
+    try:
+        summary = run_experiment(spec, address=args.address, resume=args.resume, overwrite=args.overwrite)
+    except ResultsWriteError as exc:
+        print(f"sentinel-bench: error: {exc}", file=sys.stderr)
+        return 1
     print(f"{spec.experiment}: {summary.ok} ok, {summary.failed} failed, {summary.missing} not run "
           f"of {summary.total} trials in {summary.wall_s:.0f}s; results in {summary.output_dir}")
     if summary.missing:
-        print(f"interrupted: `sentinel-bench run {args.config} --resume` runs the {summary.missing} remaining trials")
-    if not args.no_analyze and summary.ok:
+        print(f"interrupted: `{resume_command(args)}` runs the {summary.missing} remaining trials")
+    if not args.no_analyze and summary.ok and not summary.signal:
         analyze_results(summary.output_dir)
-    if summary.missing:
-        return 130
+    if summary.missing or summary.signal:
+        return 128 + (summary.signal or signal.SIGINT)
     return 0 if summary.failed == 0 else 1
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this run (the config and its overrides, --resume)."""
+    sets = " ".join(f"--set {shlex.quote(o)}" for o in args.overrides)
+    address = f" --address {shlex.quote(args.address)}" if args.address else ""
+    return f"sentinel-bench run {shlex.quote(args.config)}{' ' + sets if sets else ''}{address} --resume"
 
 
 def analyze_results(output_dir: str) -> None:
@@ -79,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as exc:
         print(f"sentinel-bench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the experiment state is saved; rerun with --resume to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("interrupted: every finished row is saved; rerun with --resume to continue", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     return code
 
 

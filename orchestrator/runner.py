@@ -15,16 +15,20 @@ checks the config against the saved one (only added cells are allowed), and runs
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TextIO
+from typing import Any, Callable, Iterator, Mapping, TextIO
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
 from orchestrator.results import compact, finished_trials, write_part
@@ -182,6 +186,7 @@ class ResultStream(Callback):
         self.output_dir, self.run_id, self.flush_s = output_dir, run_id, flush_s
         self.buffer: list[dict] = []
         self.parts = 0
+        self.write_failed = False
         self.flushed_at = time.time()
         self.last: dict[str, dict] = {}
 
@@ -222,8 +227,18 @@ class ResultStream(Callback):
             self.flush()
 
     def flush(self) -> None:
+        """Writes the buffered rows as one part. A failed write (a folder made read-only mid-run) keeps them
+        buffered for the next flush and says so once, instead of killing Tune's driver loop."""
         if self.buffer:
-            write_part(self.output_dir, self.buffer, f"{self.run_id}-{self.parts:06d}")
+            try:
+                write_part(self.output_dir, self.buffer, f"{self.run_id}-{self.parts:06d}")
+            except OSError as exc:
+                if not self.write_failed:
+                    sys.stderr.write(f"results: cannot write to {self.output_dir} ({exc.strerror or exc}); "
+                                     f"{len(self.buffer)} finished row(s) held in memory, retrying\n")
+                self.write_failed = True
+                self.flushed_at = time.time()
+                return
             self.parts += 1
             self.buffer = []
         self.flushed_at = time.time()
@@ -317,6 +332,8 @@ class RunSummary:
     compact_s: float = 0.0  # merging the streamed parts into the tables
     parts: int = 0  # Parquet parts this run streamed
     written: dict = field(default_factory=dict)
+    signal: int | None = None  # SIGINT or SIGTERM when a stop signal ended the run early
+    unwritten: int = 0  # finished rows that could not be streamed to storage (a read-only folder)
 
     @property
     def complete(self) -> bool:
@@ -327,28 +344,58 @@ CHUNK_CELLS = 1000  # cells per Tuner run (see run_experiment)
 SPEC_FILE = "sentinel_spec.json"  # the resolved spec, beside the results: what --resume compares against
 
 
-def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool) -> None:
+LOCK_FILE = ".sentinel.lock"  # held by the run writing into an output folder (created exclusively)
+
+
+def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool, run_id: str) -> bool:
     """Checks the results folder against --resume/--overwrite before Ray starts, and records the spec.
 
     --resume refuses a config that differs from the saved one, with one line naming what changed, unless the
     change only adds cells (more seeds, levels, strategies or models): the finished cells stay, the new ones
     run. Anything else would mix two experiments in one table.
+
+    --overwrite deletes only what this experiment wrote: the tables and parts of a folder that holds its saved
+    spec, and the Tune folders of the runs that spec records. A folder with tables but no saved spec (written
+    by something else) is refused, never deleted; so is a Tune folder no recorded run made.
+
+    Returns:
+        whether the saved spec is new (this run created it: the caller removes it if nothing then ran).
     """
     out = spec.output_dir
-    saved = read_text(f"{out}/{SPEC_FILE}")
+    saved_text = read_text(f"{out}/{SPEC_FILE}")
+    saved = _saved_spec(saved_text, out) if saved_text is not None else None
     exists = saved is not None or finished_trials(out).num_rows > 0
     if resume and not exists:
         raise SpecError(f"--resume: no experiment at {out!r} to resume; run without --resume")
     if resume and saved is not None:
-        _check_resumable(json.loads(saved), spec)
+        _check_resumable(saved, spec)
+    runs = list(saved.get("runs", [])) if saved and resume else []
     if exists and not resume:
         if not overwrite:
             raise SpecError(f"experiment: {spec.experiment!r} already has results at {out!r}; "
                             "pass --resume to continue it or --overwrite to start again")
+        if saved is None:
+            raise SpecError(f"--overwrite: {out!r} holds result tables that no sentinel-bench run recorded "
+                            f"(no {SPEC_FILE}); they are not deleted: move them, or choose another output")
         _delete_results(out)
-        _delete("/".join(spec.tune_location), folder=True)
-    saved_spec = {"spec": spec.to_dict(), "cells": [c.to_dict() for c in spec.cells()]}
+        storage, name = spec.tune_location
+        for run in saved.get("runs", []):  # Tune state of the runs this experiment made, nothing else
+            if isinstance(run, str) and run.startswith(f"{spec.experiment}-") and "/" not in run:
+                _delete(f"{storage.rstrip('/')}/{name}/{run}", folder=True)
+    saved_spec = {"spec": spec.to_dict(), "cells": [c.to_dict() for c in spec.cells()], "runs": runs + [run_id]}
     write_bytes(f"{out}/{SPEC_FILE}", json.dumps(saved_spec, sort_keys=True, default=str).encode())
+    return saved is None
+
+
+def _saved_spec(text: str, out: str) -> dict[str, Any]:
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError:
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("spec"), dict) or not isinstance(saved.get("cells"), list):
+        raise SpecError(f"output: {out}/{SPEC_FILE} is not a saved experiment spec; not touching {out!r}: "
+                        "move it, or choose another output")
+    return saved
 
 
 def _delete_results(out: str) -> None:
@@ -364,6 +411,64 @@ def _delete(path: str, folder: bool = False) -> None:
         fs.delete_dir(inner) if folder else fs.delete_file(inner)
     except (FileNotFoundError, OSError):
         pass
+
+
+@contextlib.contextmanager
+def output_lock(out: str) -> Iterator[None]:
+    """Holds `<out>/.sentinel.lock`, created exclusively, while a run writes into `out`: a second run into the
+    same folder is refused before Ray starts. A lock left by a process of this host that is gone is taken
+    over. Object stores have no exclusive create: for s3:// and other URIs there is no lock (docs/SECURITY.md)."""
+    if is_uri(out):
+        yield
+        return
+    created = not os.path.isdir(out)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK_FILE)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is None:  # its process is gone: a stale lock
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            raise SpecError(f"output: another run (pid {holder.get('pid')} on {holder.get('host')}, since "
+                            f"{holder.get('since')}) is writing to {out!r}; wait for it to end, or use another "
+                            "output or experiment name") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise SpecError(f"output: could not take the lock {path!r}; another run is starting there")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)  # only if empty: a run refused before writing leaves nothing behind
+
+
+def _lock_holder(path: str) -> dict[str, Any] | None:
+    """Who holds the lock, or None when it is stale (its process on this host is gone, or the file is unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            holder = json.load(f)
+        pid = int(holder["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if holder.get("host") != socket.gethostname():
+        return holder  # another host's process: cannot tell, so it holds
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return holder
 
 
 def _check_resumable(saved: dict[str, Any], spec: ExperimentSpec) -> None:
@@ -387,6 +492,36 @@ def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if old != new else []
 
 
+CONNECT_TIMEOUT_S = 5.0  # a Ray address that does not accept a connection within this is refused
+
+
+def check_address(address: str | None) -> None:
+    """Refuses, before anything is written, a Ray address `run` cannot use: --address, else RAY_ADDRESS (which
+    ray.init reads too). A job server URL (http://HEAD:8265) is `submit`'s, not `run`'s; host:port and
+    ray://host:port must accept a TCP connection within CONNECT_TIMEOUT_S (ray.init would wait much longer)."""
+    from urllib.parse import urlparse
+
+    given, field = (address, "--address") if address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+    if not given or given in ("auto", "local"):
+        return
+    parsed = urlparse(given if "://" in given else f"tcp://{given}")
+    if parsed.scheme in ("http", "https"):
+        raise SpecError(f"{field}: {given!r} is a job server URL; submit jobs to it with `sentinel-bench submit`, "
+                        "or give run the cluster's GCS address (HOST:6379, ray://HOST:10001 or auto)")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme not in ("tcp", "ray") or not parsed.hostname or port is None:
+        raise SpecError(f"{field}: {given!r} is not a Ray address; expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
+        raise SpecError(f"{field}: no Ray cluster answers at {given!r} ({reason}); is it up (`ray status`)?") from None
+
+
 def start_ray(address: str | None = None, **init_kwargs: Any) -> bool:
     """Starts a local Ray (dashboard off, bound to 127.0.0.1) or connects to `address`.
 
@@ -407,6 +542,66 @@ def start_ray(address: str | None = None, **init_kwargs: Any) -> bool:
     kwargs.update(init_kwargs)
     ray.init(address=address, **kwargs)
     return True
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal outside Tune's loop (or a second one): the run ends now; `signum` says which signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class SignalStop(Stopper):
+    """SIGINT (Ctrl-C) and SIGTERM (what a batch scheduler sends) stop a grid the same way, through Tune's public
+    Stopper: the running trials end, every finished row is written, the summary says which signal came. A
+    second signal, or one outside Tune's loop, raises `Interrupted` at once."""
+
+    _received = threading.Event()  # class-level: Tune may hold a copy of the stopper
+    signum: int | None = None
+
+    def __enter__(self) -> SignalStop:
+        SignalStop._received.clear()
+        SignalStop.signum = None
+        self.tuning = False
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            self.saved = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = not SignalStop._received.is_set()
+        SignalStop.signum = SignalStop.signum or signum
+        SignalStop._received.set()
+        if not (first and self.tuning):
+            raise Interrupted(SignalStop.signum)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return SignalStop._received.is_set()
+
+
+class ResultsWriteError(OSError):
+    """The final tables could not be written; the finished rows are kept in parts (the message says where)."""
+
+
+def _compact(out: str, spec: ExperimentSpec, unwritten: int = 0) -> dict[str, str]:
+    """compact(), with a failed write said in one line: the parts are deleted only after every table is written,
+    so the rows stay where they are and --resume picks them up."""
+    try:
+        return compact(out, spec.to_dict())
+    except OSError as exc:
+        lost = f"; {unwritten} finished row(s) could not be written at all" if unwritten else ""
+        raise ResultsWriteError(
+            f"results: could not write the tables in {out} ({exc.strerror or type(exc).__name__}); the rows "
+            f"already streamed are kept in {out}/parts{lost}: make the folder writable and rerun with --resume"
+        ) from None
 
 
 def run_experiment(
@@ -440,59 +635,76 @@ def run_experiment(
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the progress line and the row carry the error
-    prepare(spec, resume, overwrite)
-    cells = spec.cells()
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SignalStop handles Ctrl-C and SIGTERM alike
     out = spec.output_dir
-    if resume:
-        compact(out, spec.to_dict())  # what a killed driver left in parts becomes the table the cells are read from
-    done = set(finished_trials(out).column("trial_id").to_pylist())
-    todo = [c for c in cells if c.trial_id() not in done]
     run_id = f"{spec.experiment}-{uuid.uuid4().hex[:8]}"
-    storage, name = spec.tune_location
-    summary = RunSummary(f"{storage.rstrip('/')}/{name}/{run_id}", out, total=len(cells))
-    started = time.time()
-    if todo:
-        owns_ray = start_ray(address, **dict(ray_init or {}))
-        try:
-            store = start_store(spec.experiment)  # noqa: F841  (the handle keeps the actor alive until the end)
-            resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-            fn = tune.with_resources(trainable_fn or trainable, resources)
-            filesystem = None
-            if is_uri(storage):
-                filesystem, storage = pafs.FileSystem.from_uri(storage)
+    with output_lock(out), SignalStop() as stop:
+        created = prepare(spec, resume, overwrite, run_id)
+        cells = spec.cells()
+        if resume:
+            _compact(out, spec)  # what a killed driver left in parts becomes the table the cells are read from
+        done = set(finished_trials(out).column("trial_id").to_pylist())
+        todo = [c for c in cells if c.trial_id() not in done]
+        storage, name = spec.tune_location
+        summary = RunSummary(f"{storage.rstrip('/')}/{name}/{run_id}", out, total=len(cells))
+        started = time.time()
+        if todo:
+            try:
+                owns_ray = start_ray(address, **dict(ray_init or {}))
+            except BaseException as exc:
+                if created:  # nothing ran: leave no saved spec that would block the next run
+                    _delete(f"{out}/{SPEC_FILE}")
+                if isinstance(exc, (ConnectionError, RuntimeError, ValueError)):  # ray.init's refusals
+                    raise SpecError(f"--address: Ray did not start or connect ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+                raise
             results = ResultStream(out, run_id)
-            callbacks = [Progress(len(cells), stream, done=len(cells) - len(todo)), results,
-                         PendingReport(spec.pending_report_s, resources, stream)]
-            run = {"experiment": spec.experiment, "run_id": run_id, "gpu_dry_run": spec.gpu_dry_run}
-            # Tune keeps as many trials pending as a custom searcher's concurrency limit (1 without one: made for
-            # searchers that learn from results). A fixed queue gets what Tune gives grid search.
-            limit = spec.max_concurrent_trials or max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))
-            verb = "resuming" if resume else "starting"
-            stream.write(f"{spec.experiment}: {len(cells)} trials ({verb}; {len(todo)} to run), results in {out}\n")
-            # one Tuner per CHUNK_CELLS cells: Tune holds every trial of a run (config, last result, metric
-            # history: ~115 KB each) until it ends, so one Tuner over 10,000 cells grew the driver by 1.1 GB
-            for index, start in enumerate(range(0, len(todo), CHUNK_CELLS)):
-                chunk = todo[start:start + CHUNK_CELLS]
-                run_config = tune.RunConfig(
-                    name=f"chunk-{index:03d}", storage_path=f"{storage.rstrip('/')}/{name}/{run_id}",
-                    storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures))
-                queue = CellQueue([{"cell": c.to_dict(), "run": run} for c in chunk])
-                tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=limit, search_alg=queue,
-                                              num_samples=len(chunk))
-                tune.Tuner(fn, tune_config=tune_config, run_config=run_config).fit()
-            summary.parts = results.parts
-        finally:
-            if owns_ray:
-                ray.shutdown()
-    compacting = time.time()
-    summary.written = compact(out, spec.to_dict())
-    summary.compact_s = time.time() - compacting
-    rows = finished_trials(out).select(["trial_id", "status"]).to_pylist()
-    status = {r["trial_id"]: r["status"] for r in rows}
-    ids = [c.trial_id() for c in cells]
-    summary.ok = sum(status.get(i) == "ok" for i in ids)
-    summary.failed = sum(i in status and status[i] != "ok" for i in ids)
-    summary.missing = len(ids) - summary.ok - summary.failed
-    summary.wall_s = time.time() - started
+            try:
+                store = start_store(spec.experiment)  # noqa: F841  (the handle keeps the actor alive until the end)
+                resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+                fn = tune.with_resources(trainable_fn or trainable, resources)
+                filesystem = None
+                if is_uri(storage):
+                    filesystem, storage = pafs.FileSystem.from_uri(storage)
+                callbacks = [Progress(len(cells), stream, done=len(cells) - len(todo)), results,
+                             PendingReport(spec.pending_report_s, resources, stream)]
+                run = {"experiment": spec.experiment, "run_id": run_id, "gpu_dry_run": spec.gpu_dry_run}
+                # Tune keeps as many trials pending as a custom searcher's concurrency limit (1 without one: made
+                # for searchers that learn from results). A fixed queue gets what Tune gives grid search.
+                limit = spec.max_concurrent_trials or max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))
+                verb = "resuming" if resume else "starting"
+                stream.write(f"{spec.experiment}: {len(cells)} trials ({verb}; {len(todo)} to run), results in {out}\n")
+                # one Tuner per CHUNK_CELLS cells: Tune holds every trial of a run (config, last result, metric
+                # history: ~115 KB each) until it ends, so one Tuner over 10,000 cells grew the driver by 1.1 GB
+                for index, start in enumerate(range(0, len(todo), CHUNK_CELLS)):
+                    if stop.stop_all():
+                        break
+                    chunk = todo[start:start + CHUNK_CELLS]
+                    run_config = tune.RunConfig(
+                        name=f"chunk-{index:03d}", storage_path=f"{storage.rstrip('/')}/{name}/{run_id}",
+                        storage_filesystem=filesystem, verbose=0, callbacks=callbacks, stop=stop,
+                        failure_config=tune.FailureConfig(max_failures=spec.max_failures))
+                    queue = CellQueue([{"cell": c.to_dict(), "run": run} for c in chunk])
+                    tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=limit, search_alg=queue,
+                                                  num_samples=len(chunk))
+                    stop.tuning = True
+                    try:
+                        tune.Tuner(fn, tune_config=tune_config, run_config=run_config).fit()
+                    finally:
+                        stop.tuning = False
+            finally:
+                results.flush()  # rows buffered when a signal came (a failed write keeps them, and says so)
+                summary.parts, summary.unwritten = results.parts, len(results.buffer)
+                if owns_ray:
+                    ray.shutdown()
+        compacting = time.time()
+        summary.written = _compact(out, spec, summary.unwritten)
+        summary.compact_s = time.time() - compacting
+        rows = finished_trials(out).select(["trial_id", "status"]).to_pylist()
+        status = {r["trial_id"]: r["status"] for r in rows}
+        ids = [c.trial_id() for c in cells]
+        summary.ok = sum(status.get(i) == "ok" for i in ids)
+        summary.failed = sum(i in status and status[i] != "ok" for i in ids)
+        summary.missing = len(ids) - summary.ok - summary.failed
+        summary.wall_s = time.time() - started
+        summary.signal = SignalStop.signum
     return summary

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import tempfile
@@ -33,10 +34,12 @@ from urllib.parse import urlparse
 
 import yaml
 
+from orchestrator.config_file import read_config
 from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join
 from sentinel.contract import SpecError, boolean, integer, number, one_of
 from sentinel.finetune import FinetuneConfig
-from sentinel.trial import LEVEL, METHODS, POLICIES, SEED, DataSpec, TrialSpec, model_name, strategy_name, task_name
+from sentinel.trial import (LEVEL, METHODS, POLICIES, SEED, DataSpec, TrialSpec, model_name, model_options, strategy_name,
+                            task_name)
 
 DEVICES = ("cpu", "cuda", "auto")
 __all__ = ["SpecError", "ExperimentSpec", "load_spec", "parse_spec", "apply_overrides", "check_local_run"]
@@ -156,19 +159,7 @@ def load_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Experim
         SpecError: one line naming the field, the value and what is allowed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"config: {str(path)!r} is not a file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"config: {str(path)!r} is not valid YAML{where}: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError(f"config: {str(path)!r} must hold a mapping of keys, not {type(raw).__name__}")
+    raw = read_config(path)
     raw.setdefault("experiment", path.stem)
     return parse_spec(apply_overrides(raw, overrides))
 
@@ -213,7 +204,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
     data = DataSpec.from_dict(raw.get("data") or {}, "data")
     spec = ExperimentSpec(
         experiment=_experiment_name(raw.get("experiment")),
-        models=tuple(_entries(raw["models"], "models", model_name, extra_keys=("finetune", "levels", "seeds"))),
+        models=tuple(_entries(raw["models"], "models", model_name, extra_keys=("finetune", "levels", "seeds"),
+                             options_rule=model_options)),
         strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name)),
         levels=tuple(_levels(raw["levels"])),
         seeds=tuple(_seeds(raw.get("seeds", [0]))),
@@ -236,6 +228,11 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         pending_report_s=number(above=0)(raw.get("pending_report_s", 300), "pending_report_s"),
     )
     spec.cells()  # every cell through the trial contract (per-model finetune, strategy options, context length)
+    _same_model_once(spec.models)
+    for i, model in enumerate(spec.models):
+        if model.options.get("dtype") == "float16" and spec.device == "auto" and spec.resources.gpu == 0:
+            raise SpecError(f"models[{i}].options.dtype: 'float16' with no GPU per trial (resources.gpu: 0), so on "
+                            "CPU, where half-precision kernels are slow or missing; use float32 or bfloat16")
     if spec.device == "cuda" and spec.resources.gpu <= 0:
         raise SpecError("resources.gpu: 0 with device 'cuda'; give each trial a GPU share (e.g. 0.5) or use device auto")
     return spec
@@ -265,6 +262,9 @@ def check_local_run(spec: ExperimentSpec, cpus: int | None = None, gpus: int | N
         if spec.resources.gpu > gpus:
             raise SpecError(f"resources.gpu: {spec.resources.gpu:g} per trial, but this machine has {gpus} GPU(s); "
                             "use 0, or --address to run on a cluster with GPUs")
+    for at, where in (("output", spec.output), ("storage_path", spec.storage_path)):
+        if where is not None and is_uri(where):
+            check_storage(where, at)
     from sentinel.models import loading
 
     for i, model in enumerate(spec.models):
@@ -276,6 +276,35 @@ def check_local_run(spec: ExperimentSpec, cpus: int | None = None, gpus: int | N
                 raise SpecError(f"models[{i}]: {str(exc).removeprefix('model: ')}".splitlines()[0]) from None
 
 
+STORAGE_TIMEOUT_S = 15.0
+
+
+def check_storage(uri: str, at: str, timeout_s: float = STORAGE_TIMEOUT_S) -> None:
+    """An object-store output must answer (credentials, endpoint, bucket) before Ray starts: one listing of its
+    prefix, given `timeout_s` (pyarrow's S3 client retries for minutes on an unreachable endpoint)."""
+    import threading
+
+    import pyarrow.fs as pafs
+
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            fs, inner = pafs.FileSystem.from_uri(uri)
+            fs.get_file_info(inner)
+            outcome.append(None)
+        except BaseException as exc:  # pyarrow raises OSError / ArrowInvalid with the store's message
+            outcome.append(exc)
+
+    thread = threading.Thread(target=probe, daemon=True)  # a daemon: a hung client does not hold the exit
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise SpecError(f"{at}: {uri!r} did not answer within {timeout_s:g}s (endpoint, network or credentials)")
+    if outcome[0] is not None:
+        raise SpecError(f"{at}: {uri!r} cannot be reached ({str(outcome[0]).strip().splitlines()[0][:200]})")
+
+
 def _known_keys(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     for key in d:
         if key not in allowed:
@@ -283,13 +312,18 @@ def _known_keys(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> Non
             raise SpecError(f"{prefix}{key}: unknown key in {where}; allowed: {', '.join(allowed)}")
 
 
+MAX_EXPERIMENT_NAME = 100  # folder and file names derive from it (run ids, parts): well inside NAME_MAX (255)
+
+
 def _experiment_name(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
         raise SpecError(f"experiment: {value!r} is not a folder name (letters, digits, '.', '_', '-')")
+    if len(value) > MAX_EXPERIMENT_NAME:
+        raise SpecError(f"experiment: a name of {len(value)} characters; use at most {MAX_EXPERIMENT_NAME}")
     return value
 
 
-def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = ()) -> list[Entry]:
+def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), options_rule=None) -> list[Entry]:
     if isinstance(value, (str, dict)):
         value = [value]
     if not isinstance(value, list):
@@ -314,12 +348,32 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = ()) -> l
             if not isinstance(mapping, dict):
                 raise SpecError(f"{at}.{key}: {mapping!r} is not a mapping")
         check(name, at)
+        if options_rule is not None:  # typed here, so the message names the entry: models[1].options.dtype
+            options = options_rule(options, f"{at}.options")
         entry = Entry(name, options, finetune, levels, seeds)
         if entry.key() in seen:
             raise SpecError(f"{where}: {name!r} appears twice with the same options (duplicate grid cells)")
         seen.add(entry.key())
         entries.append(entry)
     return entries
+
+
+def _same_model_once(models: Sequence[Entry]) -> None:
+    """One model under two names (a hub name and its shipped alias, a path and a symlink to it) would run every
+    cell twice under two labels: refused, naming both entries."""
+    from sentinel.models import loading
+
+    seen: dict[str, int] = {}
+    for i, model in enumerate(models):
+        source = loading.resolve_source(model.name)
+        where = os.path.realpath(os.path.expanduser(source)) if os.path.exists(os.path.expanduser(source)) else source
+        key = json.dumps([where, dict(model.options), dict(model.finetune), model.levels, model.seeds],
+                         sort_keys=True, default=str)
+        if key in seen:
+            j = seen[key]
+            raise SpecError(f"models[{i}]: {model.name!r} is the same model as models[{j}] {models[j].name!r} "
+                            f"({where}) with the same options; list it once")
+        seen[key] = i
 
 
 def _levels(value: Any, at: str = "levels") -> list[float]:
@@ -366,8 +420,8 @@ def _resources(value: Any) -> Resources:
     out = {}
     for key in ("cpu", "gpu"):
         item = value.get(key, getattr(Resources, key))
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0:
-            raise SpecError(f"resources.{key}: {item!r} is not a number >= 0")
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) or item < 0:
+            raise SpecError(f"resources.{key}: {item!r} is not a finite number >= 0")
         out[key] = float(item)
     if out["gpu"] > 1 and out["gpu"] != int(out["gpu"]):
         raise SpecError(f"resources.gpu: {out['gpu']!r}; a share above 1 must be a whole number of GPUs")

@@ -38,6 +38,20 @@ def read_text(path: str) -> str | None:
         return None
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (os.umask both sets and returns)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Writes a file atomically: temp file + os.replace locally, one object PUT via pyarrow.fs for URIs."""
     if is_uri(path):
@@ -53,6 +67,7 @@ def write_bytes(path: str, data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; results are the team's to read
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half

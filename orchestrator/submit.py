@@ -6,8 +6,9 @@
 
 `submit` validates the config here, before anything reaches the cluster (`load_spec`, run from the working dir
 so relative paths mean what they will mean in the job), then ships a copy of the working dir (default: the
-project root, without results/, .venv, .git) plus the resolved config as `sentinel-job.yaml` through Ray's
-JobSubmissionClient. The job's entrypoint is `sentinel-bench run sentinel-job.yaml --address auto`.
+project root, without results/, .venv, .git, what .gitignore / .rayignore match, and credentials by name; a
+link out of the folder is refused; `--dry-run` lists the files) plus the resolved config as
+`sentinel-job.yaml` through Ray's JobSubmissionClient. The job's entrypoint is `sentinel-bench run sentinel-job.yaml --address auto`.
 
 Results must land on shared storage (an absolute NFS path or s3://...): the job runs in a temporary copy of the
 working dir, so a relative `output` would vanish with it and is refused.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import os
 import shutil
@@ -29,6 +31,7 @@ import socket
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlparse
@@ -190,12 +193,12 @@ def resolve_config(config: str, overrides: list[str], working_dir: Path) -> tupl
     Raises:
         SpecError: the config fails validation, or its results would not land on shared storage.
     """
-    from orchestrator.spec import apply_overrides, load_spec  # imports torch: only `submit` needs it
+    from orchestrator.spec import apply_overrides, load_spec, read_config  # imports torch: only `submit` needs it
 
     config_path = Path(config).resolve()
     with _in_dir(working_dir):
         spec = load_spec(config_path, overrides)
-    raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    raw = read_config(config_path)
     raw.setdefault("experiment", config_path.stem)
     raw = apply_overrides(raw, overrides)
     for key in ("output", "storage_path"):
@@ -207,25 +210,127 @@ def resolve_config(config: str, overrides: list[str], working_dir: Path) -> tupl
     return raw, spec
 
 
-def stage_working_dir(source: Path, raw_config: dict[str, Any], dest: Path) -> Path:
-    """Copies `source` (without results/, .venv, .git, caches) into `dest` and writes the job's config there.
+# Never shipped, whatever the ignore files say: credentials a working dir may hold (docs/SECURITY.md)
+SECRET_FILES = (".env", ".env.*", "*.env", ".netrc", "_netrc", ".pypirc", ".npmrc", ".git-credentials", ".dockercfg",
+                "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key", "*.p12", "*.pfx", "*.kdbx",
+                "*.keystore", "*.jks", "auth_token", "credentials", "credentials.*", "*.tfstate", "*.tfstate.*",
+                "secrets.*", "service-account*.json")
+SECRET_DIRS = (".ssh", ".aws", ".ray", ".gnupg", ".docker", ".kube", ".azure", "gcloud", ".password-store")
+IGNORE_FILES = (".gitignore", ".rayignore")  # at the working dir's root
+
+
+@dataclass
+class Shipment:
+    """What `submit` ships from a working dir: files (relative paths) and what it withheld, with why."""
+
+    files: list[str] = field(default_factory=list)
+    withheld: list[str] = field(default_factory=list)  # "path (secret)", "path (ignored)", ...
+    size: int = 0
+
+
+def _ignore_patterns(source: Path) -> list[str]:
+    """Patterns of the root's .gitignore and .rayignore (negations are not honoured: nothing is re-included)."""
+    patterns = []
+    for name in IGNORE_FILES:
+        try:
+            lines = (source / name).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        patterns += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith(("#", "!"))]
+    return patterns
+
+
+def _ignored(rel: str, is_dir: bool, patterns: list[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if pattern.endswith("/"):
+            if not is_dir:
+                continue
+            pattern = pattern.rstrip("/")
+        anchored = "/" in pattern
+        if fnmatch.fnmatch(rel if anchored else name, pattern.lstrip("/")):
+            return True
+    return False
+
+
+def _secret(rel: str, is_dir: bool) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    if is_dir:
+        return name in SECRET_DIRS
+    return any(fnmatch.fnmatch(name, p) for p in SECRET_FILES)
+
+
+def plan_shipment(source: Path) -> Shipment:
+    """The files `submit` would ship from `source`, walking it without following links.
+
+    Left out: results/, .venv, .git at the top; caches anywhere; what the root's .gitignore / .rayignore
+    match; credentials by name (SECRET_FILES, SECRET_DIRS), always; anything not a regular file. A link is
+    shipped as the file it points to only when that file is inside `source`; a link that leads outside is
+    refused (SubmitError), because Ray's packaging would follow it and ship what it points to.
+    """
+    source = source.resolve()
+    patterns = _ignore_patterns(source)
+    caches = ANY_LEVEL_EXCLUDES
+    plan = Shipment()
+    for folder, dirs, files in os.walk(source, followlinks=False):
+        base = Path(folder)
+        rel_base = base.relative_to(source).as_posix()
+        for name in sorted(dirs):
+            rel = name if rel_base == "." else f"{rel_base}/{name}"
+            path = base / name
+            why = ("excluded" if (rel_base == "." and name in TOP_LEVEL_EXCLUDES) or any(fnmatch.fnmatch(name, c) for c in caches)
+                   else "secret" if _secret(rel, True) else "ignored" if _ignored(rel, True, patterns) else None)
+            if why is None and path.is_symlink():
+                _check_link(path, source, rel)
+                why = "link to a folder inside (shipped where it is)"
+            if why is not None:
+                dirs.remove(name)
+                if why != "excluded":
+                    plan.withheld.append(f"{rel}/ ({why})")
+        for name in sorted(files):
+            rel = name if rel_base == "." else f"{rel_base}/{name}"
+            path = base / name
+            if any(fnmatch.fnmatch(name, c) for c in caches) or _ignored(rel, False, patterns):
+                continue
+            if _secret(rel, False):
+                plan.withheld.append(f"{rel} (secret)")
+                continue
+            if path.is_symlink():
+                _check_link(path, source, rel)
+            if not path.is_file():  # a fifo, a socket, a dangling link
+                plan.withheld.append(f"{rel} (not a regular file)")
+                continue
+            plan.files.append(rel)
+            plan.size += path.stat().st_size
+    return plan
+
+
+def _check_link(path: Path, source: Path, rel: str) -> None:
+    target = path.resolve()
+    if target != source and source not in target.parents:
+        raise SubmitError(f"--working-dir: {rel!r} is a link to {str(target)!r}, outside the folder shipped; "
+                          "remove it or list it in .rayignore (submit never ships what lies outside)")
+
+
+def stage_working_dir(source: Path, raw_config: dict[str, Any], dest: Path, plan: Shipment | None = None) -> Path:
+    """Copies the planned files of `source` (plan_shipment) into `dest` as regular files and writes the job's
+    config there.
 
     Args:
         source: the working dir to ship.
         raw_config: the resolved config mapping (written as sentinel-job.yaml).
         dest: a folder that does not exist yet.
+        plan: plan_shipment(source), if already made.
     Returns:
         `dest`.
     """
-    any_level = shutil.ignore_patterns(*ANY_LEVEL_EXCLUDES)
-
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skipped = set(any_level(folder, names))
-        if Path(folder) == source:
-            skipped |= {n for n in names if n in TOP_LEVEL_EXCLUDES}
-        return skipped
-
-    shutil.copytree(source, dest, ignore=ignore, symlinks=True)
+    plan = plan or plan_shipment(source)
+    source = source.resolve()
+    dest.mkdir(parents=True)
+    for rel in plan.files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / rel, target)  # the content, never a link
     (dest / JOB_CONFIG).write_text(yaml.safe_dump(raw_config, sort_keys=False), encoding="utf-8")
     return dest
 
@@ -252,13 +357,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not working_dir.is_dir():
         raise SubmitError(f"--working-dir: {args.working_dir!r} is not a folder")
     raw, spec = resolve_config(args.config, args.overrides, working_dir)
+    plan = plan_shipment(working_dir)
+    if args.dry_run:
+        print("\n".join([*plan.files, JOB_CONFIG]))
+        for item in plan.withheld:
+            print(f"not shipped: {item}", file=sys.stderr)
+        print(f"{len(plan.files) + 1} files, {plan.size / 1e6:.1f} MB from {working_dir} (dry run: nothing sent)",
+              file=sys.stderr)
+        return 0
     client = connect(args.address)
     job_id = f"sentinel-{spec.experiment}-{uuid.uuid4().hex[:8]}"
     runtime_env: dict[str, Any] = {}
     if args.pip:
         runtime_env["pip"] = list(args.pip)
     with tempfile.TemporaryDirectory(prefix="sentinel-submit-") as tmp:
-        runtime_env["working_dir"] = str(stage_working_dir(working_dir, raw, Path(tmp) / "job"))
+        runtime_env["working_dir"] = str(stage_working_dir(working_dir, raw, Path(tmp) / "job", plan))
+        secrets = [w for w in plan.withheld if w.endswith("(secret)") or w.endswith("(secret)/")]
+        print(f"shipping {len(plan.files) + 1} files ({plan.size / 1e6:.1f} MB) from {working_dir}"
+              + (f"; withheld as credentials: {', '.join(secrets)}" if secrets else "")
+              + " (--dry-run lists them)", file=sys.stderr)
         try:
             client.submit_job(entrypoint=entrypoint(args), submission_id=job_id, runtime_env=runtime_env,
                               metadata={"experiment": spec.experiment, "config": Path(args.config).name})
@@ -329,6 +446,8 @@ def add_cli(subparsers) -> None:
     submit.add_argument("--resume", action="store_true", help="continue the experiment from shared storage")
     submit.add_argument("--overwrite", action="store_true", help="replace a previous experiment of the same name")
     submit.add_argument("--no-analyze", action="store_true", help="write Parquet only, no tables or plots")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="validate, list the files that would be shipped (and those withheld), send nothing")
     submit.set_defaults(func=_one_line_errors(cmd_submit))
 
     status = subparsers.add_parser("status", help="status of a submitted job")

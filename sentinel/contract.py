@@ -13,6 +13,7 @@ is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 Rule = Callable[[Any, str], Any]
@@ -113,8 +114,8 @@ def number(minimum: float | None = None, *, above: float | None = None, below: f
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise SpecError(f"{name}: {value!r} is not a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SpecError(f"{name}: {value!r} is not a finite number")
         if minimum is not None and value < minimum:
             raise SpecError(f"{name}: {value!r} must be >= {minimum:g}")
         if above is not None and not value > above:

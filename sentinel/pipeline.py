@@ -19,6 +19,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import platform
 import traceback
 from dataclasses import asdict, replace
@@ -97,10 +98,20 @@ def run_trial(spec: TrialSpec, shared: SharedWork | None = None, device: str | N
     result = TrialResult(spec=spec, versions=versions())
     try:
         _run(spec, shared or LocalShared(), result, device or spec.device)
+        _check_finite(result)
     except Exception as exc:  # one failing cell must not take down a grid; the row says what happened
         result.status = "failed"
         result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
     return result
+
+
+def _check_finite(result: TrialResult) -> None:
+    """A NaN or infinite metric is a failed trial, not a number to average (an lr that diverged, an overflow)."""
+    for stage in ("dense", "pruned", "recovered"):
+        value = getattr(result, stage)
+        if not math.isfinite(value):
+            raise ArithmeticError(f"{stage}: the {result.metric_name or 'metric'} is {value} (not finite); "
+                                  "the model's outputs overflowed or training diverged")
 
 
 def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
 import math
 import re
@@ -40,7 +39,7 @@ from sentinel.tasks import TASKS
 METHODS = ("remove", "mask")
 POLICIES = ("global", "per_layer")
 LEVEL = fraction(zero=True)  # 0 is allowed: a control cell that prunes nothing and only fine-tunes
-SEED = integer(minimum=0)
+SEED = integer(minimum=0, maximum=2**63 - 1)  # the rows' int64 column holds it (and torch, numpy accept it)
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -51,12 +50,42 @@ def data_source(value: Any, name: str) -> str:
     from sentinel.data import BUNDLED
 
     if isinstance(value, str) and value:
-        if value in BUNDLED or Path(value).expanduser().exists():
+        if value in BUNDLED:
+            return value
+        path = Path(value).expanduser()
+        if path.exists():
+            stat = path.stat()
+            problem = _local_text_problem(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+            if problem:
+                raise SpecError(f"{name}: {value!r} {problem}")
             return value
         if ":" in value and not value.startswith((".", "/", "~")):
             return value  # a `datasets` name, resolved when a trial loads it
     raise SpecError(f"{name}: {value!r} does not exist and is not one of {', '.join(BUNDLED)} "
                     "or a datasets name as path:name:split")
+
+
+@functools.lru_cache(maxsize=32)
+def _local_text_problem(path: str, mtime_ns: int, size: int) -> str | None:
+    """Why a local file or folder cannot be a text source (not UTF-8 text, empty, too short to split into
+    train / score / eval), or None. Read once per file version."""
+    from sentinel.data import load_documents, split_documents
+
+    try:
+        docs = load_documents(path)
+    except UnicodeDecodeError as exc:
+        return f"is not UTF-8 text (byte {exc.start} of a file)"
+    except (ValueError, OSError) as exc:
+        return str(exc).removeprefix("source: ").split(": ", 1)[-1].splitlines()[0]
+    if any("\x00" in d.text for d in docs):
+        return "holds NUL bytes: a binary file, not text"
+    if not any(d.text.strip() for d in docs):
+        return "is empty"
+    try:
+        split_documents([d for d in docs if d.text.strip()])
+    except ValueError:
+        return "is too short to split into train / score / eval text (a few hundred lines at least)"
+    return None
 
 
 def device_name(value: Any, name: str) -> str:
@@ -109,16 +138,35 @@ def task_name(value: Any, name: str) -> str:
     return one_of(("auto", *TASKS.names()))(value, name)
 
 
-def model_options(value: Any, name: str) -> dict[str, Any]:
-    """Keyword arguments of sentinel.models.load_model (besides the name and the device)."""
-    from sentinel.models import load_model
+DTYPES = ("float32", "float16", "bfloat16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 
-    value = mapping(value, name)
-    allowed = [p for p in inspect.signature(load_model).parameters if p not in ("name_or_path", "device")]
-    for key in value:
-        if key not in allowed:
-            raise SpecError(f"{name}.{key}: not an option of load_model; allowed: {', '.join(allowed)}")
+
+def _gguf_file(value: Any, name: str) -> str:
+    value = text(value, name)
+    if not value.endswith(".gguf") or "/" in value or "\\" in value or value.startswith("."):
+        raise SpecError(f"{name}: {value!r} is not a .gguf file name (a file inside the model's folder or repo)")
     return value
+
+
+# The rule of each keyword of sentinel.models.load_model besides the name and the device (a test keeps this
+# equal to load_model's signature). Typed, not only named: `trust_remote_code: 'false'` is a string, which
+# transformers would read as true and run a model folder's own code; a bool is a YAML bool, nothing else.
+MODEL_OPTIONS = {
+    "dtype": optional(one_of(DTYPES)),
+    "attn_implementation": one_of(ATTN_IMPLEMENTATIONS),
+    "trust_remote_code": boolean,
+    "gguf_file": optional(_gguf_file),
+}
+
+
+def model_options(value: Any, name: str) -> dict[str, Any]:
+    """Keyword arguments of sentinel.models.load_model (besides the name and the device), each by its rule."""
+    value = mapping(value, name)
+    for key in value:
+        if key not in MODEL_OPTIONS:
+            raise SpecError(f"{name}.{key}: not an option of load_model; allowed: {', '.join(MODEL_OPTIONS)}")
+    return {key: MODEL_OPTIONS[key](item, f"{name}.{key}") for key, item in value.items()}
 
 
 # ---------------------------------------------------------------------------------------------- specs
@@ -173,6 +221,9 @@ class TrialSpec(Contract):
             raise SpecError(f"strategy_options.{str(exc).removeprefix('options: ')}".splitlines()[0]) from None
         if strategy.during_finetune and (self.finetune is None or self.finetune.steps < 1):
             raise SpecError(f"finetune: strategy {self.strategy!r} prunes during fine-tuning; give finetune.steps >= 1")
+        if self.device == "cpu" and self.model_options.get("dtype") == "float16":
+            raise SpecError("model_options.dtype: 'float16' on device 'cpu' (half-precision CPU kernels are slow or "
+                            "missing); use float32 or bfloat16 there, float16 on cuda")
         _, limit = _local_model(self.model)
         if limit is not None and self.data.seq_len > limit:
             raise SpecError(f"data.seq_len: {self.data.seq_len} is longer than {self.model!r} accepts "

@@ -9,6 +9,7 @@ Bad input raises AnalyzeError (the CLI prints one line and exits with 2). See do
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,8 +45,23 @@ def analyze(paths: list[str] | str, out: str | None = None) -> Path | str:
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     results = load([str(p) for p in paths])
     target = out if out is not None else default_out(str(paths[0]))
+    check_out(str(target))
     report = write_report(results, str(target))
     return report if "://" in report else Path(report)
+
+
+def check_out(target: str) -> None:
+    """A local output folder must be a folder (or creatable) and writable, before any file is written."""
+    if "://" in target:
+        return
+    path = Path(target).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise AnalyzeError(f"--out: {target!r} exists and is not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise AnalyzeError(f"--out: {target!r} is not writable (no write permission on {str(probe)!r})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

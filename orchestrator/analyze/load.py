@@ -17,7 +17,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
+from orchestrator.config_file import MAX_CONFIG_BYTES, check_size
 from orchestrator.results import latest_per_trial
+from sentinel.contract import SpecError
 
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # orchestrator.results.SCHEMA_VERSION values this reader understands
 TABLES = ("trials", "curves", "heads")
@@ -27,6 +29,33 @@ REQUIRED = {
     "curves": ("schema_version", "trial_id", "step", "eval_metric"),
     "heads": ("schema_version", "trial_id", "layer", "head", "score", "pruned"),
 }
+
+
+# columns that must hold numbers (or booleans) where present: a string there is refused, never blanked
+_METRICS = ("dense", "pruned", "recovered", "params_before", "params_after", "speed_before", "speed_after",
+            "flops_before", "flops_after", "ideal_speedup", "heads_total", "heads_pruned")
+TYPED = {
+    "trials": {"level": "numeric", "seed": "numeric", **{c: "numeric" for c in _METRICS}, "higher_is_better": "boolean"},
+    "curves": {"step": "numeric", "eval_metric": "numeric", "train_loss": "numeric", "level": "numeric",
+               "seed": "numeric"},
+    "heads": {"layer": "numeric", "head": "numeric", "score": "numeric", "pruned": "boolean"},
+}
+
+
+def _is(value: object, kind: str) -> bool:
+    import numbers
+
+    if kind == "boolean":
+        return isinstance(value, (bool,)) or type(value).__name__ == "bool_"
+    return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
+def _has_type(column: pd.Series, kind: str) -> bool:
+    if kind == "numeric" and pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return True
+    if kind == "boolean" and pd.api.types.is_bool_dtype(column):
+        return True
+    return all(_is(v, kind) for v in column.dropna())  # object columns: nulls, or values of the right kind
 
 
 class AnalyzeError(ValueError):
@@ -93,7 +122,15 @@ def _check(path: str, kind: str, df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in REQUIRED[kind] if c not in df.columns]
     if missing:
         raise AnalyzeError(f"{path}: {kind} table lacks column(s) {', '.join(missing)}")
-    versions = sorted({int(v) for v in df["schema_version"].dropna().unique()})
+    for column, kind_of in TYPED[kind].items():
+        if column in df.columns and not _has_type(df[column], kind_of):
+            sample = next((v for v in df[column].dropna() if not _is(v, kind_of)), None)
+            raise AnalyzeError(f"{path}: column {column!r} must be {kind_of}, found {type(sample).__name__} "
+                               f"values such as {str(sample)[:40]!r}")
+    try:
+        versions = sorted({int(v) for v in df["schema_version"].dropna().unique()})
+    except (TypeError, ValueError):
+        raise AnalyzeError(f"{path}: column 'schema_version' must be an integer") from None
     unknown = [v for v in versions if v not in SUPPORTED_SCHEMA_VERSIONS]
     if unknown:
         supported = ", ".join(map(str, SUPPORTED_SCHEMA_VERSIONS))
@@ -108,8 +145,9 @@ def _read_config(folder: str) -> dict | None:
     fs, inner = _filesystem(_join(folder, "config.yaml"))
     try:
         with fs.open_input_stream(inner) as f:
-            data = yaml.safe_load(f.read())
-    except (OSError, yaml.YAMLError):
+            data = yaml.safe_load(f.read(MAX_CONFIG_BYTES + 1)[:MAX_CONFIG_BYTES])
+        check_size(data, folder)  # results are untrusted: a billion laughs here would expand when counted
+    except (OSError, yaml.YAMLError, RecursionError, UnicodeDecodeError, SpecError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -1,8 +1,11 @@
 """The report: tables (CSV + markdown), plots (PNG + SVG) and report.md / report.html in one folder.
 
-The report is built as a list of blocks (heading, text, bullet list, table, image) rendered twice, to
-markdown and to HTML, so both say the same thing. Files are written through orchestrator.storage.write_bytes:
-atomically for local folders, one PUT per object for s3:// and other pyarrow.fs URIs.
+The report is built as a list of blocks (heading, text, bullet list, table, image) rendered to markdown;
+report.html is that markdown rendered by markdown-it-py with raw HTML off, so both say the same thing.
+Result tables are untrusted input: every string that comes from them (model names, errors, versions...) goes
+through `md_text`, which escapes what markdown would turn into a link or markup, so data never becomes a link
+or live HTML (docs/SECURITY.md). Files are written through orchestrator.storage.write_bytes: atomically for
+local folders, one PUT per object for s3:// and other pyarrow.fs URIs.
 """
 from __future__ import annotations
 
@@ -79,9 +82,24 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def md_text(value: object) -> str:
+    """A data-derived string as literal markdown text: one line, with every character that opens code, emphasis,
+    HTML, a link or an image escaped (brackets too: data may sit inside our own link or image text)."""
+    return re.sub(r"([\\`*_<>|\[\]!])", r"\\\1", " ".join(str(value).split()))
+
+
+def code(value: object) -> str:
+    """A data-derived name as a markdown code span (nothing inside a code span is parsed)."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub markdown table (DataFrame.to_markdown needs tabulate, which this project does not depend on)."""
-    cell = lambda v: fmt(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    """A GitHub markdown table (DataFrame.to_markdown needs tabulate, which this project does not depend on).
+    Cells are data: escaped by md_text."""
+    cell = lambda v: md_text(fmt(v))  # noqa: E731
     lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
@@ -91,7 +109,7 @@ def render_markdown(title: str, blocks: list[Block]) -> str:
     parts = [f"# {title}"]
     for block in blocks:
         if block.kind in ("h2", "h3"):
-            parts.append(("## " if block.kind == "h2" else "### ") + str(block.content))
+            parts.append(("## " if block.kind == "h2" else "### ") + md_text(block.content))
         elif block.kind == "p":
             parts.append(str(block.content))
         elif block.kind == "ul":
@@ -100,35 +118,21 @@ def render_markdown(title: str, blocks: list[Block]) -> str:
             parts.append(markdown_table(block.content))
         elif block.kind == "image":
             alt, name = block.content
-            parts.append(f"![{alt}]({name}.png)\n\n[SVG]({name}.svg)")
+            parts.append(f"![{md_text(alt)}]({name}.png)\n\n[SVG]({name}.svg)")  # name: a slug
     return "\n\n".join(parts) + "\n"
 
 
-def _inline(text: str) -> str:
-    """Markdown `code` and [links](x) in our own strings, for the HTML version."""
-    text = html.escape(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
+def render_html(title: str, markdown: str) -> str:
+    """report.html: the report's markdown rendered by markdown-it-py (CommonMark + tables) with raw HTML off,
+    so whatever a data string holds arrives as text; links and images come only from our own markdown."""
+    from markdown_it import MarkdownIt
 
-
-def render_html(title: str, blocks: list[Block]) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    for block in blocks:
-        if block.kind in ("h2", "h3"):
-            parts.append(f"<{block.kind}>{html.escape(str(block.content))}</{block.kind}>")
-        elif block.kind == "p":
-            parts.append(f"<p>{_inline(str(block.content))}</p>")
-        elif block.kind == "ul":
-            parts.append("<ul>" + "".join(f"<li>{_inline(str(i))}</li>" for i in block.content) + "</ul>")
-        elif block.kind == "table":
-            parts.append(block.content.to_html(index=False, na_rep="", escape=True))
-        elif block.kind == "image":
-            alt, name = block.content
-            parts.append(f"<p><img src='{name}.png' alt='{html.escape(alt)}'></p>")
-    return "\n".join(parts) + "\n</body></html>\n"
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return ("<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto}table{border-collapse:collapse;"
+            "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>\n"
+            f"{body}</body></html>\n")
 
 
 def figure_bytes(fig: Figure, fmt_: str) -> bytes:
@@ -154,21 +158,21 @@ def run_metadata(results: Results) -> list[str]:
     """Bullets: experiments, runs, trial counts (vs the configured grid), dates, versions, hardware, protocols."""
     t = results.trials
     ok, failed = int(t["status"].eq("ok").sum()), int((~t["status"].eq("ok")).sum())
-    items = [f"experiment(s): {_unique(t.get('experiment'))}; run id(s): {_unique(t.get('run_id'))}",
+    items = [f"experiment(s): {md_text(_unique(t.get('experiment')))}; run id(s): {md_text(_unique(t.get('run_id')))}",
              f"trials: {ok} ok, {failed} failed, {len(t)} in all" + _grid_size(results)]
     if "started_at" in t and t["started_at"].notna().any():
         items.append(f"dates (UTC): first trial started {t['started_at'].min()}, last finished "
                      f"{t['finished_at'].max() if 'finished_at' in t else 'unknown'}")
-    versions = [f"{c.removeprefix('version_')} {_unique(t[c])}" for c in t.columns if c.startswith("version_")]
+    versions = [md_text(f"{c.removeprefix('version_')} {_unique(t[c])}") for c in t.columns if c.startswith("version_")]
     if versions:
         items.append("versions: " + "; ".join(versions))
-    items.append(f"device(s): {_unique(t.get('device'))}; node(s): {_unique(t.get('node'))}; "
-                 f"GPU ids: {_unique(t.get('gpu_ids'))}")
+    items.append(md_text(f"device(s): {_unique(t.get('device'))}; node(s): {_unique(t.get('node'))}; "
+                         f"GPU ids: {_unique(t.get('gpu_ids'))}"))
     good = ok_trials(t)
     for model, rows in good.groupby("model", sort=True):
         weights = f"; weights: {_unique(rows['weights'])}" if "weights" in rows and rows["weights"].notna().any() else ""
-        items.append(f"protocol for `{model}`: {plots.protocol_label(rows.iloc[0].to_dict())}{weights}")
-    items.append("inputs: " + ", ".join(f"`{s}`" for s in results.sources))
+        items.append(f"protocol for {code(model)}: {md_text(plots.protocol_label(rows.iloc[0].to_dict()) + weights)}")
+    items.append("inputs: " + ", ".join(code(s) for s in results.sources))
     return items
 
 
@@ -201,14 +205,14 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
                 continue
             higher = bool(cell["higher_is_better"].dropna().iloc[0]) if cell["higher_is_better"].notna().any() else False
             best = cell.sort_values(f"{value}_mean", ascending=not higher).iloc[0]
-            parts = [f"best **{best['label']}** ({best['metric_name']} {fmt(best[f'{value}_mean'])})"]
+            parts = [f"best **{md_text(best['label'])}** ({md_text(best['metric_name'])} {fmt(best[f'{value}_mean'])})"]
             for r in cell[cell[verdict].isin(["better", "worse"])].itertuples(index=False):
                 d = r._asdict()
-                parts.append(f"{r.label} {d[verdict]} than random ({effect(d[diff], d[ratio])}, p={d[p]:.2g}, "
+                parts.append(f"{md_text(r.label)} {d[verdict]} than random ({effect(d[diff], d[ratio])}, p={d[p]:.2g}, "
                              f"n={int(d[n])})")
             if not cell[verdict].isin(["better", "worse"]).any():
                 parts.append(f"no strategy differs from random with p < {ALPHA}")
-            items.append(f"`{model}` level {level:g}, {value}: " + "; ".join(parts))
+            items.append(f"{code(model)} level {level:g}, {value}: " + "; ".join(parts))
     return items or [f"No strategy differs from random with p < {ALPHA} in any cell: none can be called better "
                      "than random on these seeds."]
 
@@ -264,8 +268,9 @@ def write_report(results: Results, out: str) -> str:
     blocks = _blocks(results, summary, table, images)
     title = f"sentinel-bench analysis: {_unique(results.trials.get('experiment'))}"
     report = f"{out}/report.md"
-    write_bytes(report, render_markdown(title, blocks).encode())
-    write_bytes(f"{out}/report.html", render_html(title, blocks).encode())
+    markdown = render_markdown(md_text(title), blocks)
+    write_bytes(report, markdown.encode())
+    write_bytes(f"{out}/report.html", render_html(title, markdown).encode())
     return report
 
 
@@ -312,5 +317,6 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                      f"({', '.join(f'{r.model}/{r.label}/{r.level:g}' for r in single.itertuples())})")
     if not failed.empty:
         notes.append(f"{len(failed)} failed trial(s) are listed above and left out of every mean")
+    notes = [md_text(n) for n in notes]  # paths, model names: data
     blocks += [Block("h2", "Notes"), Block("ul", notes) if notes else Block("p", "None.")]
     return blocks

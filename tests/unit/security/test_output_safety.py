@@ -1,0 +1,113 @@
+"""Nothing already written is lost: --overwrite deletes only what this experiment wrote, one run per output
+folder, a failed final write keeps the rows, result files follow the umask."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import cli
+from orchestrator.results import write_part
+from orchestrator.runner import LOCK_FILE, SPEC_FILE, output_lock, prepare
+from orchestrator.spec import SpecError, parse_spec
+from orchestrator.storage import write_bytes
+from sentinel.trial import TrialResult
+
+
+def raw(name: str, output: Path, **extra) -> dict:
+    out = {"experiment": name, "models": ["sentinel/tiny-gpt2"], "strategies": ["random"], "levels": [0.5],
+           "seeds": [0, 1], "data": {"source": "gutenberg", "seq_len": 32}, "device": "cpu", "output": str(output)}
+    out.update(extra)
+    return out
+
+
+def finished(spec, out: Path) -> None:
+    """Rows for every cell of `spec` (failed rows: they count as done) streamed as a part, as a run leaves them."""
+    payloads = [{"row": TrialResult.failed_row(c.to_dict(), "x"), "curve": [], "scores": [], "context": {}}
+                for c in spec.cells()]
+    write_part(str(out), payloads, "run-000000")
+
+
+def test_overwrite_never_deletes_another_experiments_results(tmp_path):
+    # A's output folder is where B (also named "A", output elsewhere) keeps its Tune state
+    a = parse_spec(raw("A", tmp_path / "res"))
+    prepare(a, resume=False, overwrite=False, run_id="A-00000001")
+    finished(a, Path(a.output_dir))
+    write_bytes(f"{a.output_dir}/trials.parquet", b"A's table")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "res").rglob("*"))
+
+    b = parse_spec(raw("A", tmp_path / "other", storage_path=str(tmp_path / "res")))
+    assert b.tune_location == (str(tmp_path / "res"), "A")  # Tune's folder is A's output folder
+    prepare(b, resume=False, overwrite=False, run_id="A-0000000b")
+    (tmp_path / "res" / "A" / "A-0000000b").mkdir()  # B's own Tune state inside it
+    prepare(b, resume=False, overwrite=True, run_id="A-0000000c")
+    after = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "res").rglob("*"))
+    assert after == [p for p in before]  # A intact; B's run folder gone
+    assert (tmp_path / "res" / "A" / "trials.parquet").read_bytes() == b"A's table"
+    assert json.loads((tmp_path / "other" / "A" / SPEC_FILE).read_text())["runs"] == ["A-0000000c"]
+
+
+def test_overwrite_refuses_tables_no_run_recorded(tmp_path):
+    spec = parse_spec(raw("x", tmp_path))
+    finished(spec, Path(spec.output_dir))  # rows, but no saved spec: not ours to delete
+    with pytest.raises(SpecError, match=r"^--overwrite: .* no sentinel-bench run recorded"):
+        prepare(spec, resume=False, overwrite=True, run_id="x-00000001")
+    assert list((Path(spec.output_dir) / "parts" / "trials").glob("*.parquet"))
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    out = str(tmp_path / "exp")
+    with output_lock(out):
+        with pytest.raises(SpecError, match=rf"^output: another run \(pid {os.getpid()} on "):
+            with output_lock(out):
+                pass
+    assert not (tmp_path / "exp").exists()  # made for the lock, left empty: removed
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / LOCK_FILE).write_text(json.dumps({"pid": int(gone.stdout), "host": os.uname().nodename}))
+    with output_lock(out):  # its process is gone
+        assert json.loads((tmp_path / "exp" / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_the_cli_refuses_a_run_into_a_locked_folder_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw("x", tmp_path / "out")))
+    with output_lock(str(tmp_path / "out" / "x")):
+        assert cli.main(["run", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another run" in err[0] and not ray.is_initialized()
+    assert not (tmp_path / "out" / "x" / SPEC_FILE).exists()
+
+
+def test_a_failed_final_write_is_one_line_exit_1_and_the_rows_stay_in_parts(tmp_path, capsys):
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw("x", tmp_path / "out")))
+    spec = parse_spec(raw("x", tmp_path / "out"))
+    prepare(spec, resume=False, overwrite=False, run_id="x-00000001")
+    finished(spec, Path(spec.output_dir))
+    (Path(spec.output_dir) / "trials.parquet").mkdir()  # the table cannot be written there
+    code = cli.main(["run", str(config), "--resume", "--no-analyze"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert "could not write the tables" in err[0] and "parts" in err[0] and "--resume" in err[0]
+    assert len(list((Path(spec.output_dir) / "parts" / "trials").glob("*.parquet"))) == 1
+
+
+def test_result_files_take_the_umasks_mode_not_0600(tmp_path):
+    saved = os.umask(0o022)
+    try:
+        write_bytes(str(tmp_path / "a.parquet"), b"x")
+        os.umask(0o007)
+        write_bytes(str(tmp_path / "b.parquet"), b"x")
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE((tmp_path / "a.parquet").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.parquet").stat().st_mode) == 0o660
