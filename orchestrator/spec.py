@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,7 +34,7 @@ from urllib.parse import urlparse
 import yaml
 
 from orchestrator.config_file import read_config
-from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join
+from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join, unwritable
 from sentinel.contract import SpecError, boolean, integer, number, one_of
 from sentinel.finetune import FinetuneConfig
 from sentinel.trial import (LEVEL, METHODS, POLICIES, SEED, DataSpec, TrialSpec, model_name, model_options, strategy_name,
@@ -442,15 +441,7 @@ def _path(value: Any, at: str) -> str:
     if scheme and len(scheme) > 1 and scheme != "file":  # "C:" style drive letters are not schemes
         raise SpecError(f"{at}: scheme {scheme!r} of {value!r} is not one of file, {', '.join(REMOTE_SCHEMES)}")
     path = Path(value.removeprefix("file://")).expanduser().absolute()
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise SpecError(f"{at}: {value!r} is not writable ({str(probe)!r} is a file)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SpecError(f"{at}: {value!r} is not writable (no write permission on {str(probe)!r})")
-    try:  # permissions do not tell everything (/proc, read-only mounts): try, and leave nothing behind
-        tempfile.TemporaryDirectory(dir=probe, prefix=".sentinel-probe-").cleanup()
-    except OSError as exc:
-        raise SpecError(f"{at}: {value!r} is not writable ({str(probe)!r}: {exc.strerror or exc})") from None
+    reason = unwritable(str(path))
+    if reason:
+        raise SpecError(f"{at}: {value!r} is not writable ({reason})")
     return str(path)

@@ -38,6 +38,24 @@ def read_text(path: str) -> str | None:
         return None
 
 
+def unwritable(path: str) -> str | None:
+    """Why a local folder cannot be created and written (None if it can), found by trying: permissions do not
+    tell everything (/proc, read-only mounts). The probe leaves nothing behind."""
+    target = os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+    if os.path.exists(target) and not os.path.isdir(target):
+        return f"{target!r} exists and is not a folder"
+    probe = target
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe!r} is a file"
+    try:
+        tempfile.TemporaryDirectory(dir=probe, prefix=".sentinel-probe-").cleanup()
+    except OSError as exc:
+        return f"{probe!r}: {exc.strerror or exc}"
+    return None
+
+
 def current_umask() -> int:
     """The process's umask, read without changing it where Linux tells it (os.umask both sets and returns)."""
     try:

@@ -9,7 +9,6 @@ Bad input raises AnalyzeError (the CLI prints one line and exits with 2). See do
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -52,16 +51,10 @@ def analyze(paths: list[str] | str, out: str | None = None) -> Path | str:
 
 def check_out(target: str) -> None:
     """A local output folder must be a folder (or creatable) and writable, before any file is written."""
-    if "://" in target:
-        return
-    path = Path(target).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise AnalyzeError(f"--out: {target!r} exists and is not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise AnalyzeError(f"--out: {target!r} is not writable (no write permission on {str(probe)!r})")
+    from orchestrator.storage import unwritable
+
+    if "://" not in target and (reason := unwritable(target)):
+        raise AnalyzeError(f"--out: {target!r} is not a writable folder ({reason})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
