@@ -569,6 +569,11 @@ class SignalStop(Stopper):
             self.saved = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
+    def reinstall(self) -> None:
+        """After ray.init: Ray's core installs its own SIGTERM handler (a stack dump, then exit 1) over ours."""
+        for signum in self.saved:
+            signal.signal(signum, self._handle)
+
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self.saved.items():
             signal.signal(signum, handler)
@@ -657,6 +662,7 @@ def run_experiment(
                 if isinstance(exc, (ConnectionError, RuntimeError, ValueError)):  # ray.init's refusals
                     raise SpecError(f"--address: Ray did not start or connect ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
                 raise
+            stop.reinstall()
             results = ResultStream(out, run_id)
             try:
                 store = start_store(spec.experiment)  # noqa: F841  (the handle keeps the actor alive until the end)

@@ -302,6 +302,7 @@ def plan_shipment(source: Path) -> Shipment:
                 continue
             plan.files.append(rel)
             plan.size += path.stat().st_size
+    plan.files.sort()
     return plan
 
 

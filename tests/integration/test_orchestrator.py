@@ -130,6 +130,40 @@ def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, 
     assert not (tmp_path / "out" / "resume" / "parts").exists()
 
 
+def test_sigterm_stops_like_ctrl_c_writes_every_finished_row_and_a_second_run_is_locked_out(ray_home, tiny_gpt2,
+                                                                                            tiny_corpus, tmp_path, capsys):
+    from orchestrator import cli
+
+    raw = experiment("term", tmp_path / "out", [tiny_gpt2], tiny_corpus, max_concurrent_trials=1,
+                     seeds=[0, 1, 2], finetune={"steps": 40, "warmup_steps": 0, "eval_every": 40})
+    config = tmp_path / "term.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "orchestrator.cli", "run", str(config), "--no-analyze"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("[1/12]"):
+                break
+        # the same output folder, while the first run holds it: refused before Ray starts
+        assert cli.main(["run", str(config), "--no-analyze"]) == 2
+        refused = capsys.readouterr().err.strip().splitlines()
+        assert len(refused) == 1 and "another run" in refused[0]
+        proc.send_signal(signal.SIGTERM)  # the driver only, as a batch scheduler does
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    done = [l for l in (line + stdout).splitlines() if l.startswith("[") and "/12]" in l and "FAILED" not in l]
+    assert f"run {config} --resume" in stdout, stdout
+    trials = pd.read_parquet(tmp_path / "out" / "term" / "trials.parquet")
+    assert 1 <= len(trials) == len(done) < 12 and set(trials.status) == {"ok"}  # every finished row, no other
+    assert not (tmp_path / "out" / "term" / ".sentinel.lock").exists()
+
+
 @pytest.mark.parametrize("fraction, at_once", [(0.25, 8)])  # 0.5 -> 4 is the same code path, 40 s more
 def test_fractional_gpus_pack_trials_on_two_logical_gpus(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path, fraction, at_once):
     """resources.gpu 0.5 runs 4 trials at once on 2 GPUs, 0.25 runs 8; each sees the GPU Ray gave it."""
