@@ -66,6 +66,7 @@ TRIALS_SCHEMA = pa.schema(
         ("higher_is_better", pa.bool_()),
         ("metric_scale", pa.string()),  # log | atanh | identity: the scale seeds are averaged and tested on
         ("dense", pa.float64()),
+        ("dense_full", pa.float64()),  # the dense model on the whole eval split, once per model and run
         ("pruned", pa.float64()),
         ("recovered", pa.float64()),
         ("task", pa.string()),  # the evaluation task (sentinel.tasks): perplexity, stsb, ...

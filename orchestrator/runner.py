@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, TextIO
 from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
+from orchestrator import watchdog
 from orchestrator.results import compact, finished_trials, write_part
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
@@ -540,8 +541,25 @@ def start_ray(address: str | None = None, **init_kwargs: Any) -> bool:
     else:
         kwargs["runtime_env"] = {"env_vars": dict(WORKER_ENV)}
     kwargs.update(init_kwargs)
+    before = set(watchdog.children_of_this_process())
     ray.init(address=address, **kwargs)
+    if address is None:  # a local Ray is this driver's: it stops with it, even after a SIGKILL
+        global _WATCHDOG
+        _WATCHDOG = watchdog.start([p for p in watchdog.children_of_this_process() if p not in before])
     return True
+
+
+_WATCHDOG = None
+
+
+def stop_ray() -> None:
+    """ray.shutdown(), then the watchdog of a local Ray ends whatever outlived it."""
+    import ray
+
+    global _WATCHDOG
+    ray.shutdown()
+    watchdog.stop(_WATCHDOG)
+    _WATCHDOG = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -552,12 +570,12 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-class SignalStop(Stopper):
+class SignalStop:
     """SIGINT (Ctrl-C) and SIGTERM (what a batch scheduler sends) stop a grid the same way, through Tune's public
-    Stopper: the running trials end, every finished row is written, the summary says which signal came. A
-    second signal, or one outside Tune's loop, raises `Interrupted` at once."""
+    Stopper (`StopOnSignal`): the running trials end, every finished row is written, the summary says which signal
+    came. A second signal, or one outside Tune's loop, raises `Interrupted` at once."""
 
-    _received = threading.Event()  # class-level: Tune may hold a copy of the stopper
+    _received = threading.Event()  # class-level: the stopper Tune holds (and pickles) reads it
     signum: int | None = None
 
     def __enter__(self) -> SignalStop:
@@ -584,6 +602,13 @@ class SignalStop(Stopper):
         SignalStop._received.set()
         if not (first and self.tuning):
             raise Interrupted(SignalStop.signum)
+
+    def stop_all(self) -> bool:
+        return SignalStop._received.is_set()
+
+
+class StopOnSignal(Stopper):
+    """Tune's view of SignalStop: no state of its own (Tune pickles its stopper with the experiment)."""
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
@@ -687,7 +712,7 @@ def run_experiment(
                     chunk = todo[start:start + CHUNK_CELLS]
                     run_config = tune.RunConfig(
                         name=f"chunk-{index:03d}", storage_path=f"{storage.rstrip('/')}/{name}/{run_id}",
-                        storage_filesystem=filesystem, verbose=0, callbacks=callbacks, stop=stop,
+                        storage_filesystem=filesystem, verbose=0, callbacks=callbacks, stop=StopOnSignal(),
                         failure_config=tune.FailureConfig(max_failures=spec.max_failures))
                     queue = CellQueue([{"cell": c.to_dict(), "run": run} for c in chunk])
                     tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=limit, search_alg=queue,
@@ -701,7 +726,7 @@ def run_experiment(
                 results.flush()  # rows buffered when a signal came (a failed write keeps them, and says so)
                 summary.parts, summary.unwritten = results.parts, len(results.buffer)
                 if owns_ray:
-                    ray.shutdown()
+                    stop_ray()
         compacting = time.time()
         summary.written = _compact(out, spec, summary.unwritten)
         summary.compact_s = time.time() - compacting

@@ -141,19 +141,25 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         baseline, result.reused["baseline"] = shared.get_or_compute(
             f"baseline/{model_key}/{task.key}/{result.device}", lambda: _baseline(dense, task, spec, device)
         )
+        # the dense model on the whole eval split, once per model: how far the sampled windows are from it
+        result.dense_full, _ = shared.get_or_compute(
+            f"full/{model_key}/{task.full_key}/{result.device}", lambda: _dense_full(dense, task, spec, device))
     result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
     result.metric_scale = baseline["scale"]
-    result.dense, result.protocol = baseline["value"], baseline["protocol"]
+    result.dense = baseline["value"]
     result.task, result.protocol_label = task.task, task.label
     result.params_before = baseline["params"]
 
     strategy = STRATEGIES.get(spec.strategy)
+    calibration = task.calibration(spec.seed)
+    result.protocol = {**baseline["protocol"], "calibration": calibration.record}
     with stage("score"):
         seed = spec.seed if strategy.depends_on_seed(dense) else "any"
+        data = calibration.key if strategy.uses_data else "no-data"
         scores, result.reused["scores"] = shared.get_or_compute(
             f"scores/{model_key}/{spec.strategy}/{json.dumps(dict(spec.strategy_options), sort_keys=True)}"
-            f"/{seed}/{task.score_key}",
-            lambda: score_heads(spec.strategy, model, task.score_batches, seed=spec.seed, **spec.strategy_options),
+            f"/{seed}/{data}",
+            lambda: score_heads(spec.strategy, model, calibration.batches, seed=spec.seed, **spec.strategy_options),
         )
     result.scores = scores.scores.tolist()
 
@@ -212,7 +218,7 @@ def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, d
 
     trained = copy.deepcopy(dense)
     trained.sentinel_mask = mask = mask_heads(trained, None)
-    pruner = DynamicPruner(trained, mask, task.score_batches, level=spec.level, steps=spec.finetune.steps,
+    pruner = DynamicPruner(trained, mask, task.calibration(spec.seed).batches, level=spec.level, steps=spec.finetune.steps,
                            policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer,
                            generator=torch.Generator().manual_seed(spec.seed), **spec.strategy_options)
     curve = finetune(trained, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
@@ -241,6 +247,13 @@ def _cached_task(dense: nn.Module, spec: TrialSpec, tokenizer) -> Prepared:
     if key not in _TASKS:
         _TASKS[key] = prepare_task(spec.task, dense, tokenizer, spec.data)
     return _TASKS[key]
+
+
+def _dense_full(model: nn.Module, task: Prepared, spec: TrialSpec, device: torch.device) -> float:
+    from sentinel.eval import autocast
+
+    with autocast(device, spec.bf16):
+        return task.evaluate_full(model).value
 
 
 def _baseline(model: nn.Module, task: Prepared, spec: TrialSpec, device: torch.device) -> dict[str, Any]:

@@ -88,6 +88,35 @@ def _local_text_problem(path: str, mtime_ns: int, size: int) -> str | None:
     return None
 
 
+CALIBRATIONS = ("resample", "fixed")
+
+
+def bos_rule(value: Any, name: str) -> str:
+    """auto | true | false; YAML's true and false are accepted as themselves."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return one_of(("auto", "true", "false"))(value, name)
+
+
+@functools.lru_cache(maxsize=16)
+def _split_sizes(source: str, eval_source: str | None, split_seed: int) -> tuple[int, int] | None:
+    """(documents in the score split, characters in the eval split) of a bundled or local source; None for a
+    `datasets` name (not loaded before a trial does)."""
+    from sentinel.data import BUNDLED, load_documents, split_documents
+
+    def local(name: str) -> bool:
+        return name in BUNDLED or Path(name).expanduser().exists()
+
+    if not local(source) or (eval_source is not None and not local(eval_source)):
+        return None
+    try:
+        splits = split_documents(load_documents(source), seed=split_seed)
+        eval_docs = splits.eval if eval_source is None else split_documents(load_documents(eval_source), seed=split_seed).eval
+    except (ValueError, OSError, UnicodeDecodeError):
+        return None  # data_source says why
+    return len(splits.score), sum(len(d.text) for d in eval_docs)
+
+
 def device_name(value: Any, name: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise SpecError(f"{name}: {value!r} is not one of auto, cpu, cuda, cuda:N")
@@ -182,15 +211,31 @@ class DataSpec(Contract):
     stride: int | None = checked(None, optional(integer(minimum=1)))  # sliding-window stride; None: min(64, seq_len)
     batch_size: int = checked(8, integer(minimum=1))
     score_batches: int = checked(4, integer(minimum=1))  # batches of the score split used to score heads
-    eval_tokens: int = checked(16384, integer(minimum=0))  # evaluation tokens from the eval split (0 = all)
+    # evaluation tokens: windows of seq_len spread evenly over the eval split, the same for every cell (0 = the
+    # whole split, sliding windows of seq_len every stride tokens)
+    eval_tokens: int = checked(0, integer(minimum=0))
     split_seed: int = checked(0, integer(minimum=0))  # document split; fixed across trials: every cell sees the same data
     sts_pairs: int = checked(0, integer(minimum=0))  # encoders: a seeded random sample of STS-B test pairs (0 = all 1379)
+    # scoring data: drawn per trial seed from documents spread over the score split, or one draw for every seed
+    calibration: str = checked("resample", one_of(CALIBRATIONS))
+    calibration_documents: int = checked(0, integer(minimum=0))  # distinct documents drawn (0: one per window)
+    bos: str = checked("auto", bos_rule)  # start every window with BOS: auto (as the tokenizer does), true, false
 
     def check_together(self) -> None:
         if self.stride is None:
             object.__setattr__(self, "stride", min(64, self.seq_len))
         if self.stride > self.seq_len:
             raise SpecError(f"stride: {self.stride!r} must be in (0, seq_len={self.seq_len}]")
+        sizes = _split_sizes(self.source, self.eval_source, self.split_seed)
+        if sizes is None:  # a datasets name: checked when a trial loads it
+            return
+        score_documents, eval_characters = sizes
+        if self.calibration_documents > score_documents:
+            raise SpecError(f"calibration_documents: {self.calibration_documents} is more than the {score_documents} "
+                            f"documents of {self.source!r}'s score split")
+        if self.eval_tokens > eval_characters:  # a token is at least one character: surely too many
+            raise SpecError(f"eval_tokens: {self.eval_tokens} is more than the eval split holds ({eval_characters:,} "
+                            "characters); use fewer, or 0 for the whole split")
 
 
 @dataclass(frozen=True)
@@ -255,6 +300,7 @@ class TrialResult:
     higher_is_better: bool | None = None
     metric_scale: str = ""  # how seeds are averaged and compared (sentinel.eval.Metric.scale)
     dense: float = math.nan
+    dense_full: float = math.nan  # the dense model on the whole eval split (all STS-B pairs): the sample's reference
     pruned: float = math.nan
     recovered: float = math.nan
     protocol: dict = field(default_factory=dict)  # the task's full protocol record

@@ -19,7 +19,7 @@ from typing import Callable
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.analyze import plots
+from orchestrator.analyze import plots, stats
 from orchestrator.analyze.load import Results
 from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
 from orchestrator.storage import write_bytes
@@ -42,23 +42,30 @@ def fmt(value: object, digits: int = 4) -> str:
     return str(value)
 
 
-def mean_ci(mean: float, low: float, high: float) -> str:
-    """'12.3 [11.9, 12.8]' (mean and 95% CI on the metric's scale), or the mean alone when there is no CI."""
+def mean_ci(mean: float, low: float, high: float, spread: float = float("nan")) -> str:
+    """'12.3 [11.9, 12.8]' (mean and 95% CI on the metric's scale); '12.3 (no spread)' when every seed gave the
+    same value (never a zero-width interval); the mean alone when there is no CI (too few seeds)."""
     if pd.isna(mean):
         return ""
+    if spread == 0:
+        return f"{fmt(mean)} (no spread)"
     return fmt(mean) if pd.isna(low) else f"{fmt(mean)} [{fmt(low, 3)}, {fmt(high, 3)}]"
 
 
-def effect(diff: float, ratio: float) -> str:
-    """A difference in metric units, or for log-scale metrics the ratio to random ('0.21x')."""
-    return f"{ratio:.3g}x" if pd.notna(ratio) else f"{diff:+.4g}"
+def effect(value: float, low: float, high: float, log_scale: bool) -> str:
+    """'0.21x [0.08x, 0.55x]' (ratio of geometric means, log-scale metrics) or '+0.012 [-0.003, +0.027]'."""
+    if pd.isna(value):
+        return ""
+    one = (lambda v: f"{v:.3g}x") if log_scale else (lambda v: f"{v:+.3g}")  # noqa: E731
+    return one(value) + ("" if pd.isna(low) else f" [{one(low)}, {one(high)}]")
 
 
-def versus(diff: float, ratio: float, p: float, n: float, verdict: object) -> str:
+def versus(value: float, low: float, high: float, log_scale: bool, p: float, p_adj: float, n: float,
+           verdict: object) -> str:
     if pd.isna(n):
         return ""
-    p_text = "p n/a" if pd.isna(p) else f"p={p:.3g}"
-    return f"{effect(diff, ratio)} ({p_text}, n={int(n)}; {verdict})"
+    p_text = "p n/a" if pd.isna(p) else f"p={p:.2g}, Holm {p_adj:.2g}"
+    return f"{effect(value, low, high, log_scale)} ({p_text}, n={int(n)}; {verdict})"
 
 
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -68,9 +75,12 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         "seeds": summary["n_seeds"], "metric": summary["metric_name"].fillna(""),
     })
     for value in ("dense", "pruned", "recovered"):
-        out[value] = [mean_ci(*v) for v in zip(*(summary[f"{value}_{k}"] for k in ("mean", "low", "high")))]
+        spread = summary[f"{value}_spread"] if f"{value}_spread" in summary else pd.Series(float("nan"), summary.index)
+        out[value] = [mean_ci(*v) for v in zip(*(summary[f"{value}_{k}"] for k in ("mean", "low", "high")), spread)]
+    log_scale = summary["scale"].eq("log")
     for value in ("pruned", "recovered"):
-        cols = [summary[f"vs_random_{value}_{c}"] for c in ("diff", "ratio", "p", "n_pairs", "verdict")]
+        cols = [summary[f"vs_random_{value}_{c}"] for c in ("effect", "effect_low", "effect_high")]
+        cols += [log_scale] + [summary[f"vs_random_{value}_{c}"] for c in ("p", "p_adj", "n_pairs", "verdict")]
         out[f"{value} vs random"] = [versus(*v) for v in zip(*cols)]
     out["params before → after"] = [f"{b:,.0f} → {a:,.0f}" if pd.notna(b) else ""
                                     for b, a in zip(summary["params_before"], summary["params_after"])]
@@ -192,29 +202,55 @@ def _grid_size(results: Results) -> str:
     return f" of {total} configured" + (f" ({missing} not run: partial results)" if missing > 0 else "")
 
 
-def verdicts(summary: pd.DataFrame) -> list[str]:
-    """Per model and level: the best strategy after pruning and after recovery, how far it is from random
-    (a ratio for log-scale metrics, a difference otherwise), its p-value, and every strategy that is
-    significantly better or worse than random."""
+def verdicts(summary: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
+    """Per model, level and stage: the best strategy only where it beats every other one after Holm's adjustment
+    (otherwise the best by mean and the strategies it is not separated from), then every strategy better or
+    worse than random after adjustment, with its effect and interval."""
     items = []
     rows = summary[summary["n_seeds"].gt(0)]
     for (model, level), cell in rows.groupby(["model", "level"], sort=True):
+        log_scale = bool(cell["scale"].eq("log").any())
         for value in ("pruned", "recovered"):
-            verdict, ratio, diff, p, n = (f"vs_random_{value}_{c}" for c in ("verdict", "ratio", "diff", "p", "n_pairs"))
+            verdict = f"vs_random_{value}_verdict"
             if verdict not in cell or cell[verdict].isna().all():
                 continue
             higher = bool(cell["higher_is_better"].dropna().iloc[0]) if cell["higher_is_better"].notna().any() else False
-            best = cell.sort_values(f"{value}_mean", ascending=not higher).iloc[0]
-            parts = [f"best **{md_text(best['label'])}** ({md_text(best['metric_name'])} {fmt(best[f'{value}_mean'])})"]
+            winner = stats.best(pairs, model, level, value)
+            by_mean = cell.sort_values(f"{value}_mean", ascending=not higher).iloc[0]
+            if winner is not None:
+                row = cell[cell["label"].eq(winner)].iloc[0]
+                parts = [f"best **{md_text(winner)}** ({md_text(row['metric_name'])} {fmt(row[f'{value}_mean'])}; "
+                         "beats every other strategy after Holm adjustment)"]
+            else:
+                tied = stats.not_separated(pairs, model, level, value, by_mean["label"])
+                parts = [f"no strategy beats all others; best by mean only: {md_text(by_mean['label'])} "
+                         f"({md_text(by_mean['metric_name'])} {fmt(by_mean[f'{value}_mean'])}), not separated from "
+                         f"{', '.join(md_text(t) for t in tied) or 'none'}"]
             for r in cell[cell[verdict].isin(["better", "worse"])].itertuples(index=False):
                 d = r._asdict()
-                parts.append(f"{md_text(r.label)} {d[verdict]} than random ({effect(d[diff], d[ratio])}, p={d[p]:.2g}, "
-                             f"n={int(d[n])})")
+                e = effect(d[f"vs_random_{value}_effect"], d[f"vs_random_{value}_effect_low"],
+                           d[f"vs_random_{value}_effect_high"], log_scale)
+                parts.append(f"{md_text(r.label)} {d[verdict]} than random ({e}, Holm p={d[f'vs_random_{value}_p_adj']:.2g}, "
+                             f"n={int(d[f'vs_random_{value}_n_pairs'])})")
             if not cell[verdict].isin(["better", "worse"]).any():
-                parts.append(f"no strategy differs from random with p < {ALPHA}")
+                parts.append(f"no strategy differs from random after Holm adjustment (p < {ALPHA})")
             items.append(f"{code(model)} level {level:g}, {value}: " + "; ".join(parts))
-    return items or [f"No strategy differs from random with p < {ALPHA} in any cell: none can be called better "
-                     "than random on these seeds."]
+    return items or [f"No strategy differs from random after Holm adjustment (p < {ALPHA}) in any cell: none can "
+                     "be called better than random on these seeds."]
+
+
+def pairwise_display(pairs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """The head-to-head table for the report: one row per pair, effect of a against b with its interval."""
+    log = set(summary.loc[summary["scale"].eq("log"), "model"])
+    return pd.DataFrame({
+        "model": pairs["model"], "stage": pairs["stage"], "level": pairs["level"].map(lambda v: f"{v:g}"),
+        "a vs b": pairs["a"] + " vs " + pairs["b"],
+        "effect [95% CI]": [effect(e, lo, hi, m in log) for e, lo, hi, m in
+                            zip(pairs["effect"], pairs["effect_low"], pairs["effect_high"], pairs["model"])],
+        "p": pairs["p"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
+        "Holm p": pairs["p_adj"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
+        "n": pairs["n_pairs"], "a is": pairs["verdict"],
+    })
 
 
 def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -255,6 +291,8 @@ def write_report(results: Results, out: str) -> str:
     out = out.rstrip("/")
     summary = summary_table(results.trials)
     write_bytes(f"{out}/summary.csv", summary.to_csv(index=False).encode())
+    pairs = stats.pairwise(results.trials)
+    write_bytes(f"{out}/pairwise.csv", pairs.to_csv(index=False).encode())
     table = display_table(summary)
     write_bytes(f"{out}/summary.md", (markdown_table(table) + "\n").encode())
 
@@ -265,7 +303,7 @@ def write_report(results: Results, out: str) -> str:
             write_bytes(f"{out}/{stem}.{kind}", figure_bytes(fig, kind))
         images.append(Block("image", (alt, stem)))
 
-    blocks = _blocks(results, summary, table, images)
+    blocks = _blocks(results, summary, table, images, pairs)
     title = f"sentinel-bench analysis: {_unique(results.trials.get('experiment'))}"
     report = f"{out}/report.md"
     markdown = render_markdown(md_text(title), blocks)
@@ -274,7 +312,8 @@ def write_report(results: Results, out: str) -> str:
     return report
 
 
-def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images: list[Block]) -> list[Block]:
+def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images: list[Block],
+            pairs: pd.DataFrame) -> list[Block]:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks = [Block("p", f"Generated {generated}."), Block("h2", "Run"), Block("ul", run_metadata(results)),
               Block("h2", "How to read this"),
@@ -287,22 +326,31 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                   "`pruned` is measured right after pruning, `recovered` after recovery fine-tuning, `dense` is the "
                   "unpruned model on the same data and protocol.",
                   f"`vs random` compares each strategy with {BASELINE} over trials paired by seed at the same model and "
-                  "level, with a paired t test (scipy.stats.ttest_rel) on the metric's scale: for perplexity the "
-                  "geometric-mean ratio to random (0.2x = a fifth of random's perplexity), otherwise the mean "
-                  "difference in metric units; then the p-value and the number of pairs.",
-                  "Strategies that do not depend on the seed (entropy, magnitude, gradient on a language model) prune "
-                  "the same heads in every seed: their `pruned` value has no spread, and seeds differ only in the "
-                  "recovery fine-tune. The paired test then asks whether they beat random draws of heads.",
+                  "level, with a paired t test (scipy.stats.ttest_rel) on the metric's scale. The effect comes with "
+                  "its 95% interval: for perplexity the ratio of geometric means to random (0.2x [0.1x, 0.4x] = a "
+                  "fifth of random's perplexity), otherwise the mean difference in metric units; then the raw p, the "
+                  "Holm-adjusted p (over every strategy and level of that model and stage) and the number of pairs.",
+                  "Calibration (the text heads are scored on) is drawn per seed from documents spread over the score "
+                  "split unless the protocol says `fixed`; a value identical in every seed is marked `no spread` "
+                  "(a strategy that reads no data and no seed, or a fixed calibration).",
                   "`speedup (ideal)`: measured tokens/s after / before (one quiet measurement per distinct pruned "
                   "layout), and in brackets the FLOP ratio dense / pruned that removing those heads allows.",
-                  f"A strategy is called **better than random** only where it beats {BASELINE} across seeds with "
-                  f"p < {ALPHA}, in the metric's direction (lower perplexity, higher Spearman). Anything else is "
-                  "reported as no significant difference, however large the mean gap looks.",
+                  f"A strategy is called **better than random** only where it beats {BASELINE} with Holm-adjusted "
+                  f"p < {ALPHA}, in the metric's direction (lower perplexity, higher Spearman), with at least "
+                  f"{MIN_SEEDS_FOR_CI} paired seeds. A strategy is named **best** only where it beats every other one "
+                  "after adjustment (head to head below); otherwise the report gives the best by mean and the "
+                  "strategies it is not separated from.",
               ]),
-              Block("h2", "Verdict"), Block("ul", verdicts(summary)),
+              Block("h2", "Verdict"), Block("ul", verdicts(summary, pairs)),
               Block("h2", "Summary table"),
               Block("p", "Also as [summary.csv](summary.csv) (all numbers, unrounded) and [summary.md](summary.md)."),
-              Block("table", table)]
+              Block("table", table),
+              Block("h2", "Head to head"),
+              Block("p", "Every pair of strategies at each model, level and stage, paired by seed; effect of a against b "
+                         "(a ratio of geometric means for perplexity, a difference otherwise) with its 95% interval; "
+                         "Holm's adjustment over every pair and level of one model and stage. Also as "
+                         "[pairwise.csv](pairwise.csv)."),
+              Block("table", pairwise_display(pairs, summary)) if len(pairs) else Block("p", "No pairs.")]
     if images:
         blocks.append(Block("h2", "Plots"))
         for image in images:

@@ -9,9 +9,15 @@ metric's own scale (`metric_scale`, recorded by the metric in each row), then ma
   inside [-1, 1]; the paired test is on z differences.
 - `identity`: anything else, as measured.
 The CI is the t interval (scipy.stats.t, n - 1 degrees of freedom) and needs MIN_SEEDS_FOR_CI seeds: with
-two, t = 12.7 and the interval says nothing; the table says "too few seeds for a CI" instead. The comparison
-with `random` pairs the trials by seed (same model, level and seed) and runs scipy.stats.ttest_rel on the
-transformed values.
+two, t = 12.7 and the interval says nothing; the table says "too few seeds" instead, and gives no verdict. A value
+identical in every seed has no interval: it is labelled "no spread", never printed as [x, x].
+
+Comparisons pair the trials by seed (same model, level and seed) and run scipy.stats.ttest_rel on the transformed
+values; each comes with its effect and a 95% interval (a ratio of geometric means for log-scale metrics, a
+difference in metric units otherwise). p-values are Holm-adjusted within a family, and verdicts use the adjusted
+value: the "better than random" tests of one (model, stage) form one family (every strategy and level), the
+head-to-head tests of every pair of strategies (random included) of one (model, stage) another. A strategy is
+named best at a (model, level, stage) only where it beats every other one there after adjustment.
 """
 from __future__ import annotations
 
@@ -95,7 +101,10 @@ def cell_stats(trials: pd.DataFrame) -> pd.DataFrame:
         for value in VALUES:
             row += interval(group[value], scale)
         row += [group[r].mean() if r in group else float("nan") for r in RESOURCES]
+        row += [float(np.ptp(group[v].dropna().to_numpy(float))) if group[v].notna().any() else float("nan")
+                for v in ("pruned", "recovered")]
         rows.append(row)
+    columns += ["pruned_spread", "recovered_spread"]  # max - min over seeds: 0 = identical in every seed
     table = pd.DataFrame(rows, columns=columns)
     failed = trials[~trials["status"].eq("ok")].groupby(CELL).size().rename("n_failed").reset_index()
     table = table.merge(failed, on=CELL, how="outer").fillna({"n_failed": 0, "n_seeds": 0})
@@ -106,50 +115,147 @@ def cell_stats(trials: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(CELL, ignore_index=True)
 
 
+def compare(a: pd.DataFrame, b: pd.DataFrame, value: str) -> dict:
+    """Strategy `a` against `b` on trials paired by seed (same model and level), on the metric's scale.
+
+    Returns:
+        `n_pairs`; `effect` with its 95% t interval `effect_low`/`effect_high`: for log-scale metrics the ratio of
+        geometric means a / b (exp of the mean paired log difference and its interval), otherwise the mean paired
+        difference a - b in metric units; `diff` (mean a - b in metric units); `p` (ttest_rel on the metric's
+        scale, two-sided; NaN below MIN_SEEDS_FOR_CI pairs or when every difference is equal); `direction` (the
+        tested mean on the metric's scale: > 0 means a's metric is higher); `spread` False when every paired
+        difference is the same (no interval is given then).
+    """
+    pairs = a[["model", "level", "seed", value]].merge(b[["model", "level", "seed", value]], on=["model", "level", "seed"],
+                                                       suffixes=("_a", "_b")).dropna()
+    scale = metric_scale(a)
+    forward, _ = SCALES[scale]
+    x, y = pairs[f"{value}_a"].to_numpy(float), pairs[f"{value}_b"].to_numpy(float)
+    n = len(pairs)
+    out = {"n_pairs": n, "diff": float(np.mean(x - y)) if n else float("nan"), "effect": float("nan"),
+           "effect_low": float("nan"), "effect_high": float("nan"), "p": float("nan"), "direction": float("nan"),
+           "spread": True}
+    if not n:
+        return out
+    d = forward(x) - forward(y) if scale == "log" else x - y  # what the effect and its interval are built from
+    z = forward(x) - forward(y)  # what is tested
+    out["direction"] = float(np.mean(z))
+    out["effect"] = float(np.exp(np.mean(d))) if scale == "log" else float(np.mean(d))
+    out["spread"] = bool(np.ptp(z) > 0)
+    if n >= MIN_SEEDS_FOR_CI and out["spread"]:
+        half = float(stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * stats.sem(d))
+        low, high = float(np.mean(d)) - half, float(np.mean(d)) + half
+        out["effect_low"], out["effect_high"] = (float(np.exp(low)), float(np.exp(high))) if scale == "log" else (low, high)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["p"] = float(stats.ttest_rel(forward(x), forward(y)).pvalue)
+    return out
+
+
+def holm(p: pd.Series) -> pd.Series:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN and is not counted in the family)."""
+    values = p.dropna().sort_values()
+    m = len(values)
+    adjusted = np.minimum(1.0, np.maximum.accumulate([(m - k) * v for k, v in enumerate(values.to_numpy())]))
+    return pd.Series(adjusted, index=values.index).reindex(p.index)
+
+
+def verdict(direction: float, p_adj: float, n: int, higher_is_better: bool) -> str:
+    """"better" / "worse" when the Holm-adjusted p is below ALPHA (in the metric's direction), otherwise "no
+    significant difference"; "too few seeds" below MIN_SEEDS_FOR_CI pairs."""
+    if n < MIN_SEEDS_FOR_CI:
+        return "too few seeds"
+    if not p_adj < ALPHA:  # also NaN: identical differences give no evidence either way
+        return "no significant difference"
+    better = direction > 0 if higher_is_better else direction < 0
+    return "better" if better else "worse"
+
+
+def _higher(rows: pd.DataFrame) -> bool:
+    values = rows["higher_is_better"].dropna()
+    return bool(values.iloc[0]) if len(values) else False
+
+
 def paired_vs_random(trials: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Each strategy against random at the same model, level and seed, with a paired t test across seeds.
+    """Each strategy against random at the same model, level and seed (paired t test across seeds), with
+    Holm's adjustment over every strategy and level of one model (the family of "better than random" tests of
+    that model and stage).
 
     Args:
         trials: the merged trials table.
         value: "pruned" or "recovered".
     Returns:
-        One row per (model, label, level) with a random counterpart: `diff` (mean of strategy - random, in
-        metric units), `ratio` (for log-scale metrics: the geometric mean of strategy / random, e.g. 0.2 =
-        a fifth of random's perplexity; NaN otherwise), `p` (ttest_rel on the metric's scale, two-sided; NaN
-        below two pairs or when every difference is equal), `n_pairs`, and `verdict`: "better" / "worse"
-        (p < ALPHA, by the direction of higher_is_better), "no significant difference", or "too few seeds".
+        One row per (model, label, level) with a random counterpart: `diff`, `ratio` (= effect for log-scale
+        metrics, NaN otherwise), `effect`, `effect_low`, `effect_high`, `p`, `p_adj`, `n_pairs`, `verdict`.
     """
-    ok = ok_trials(trials).dropna(subset=[value])
-    base = ok[ok["label"].eq(BASELINE)][["model", "level", "seed", value]]
-    pairs = ok[~ok["label"].eq(BASELINE)].merge(base, on=["model", "level", "seed"], suffixes=("", "_random"))
-    rows = [_paired_row(key, group, value) for key, group in pairs.groupby(CELL, sort=True)]
-    columns = CELL + ["diff", "ratio", "p", "n_pairs", "verdict"]
-    return pd.DataFrame(rows, columns=columns)
+    ok = ok_trials(trials)
+    rows = []
+    for (model, label, level), group in ok[~ok["label"].eq(BASELINE)].groupby(CELL, sort=True):
+        base = ok[ok["label"].eq(BASELINE) & ok["model"].eq(model) & ok["level"].eq(level)]
+        if base.empty:
+            continue
+        result = compare(group, base, value)
+        rows.append({"model": model, "label": label, "level": level, **result, "higher": _higher(group),
+                     "scale": metric_scale(group)})
+    columns = CELL + ["diff", "ratio", "effect", "effect_low", "effect_high", "p", "p_adj", "n_pairs", "verdict", "spread"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows)
+    table["ratio"] = table["effect"].where(table["scale"].eq("log"))
+    table["p_adj"] = pd.concat([holm(g["p"]) for _, g in table.groupby("model")]).reindex(table.index)
+    table["verdict"] = [verdict(r.direction, r.p_adj, r.n_pairs, r.higher) for r in table.itertuples()]
+    return table[columns]
 
 
-def _paired_row(key: tuple, group: pd.DataFrame, value: str) -> list:
-    scale = metric_scale(group)
-    forward, _ = SCALES[scale]
-    a, b = group[value].to_numpy(float), group[f"{value}_random"].to_numpy(float)
-    diff = float(np.mean(a - b))
-    ratio = float(np.exp(np.mean(np.log(a) - np.log(b)))) if scale == "log" else float("nan")
-    p = float("nan")
-    if len(group) >= 2:
-        with warnings.catch_warnings():  # identical differences: scipy warns and returns NaN, which we report
-            warnings.simplefilter("ignore")
-            p = float(stats.ttest_rel(forward(a), forward(b)).pvalue)
-    higher = bool(group["higher_is_better"].iloc[0]) if pd.notna(group["higher_is_better"].iloc[0]) else False
-    direction = float(np.mean(forward(a) - forward(b)))  # the tested mean, on the metric's scale
-    return [*key, diff, ratio, p, len(group), _verdict(direction, p, len(group), higher)]
+def pairwise(trials: pd.DataFrame) -> pd.DataFrame:
+    """Head-to-head: every pair of strategies at each (model, level, stage), paired by seed, random included.
+
+    Holm's adjustment runs over every pair and level of one (model, stage): the family of "which is best" tests.
+    Returns:
+        model, stage, level, a, b, n_pairs, effect (a / b geometric-mean ratio for log-scale metrics, a - b
+        otherwise), effect_low, effect_high, diff, p, p_adj, verdict (of a against b: better / worse / no
+        significant difference / too few seeds), spread.
+    """
+    ok = ok_trials(trials)
+    rows = []
+    for stage in ("pruned", "recovered"):
+        for (model, level), cell in ok.groupby(["model", "level"], sort=True):
+            labels = sorted(cell["label"].unique())
+            for i, a in enumerate(labels):
+                for b in labels[i + 1:]:
+                    result = compare(cell[cell["label"].eq(a)], cell[cell["label"].eq(b)], stage)
+                    rows.append({"model": model, "stage": stage, "level": level, "a": a, "b": b, **result,
+                                 "higher": _higher(cell)})
+    columns = ["model", "stage", "level", "a", "b", "n_pairs", "effect", "effect_low", "effect_high", "diff", "p",
+               "p_adj", "verdict", "spread"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows)
+    table["p_adj"] = pd.concat([holm(g["p"]) for _, g in table.groupby(["model", "stage"])]).reindex(table.index)
+    table["verdict"] = [verdict(r.direction, r.p_adj, r.n_pairs, r.higher) for r in table.itertuples()]
+    return table[columns]
 
 
-def _verdict(diff: float, p: float, n: int, higher_is_better: bool) -> str:
-    if n < 2:
-        return "too few seeds"
-    if not p < ALPHA:  # also NaN: identical differences give no evidence either way
-        return "no significant difference"
-    better = diff > 0 if higher_is_better else diff < 0
-    return "better" if better else "worse"
+def best(pairs: pd.DataFrame, model: str, level: float, stage: str) -> str | None:
+    """The strategy that beats every other one at (model, level, stage) after adjustment, or None."""
+    cell = pairs[pairs["model"].eq(model) & pairs["level"].eq(level) & pairs["stage"].eq(stage)]
+    labels = sorted(set(cell["a"]) | set(cell["b"]))
+    for label in labels:
+        if len(labels) > 1 and not not_separated(pairs, model, level, stage, label):
+            return label
+    return None
+
+
+def not_separated(pairs: pd.DataFrame, model: str, level: float, stage: str, label: str) -> list[str]:
+    """Strategies that `label` does not beat after adjustment at (model, level, stage)."""
+    cell = pairs[pairs["model"].eq(model) & pairs["level"].eq(level) & pairs["stage"].eq(stage)]
+    out = []
+    for r in cell.itertuples():
+        if r.a == label and r.verdict != "better":
+            out.append(r.b)
+        elif r.b == label and r.verdict != "worse":
+            out.append(r.a)
+    return sorted(out)
 
 
 def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -158,13 +264,13 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
     Args:
         trials: the merged trials table.
     Returns:
-        cell_stats columns plus `vs_random_<value>_{diff,p,n_pairs,verdict}` for pruned and recovered, and a
-        `note` ("single seed", "k failed", "no random baseline at this level").
+        cell_stats columns plus `vs_random_<value>_{diff,ratio,effect,effect_low,effect_high,p,p_adj,n_pairs,
+        verdict}` for pruned and recovered, and a `note` ("single seed", "k failed", "no spread", ...).
     """
     table = cell_stats(trials)
     for value in ("pruned", "recovered"):
-        paired = paired_vs_random(trials, value)
-        paired = paired.rename(columns={c: f"vs_random_{value}_{c}" for c in ("diff", "ratio", "p", "n_pairs", "verdict")})
+        paired = paired_vs_random(trials, value).drop(columns=["spread"])
+        paired = paired.rename(columns={c: f"vs_random_{value}_{c}" for c in paired.columns if c not in CELL})
         table = table.merge(paired, on=CELL, how="left")
     table["note"] = [_note(row, trials) for row in table.itertuples(index=False)]
     return table
@@ -175,11 +281,14 @@ def _note(row, trials: pd.DataFrame) -> str:
     if row.n_seeds == 1:
         notes.append("single seed: no CI")
     elif 1 < row.n_seeds < MIN_SEEDS_FOR_CI:
-        notes.append(f"{row.n_seeds} seeds: too few for a CI")
+        notes.append(f"{row.n_seeds} seeds: too few for a CI or a verdict")
     elif row.n_seeds == 0:
         notes.append("no successful trial")
     if row.n_failed:
         notes.append(f"{row.n_failed} failed")
+    flat = [v for v in ("pruned", "recovered") if row.n_seeds >= 2 and getattr(row, f"{v}_spread") == 0]
+    if flat:
+        notes.append(f"{' and '.join(flat)}: no spread (identical in every seed)")
     has_random = ((trials["label"] == BASELINE) & (trials["model"] == row.model) & (trials["level"] == row.level)
                   & trials["status"].eq("ok")).any()
     if row.label != BASELINE and not has_random:

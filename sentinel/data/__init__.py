@@ -1,13 +1,20 @@
 """Bundled offline corpus, text sources, disjoint document splits, tokenisation into packed blocks."""
 from sentinel.data.blocks import (
     batches,
+    bos_token,
     check_seq_len,
+    document_tokens,
+    draw_windows,
     max_positions,
     pack_blocks,
     sentence_batches,
     sentences,
+    sentences_by_document,
     split_tokens,
+    spread_windows,
     token_stream,
+    window_tensor,
+    with_bos,
 )
 from sentinel.data.sources import (
     BUNDLED,
@@ -25,7 +32,10 @@ __all__ = [
     "Document",
     "Splits",
     "batches",
+    "bos_token",
     "check_seq_len",
+    "document_tokens",
+    "draw_windows",
     "hub_offline",
     "hub_reachable",
     "load_documents",
@@ -33,7 +43,11 @@ __all__ = [
     "pack_blocks",
     "sentence_batches",
     "sentences",
+    "sentences_by_document",
     "split_documents",
     "split_tokens",
+    "spread_windows",
     "token_stream",
+    "window_tensor",
+    "with_bos",
 ]

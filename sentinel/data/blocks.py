@@ -69,6 +69,22 @@ def sentences(docs: Sequence[Document], *, min_words: int = 4, max_words: int = 
     return out
 
 
+def sentences_by_document(docs: Sequence[Document], *, min_words: int = 4, max_words: int = 48) -> list[tuple[int, str]]:
+    """Every sentence-like piece (as `sentences` cuts them) with the index of its document."""
+    out = [(i, piece) for i, doc in enumerate(docs) for piece in _SENTENCE_END.split(" ".join(doc.text.split()))
+           if min_words <= len(piece.split()) <= max_words]
+    if not out:
+        raise ValueError(f"docs: no sentences of {min_words}-{max_words} words in {len(docs)} documents")
+    return out
+
+
+def with_bos(blocks: torch.Tensor, bos: int | None) -> torch.LongTensor:
+    """Packed blocks [n, T] with a BOS column first (when `bos` is an id): [n, T + 1]."""
+    if bos is None:
+        return blocks
+    return torch.cat([torch.full((blocks.shape[0], 1), bos, dtype=torch.long), blocks], dim=1)
+
+
 def sentence_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
     """Tokenised sentences (with special tokens), padded per batch; attention_mask marks the padding."""
     if batch_size < 1:
@@ -140,3 +156,104 @@ def split_tokens(source: str, tokenizer, split: str, seed: int = 0) -> torch.Lon
     if split not in parts._fields:
         raise ValueError(f"split: {split!r} is not one of {', '.join(parts._fields)}")
     return token_stream(tokenizer, getattr(parts, split))
+
+
+# ------------------------------------------------------------------------------- sampled windows
+
+
+def document_tokens(tokenizer, docs: Sequence[Document]) -> list[torch.LongTensor]:
+    """Each document tokenised on its own (no special tokens): what windows are drawn from."""
+    if not docs:
+        raise ValueError("docs: no documents to tokenise")
+    encoded = tokenizer([d.text for d in docs], add_special_tokens=False, verbose=False)["input_ids"]
+    return [torch.tensor(piece, dtype=torch.long) for piece in encoded]
+
+
+def draw_windows(lengths: Sequence[int], window: int, count: int, rng: random.Random,
+                 documents: int = 0) -> list[tuple[int, int]]:
+    """`count` windows of `window` tokens drawn from documents spread over a split.
+
+    `documents` documents (default: as many as windows, at most every document long enough) are drawn without
+    replacement; the windows go round-robin over them, each at a random offset inside its document, distinct
+    offsets where the document allows. So 8 windows come from 8 documents when the split has them, not from
+    the first article.
+
+    Args:
+        lengths: token count of each document.
+        window: tokens per window.
+        count: windows to draw.
+        rng: the generator (seeded by the caller: per trial seed, or fixed).
+        documents: distinct documents to use (0 = min(count, documents long enough)).
+    Returns:
+        [(document index, start token)] in drawing order.
+    """
+    eligible = [i for i, n in enumerate(lengths) if n >= window]
+    if not eligible:
+        raise ValueError(f"split: no document holds {window} tokens (the longest has {max(lengths, default=0)})")
+    k = documents or min(count, len(eligible))
+    if k > len(eligible):
+        raise ValueError(f"calibration_documents: {k} is more than the {len(eligible)} documents of at least "
+                         f"{window} tokens in the score split")
+    chosen = rng.sample(eligible, k)
+    used: dict[int, set[int]] = {}
+    out = []
+    for j in range(count):
+        doc = chosen[j % k]
+        room = lengths[doc] - window + 1
+        taken = used.setdefault(doc, set())
+        start = rng.randrange(room)
+        if len(taken) < room:
+            while start in taken:
+                start = rng.randrange(room)
+        taken.add(start)
+        out.append((doc, start))
+    return out
+
+
+def spread_windows(lengths: Sequence[int], window: int, count: int) -> list[tuple[int, int]]:
+    """`count` windows of `window` tokens placed evenly over all documents of a split (by token position in the
+    documents laid end to end, so each document gets windows in proportion to its length; disjoint unless the
+    split is barely longer than the windows); a window never crosses a document's end. Deterministic: every cell
+    of a grid sees the same windows.
+
+    Returns:
+        [(document index, start token)] in split order.
+    """
+    usable = [max(0, n - window + 1) for n in lengths]  # start positions that keep the window in its document
+    total = sum(usable)
+    if count < 1 or total == 0:
+        raise ValueError(f"split: no document holds {window} tokens" if total == 0 else f"count: {count} must be >= 1")
+    out, offsets = [], []
+    acc = 0
+    for n in usable:
+        offsets.append(acc)
+        acc += n
+    for j in range(count):
+        position = (j * total) // count + total // (2 * count)  # the middle of the j-th of count equal stretches
+        doc = max(i for i, o in enumerate(offsets) if o <= position and usable[i] > 0)
+        out.append((doc, position - offsets[doc]))
+    return out
+
+
+def window_tensor(doc_ids: Sequence[torch.Tensor], windows: Sequence[tuple[int, int]], length: int,
+                  bos: int | None = None) -> torch.LongTensor:
+    """The windows as rows of a [len(windows), length (+1 with a BOS token)] tensor, BOS first when given."""
+    rows = [doc_ids[d][s: s + length] for d, s in windows]
+    out = torch.stack(rows)
+    if bos is not None:
+        out = torch.cat([torch.full((len(rows), 1), bos, dtype=torch.long), out], dim=1)
+    return out
+
+
+def bos_token(tokenizer, bos: str) -> int | None:
+    """The BOS id to start every window with: `true` needs one, `false` none, `auto` what the tokenizer does
+    (its encoding of a plain string starts with BOS, as Llama-family tokenizers do, GPT-2's does not)."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos == "false":
+        return None
+    if bos == "true":
+        if bos_id is None:
+            raise ValueError(f"data.bos: true, but the tokenizer {type(tokenizer).__name__} has no BOS token")
+        return bos_id
+    ids = tokenizer("a").get("input_ids") or []
+    return bos_id if bos_id is not None and ids and ids[0] == bos_id else None

@@ -5,7 +5,7 @@ The exact protocols are written down in docs/METRICS.md.
 """
 from sentinel.eval.metric import Metric
 from sentinel.models.device import autocast, mean_pool, model_device, resolve_device  # re-exported
-from sentinel.eval.perplexity import perplexity, windows
+from sentinel.eval.perplexity import perplexity, window_perplexity, windows
 from sentinel.eval.sentence import (
     cosine_pairs,
     embedding_fidelity,
@@ -29,6 +29,7 @@ __all__ = [
     "mean_pool",
     "model_device",
     "perplexity",
+    "window_perplexity",
     "resolve_device",
     "sample_pairs",
     "sts_spearman",

@@ -141,3 +141,43 @@ def perplexity(
         "windows": len(spans),
     }
     return Metric(name="perplexity", value=value, higher_is_better=False, protocol=protocol, scale="log")
+
+
+def window_perplexity(
+    model: nn.Module,
+    windows: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    dataset: str = "",
+    split: str = "",
+    extra: dict | None = None,
+    device: torch.device | str | None = None,
+) -> Metric:
+    """Perplexity over separate windows (rows of `windows`, each scored on its own: its first token is context,
+    a BOS token when the caller put one there, every later token is predicted). Used for windows spread over a
+    split, where a sliding stream would join unrelated text.
+
+    Args:
+        windows: LongTensor[k, T], T at most the model's max positions.
+        extra: more protocol fields (placement, documents).
+    Returns:
+        Metric("perplexity", exp(total NLL / predicted tokens)) with protocol {dataset, split, seq_len, tokens,
+        windows, **extra}.
+    """
+    if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
+        raise ValueError(f"windows: expected [k >= 1, T >= 2] token ids, got shape {tuple(windows.shape)}")
+    limit = max_positions(model)
+    if limit is not None and windows.shape[1] > limit:
+        raise ValueError(f"seq_len: {windows.shape[1]} exceeds the model's max positions {limit}")
+    device = torch.device(device) if device is not None else model_device(model)
+    total_nll, total_tokens = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, windows.shape[0], batch_size):
+            inputs = windows[start: start + batch_size].to(device)
+            nll, count = _nll_sum(model, inputs, inputs.clone())
+            total_nll, total_tokens = total_nll + nll, total_tokens + count
+    value = float(torch.tensor(total_nll / total_tokens, dtype=torch.float64).exp())
+    protocol = {"dataset": dataset, "split": split, "seq_len": int(windows.shape[1]), "tokens": total_tokens,
+                "windows": int(windows.shape[0]), **(extra or {})}
+    return Metric(name="perplexity", value=value, higher_is_better=False, protocol=protocol, scale="log")

@@ -3,9 +3,10 @@
 A strategy is `score(model, batches, *, generator, **options) -> HeadScores`. For every strategy a
 HIGHER score means a MORE important head, so selection always prunes the lowest scores first.
 
-Each strategy also says whether its scores depend on the seed (`uses_seed`). Those that do not (entropy,
-magnitude, gradient on a language model) are computed once per (model, strategy, options, data) and
-shared by every seed of a grid; only the recovery fine-tune then differs between seeds.
+Each strategy also says whether its scores depend on the seed (`uses_seed`) and on the calibration data
+(`uses_data`). Scores are computed once per (model, strategy, options, seed if used, calibration draw if used)
+and shared: with calibration resampled per seed (the default) every data-driven strategy is scored per seed;
+magnitude, which reads no data, is scored once for the whole grid.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Strategy:
     # True: the strategy removes heads while the model fine-tunes (it owns the schedule; see pruning/dynamic.py),
     # and its scores are those it starts from
     during_finetune: bool = False
+    uses_data: bool = True  # False: scores ignore the calibration batches (magnitude, random), shared across draws
 
     def depends_on_seed(self, model: nn.Module) -> bool:
         """Whether scores of `model` change with the seed (if not, one scoring serves every seed)."""
@@ -80,18 +82,19 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 def register_strategy(
     name: str, *, defaults: Mapping[str, Any] | None = None, checks: Mapping[str, OptionCheck] | None = None,
-    uses_seed: bool | SeedUse = False, during_finetune: bool = False,
+    uses_seed: bool | SeedUse = False, during_finetune: bool = False, uses_data: bool = True,
 ) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: registers `fn` as strategy `name` accepting the options in `defaults`.
 
     `uses_seed`: whether the scores depend on the seed (a bool, or model -> bool when it depends on the model).
     `during_finetune`: the strategy prunes during fine-tuning (the pipeline then runs its schedule).
+    `uses_data`: whether the scores read the calibration batches (if not, one scoring serves every draw).
     """
 
     def decorate(fn: ScoreFn) -> ScoreFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         STRATEGIES.add(name, Strategy(name, fn, dict(defaults or {}), dict(checks or {}), summary, uses_seed,
-                                      during_finetune))
+                                      during_finetune, uses_data))
         return fn
 
     return decorate

@@ -8,7 +8,7 @@ from sentinel.models import head_layout
 from sentinel.pruning.base import Batch, HeadScores, register_strategy, score_grid
 
 
-@register_strategy("random", uses_seed=True)
+@register_strategy("random", uses_seed=True, uses_data=False)
 def random_scores(model: nn.Module, batches: list[Batch], *, generator: torch.Generator) -> HeadScores:
     """Uniform [0, 1) scores from the seeded generator, one per head (layer-major order); no data."""
     heads = head_layout(model).heads

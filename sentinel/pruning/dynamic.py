@@ -97,7 +97,7 @@ class DynamicPruner:
         removed = self.mask.masked()
         importance, _ = gate_importance(self.model, self.batches, self.generator, masked=removed)
         if self.normalize:
-            importance = l2_normalized(importance)
+            importance = l2_normalized(importance, removed)
         grid = score_grid(importance).double()
         for layer, heads in removed.items():
             grid[layer, heads] = -math.inf

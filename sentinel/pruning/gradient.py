@@ -16,7 +16,7 @@ Loss:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -104,9 +104,16 @@ def gate_importance(
     return [t / used for t in total], used
 
 
-def l2_normalized(importance: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each layer's importances divided by their L2 norm (Michel et al.'s per-layer normalisation)."""
-    return [t / t.norm().clamp(min=1e-20) for t in importance]
+def l2_normalized(importance: list[torch.Tensor], removed: Mapping[int, Sequence[int]] | None = None) -> list[torch.Tensor]:
+    """Each layer's importances divided by their L2 norm over the heads still present (Michel et al.'s per-layer
+    normalisation). A removed head's gate still has a gradient, so leaving it in the norm would shrink the
+    layer's present heads by what is already gone."""
+    out = []
+    for layer, t in enumerate(importance):
+        present = torch.ones_like(t, dtype=torch.bool)
+        present[list((removed or {}).get(layer, []))] = False
+        out.append(t / t[present].norm().clamp(min=1e-20))
+    return out
 
 
 @register_strategy(

@@ -59,7 +59,7 @@ def iterative_scores(
         importance, used = gate_importance(model, batches, generator, masked=removed)
         passes += used
         if normalize_per_layer:
-            importance = l2_normalized(importance)
+            importance = l2_normalized(importance, removed)
         grid = score_grid(importance).double()
         for layer, heads in removed.items():
             grid[layer, heads] = -math.inf  # already gone: selected first, never re-ranked

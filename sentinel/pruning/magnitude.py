@@ -29,7 +29,7 @@ def magnitude_matrix(model: nn.Module) -> torch.Tensor:
     return score_grid([layer_magnitudes(model, layer) for layer in range(head_layout(model).num_layers)])
 
 
-@register_strategy("magnitude")
+@register_strategy("magnitude", uses_data=False)
 def magnitude_scores(model: nn.Module, batches: list[Batch], *, generator: torch.Generator) -> HeadScores:
     """Summed Frobenius norms of the head's W_Q, W_K, W_V rows and W_O columns (large = important); no data."""
     return HeadScores(scores=magnitude_matrix(model), strategy="magnitude", meta={"forward_passes": 0, "backward_passes": 0})

@@ -1,6 +1,7 @@
 """The orchestrator on a real Ray runtime: a grid end to end, a failing trial, resume after SIGKILL, logical GPUs."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -102,8 +104,14 @@ def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, 
         while not list(parts.glob("*.parquet")):
             assert time.time() - seen < 30, "no part was written within 30 s of a finished trial"
             time.sleep(0.02)
+        ray_processes = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()  # SIGKILL to the driver alone: the local Ray it started must stop with it (orchestrator.watchdog)
+        proc.wait()
+        _, alive = psutil.wait_procs(ray_processes, timeout=30)
+        assert not alive, f"outlived their driver: {[p.info if hasattr(p, 'info') else p.pid for p in alive]}"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first = progress(line + proc.stdout.read(), 12)  # everything the killed driver printed
     assert 1 <= len(first) < 12, f"the kill should land mid-grid: {first}"

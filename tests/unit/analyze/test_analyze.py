@@ -72,10 +72,19 @@ def test_paired_difference_to_random_matches_ttest_rel_by_seed(results_dir):
             a, b = m[value].to_numpy(), r.loc[m.index, value].to_numpy()
             p = stats.ttest_rel(np.log(a), np.log(b)).pvalue  # perplexity is compared in log space
             row = summary.loc[(model, "magnitude", level)]
-            assert row[f"vs_random_{value}_n_pairs"] == len(m) == 2
+            assert row[f"vs_random_{value}_n_pairs"] == len(m) == 3
             np.testing.assert_allclose(row[f"vs_random_{value}_diff"], (a - b).mean(), rtol=1e-9)
             np.testing.assert_allclose(row[f"vs_random_{value}_ratio"], np.exp(np.log(a / b).mean()), rtol=1e-9)
             np.testing.assert_allclose(row[f"vs_random_{value}_p"], p, rtol=1e-9, equal_nan=True)
+            # the ratio's 95% interval: exp(mean log ratio +- t(0.975, n - 1) * sem)
+            d = np.log(a / b)
+            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+            np.testing.assert_allclose([row[f"vs_random_{value}_effect_low"], row[f"vs_random_{value}_effect_high"]],
+                                       np.exp([d.mean() - half, d.mean() + half]), rtol=1e-9)
+        # Holm over the model's family (magnitude at both levels; entropy has one seed, no p): 2 tests
+        ps = summary.loc[(model, "magnitude"), "vs_random_pruned_p"].sort_values()
+        expected = np.maximum.accumulate(np.minimum(1, [2 * ps.iloc[0], ps.iloc[1]]))
+        np.testing.assert_allclose(summary.loc[(model, "magnitude"), "vs_random_pruned_p_adj"].loc[ps.index], expected)
 
 
 def test_better_than_random_needs_p_below_005_in_the_metrics_direction(results_dir):
@@ -106,7 +115,7 @@ def test_failed_trial_is_listed_with_its_error_and_left_out_of_means(results_dir
     assert len(failed) == 1
     summary = pd.read_csv(report.parent / "summary.csv")
     cell = summary[(summary["label"] == "magnitude") & (summary["level"] == 0.5)].iloc[0]
-    assert cell["n_failed"] == 1 and cell["n_seeds"] == 2 and "1 failed" in cell["note"]
+    assert cell["n_failed"] == 1 and cell["n_seeds"] == 3 and "1 failed" in cell["note"]
     text = report.read_text()
     assert "## Failed trials (1)" in text
     from orchestrator.analyze.report import md_text
@@ -127,7 +136,7 @@ def test_report_embeds_every_plot_and_each_image_is_non_trivial(results_dir, rep
         colours = np.unique(rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2])
         assert len(colours) > 10, stem  # not a blank canvas
         assert svg.stat().st_size > 5000 and "<svg" in svg.read_text()[:2000]
-    for needle in ("better than random", "p < 0.05", "perplexity, ", "seq 32 stride 32", "versions:",
+    for needle in ("better than random", "p < 0.05", "perplexity, ", "4 windows of 32 tokens", "versions:",
                    "weights: safetensors as float32",
                    "device(s): cpu", "partial results", "## Summary table"):
         assert needle in text, needle
@@ -226,9 +235,61 @@ def test_report_names_each_models_protocol_from_its_task(results_dir, report):
     """The protocol line comes from the task's own label (schema 2), so a new task needs no reader changes."""
     trials = load([str(results_dir)]).trials
     ok = trials[trials.status == "ok"].iloc[0]
-    assert ok["task"] == "perplexity" and ok["protocol_label"].endswith("alice-40k.txt eval split, seq 32 stride 32, 128 tokens")
+    assert ok["task"] == "perplexity" and ok["protocol_label"].endswith(
+        "alice-40k.txt eval split, 4 windows of 32 tokens over 1 of 1 documents")
     assert f"perplexity, {ok['protocol_label']}" in report.read_text()
     from orchestrator.analyze.plots import protocol_label
 
     old = {"metric_name": "perplexity", "protocol": '{"dataset": "gutenberg", "seq_len": 64}'}  # a schema-1 row
     assert protocol_label(old) == "perplexity, dataset gutenberg, seq_len 64"
+
+
+def test_holm_adjustment_matches_the_step_down_by_hand():
+    from orchestrator.analyze.stats import holm
+
+    p = pd.Series([0.01, 0.04, np.nan, 0.03, 0.005])
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 4x, 3x, 2x, 1x, each at least the one before, at most 1
+    expected = {4: 0.02, 0: 0.03, 3: 0.06, 1: 0.06}
+    adjusted = holm(p)
+    assert np.isnan(adjusted[2])
+    for index, value in expected.items():
+        assert adjusted[index] == pytest.approx(value)
+
+
+def synthetic(values: dict[str, list[float]], level: float = 0.3) -> pd.DataFrame:
+    """A trials table: one ok perplexity row per (strategy, seed) with the given pruned values."""
+    rows = [{"model": "m", "strategy": s, "label": s, "level": level, "seed": i, "status": "ok", "dense": 10.0,
+             "pruned": v, "recovered": v, "metric_name": "perplexity", "higher_is_better": False, "metric_scale": "log"}
+            for s, vs in values.items() for i, v in enumerate(vs)]
+    return pd.DataFrame(rows)
+
+
+def test_best_is_named_only_where_it_beats_every_other_strategy_after_adjustment():
+    from orchestrator.analyze.stats import best, not_separated, pairwise
+
+    rng = np.random.default_rng(0)
+    noise = lambda: rng.normal(0, 0.02, 6)  # noqa: E731
+    clear = synthetic({"random": list(1000 * np.exp(noise())), "gradient": list(50 * np.exp(noise())),
+                       "entropy": list(400 * np.exp(noise()))})
+    pairs = pairwise(clear)
+    assert len(pairs) == 2 * 3  # pruned and recovered, 3 pairs each
+    assert best(pairs, "m", 0.3, "pruned") == "gradient"
+    close = synthetic({"random": list(1000 * np.exp(noise())), "gradient": list(50 * np.exp(noise())),
+                       "l0": list(50 * np.exp(noise()))})
+    pairs = pairwise(close)
+    assert best(pairs, "m", 0.3, "pruned") is None
+    assert not_separated(pairs, "m", 0.3, "pruned", "gradient") == ["l0"]
+    row = pairs[(pairs.a == "gradient") & (pairs.b == "random") & (pairs.stage == "pruned")].iloc[0]
+    assert row.verdict == "better" and row.effect_low < row.effect < row.effect_high < 0.1
+
+
+def test_no_verdict_below_three_seeds_and_zero_spread_is_labelled_not_an_interval():
+    from orchestrator.analyze.report import display_table
+
+    two = summary_table(synthetic({"random": [1000.0, 900.0], "magnitude": [50.0, 50.0]})).set_index("label")
+    assert two.loc["magnitude", "vs_random_pruned_verdict"] == "too few seeds"
+    assert np.isnan(two.loc["magnitude", "vs_random_pruned_p"])
+    flat = summary_table(synthetic({"random": [1000.0, 900.0, 800.0], "magnitude": [50.0, 50.0, 50.0]}))
+    shown = display_table(flat).set_index("strategy")
+    assert shown.loc["magnitude", "pruned"] == "50 (no spread)"
+    assert "no spread" in flat.set_index("label").loc["magnitude", "note"]
