@@ -6,8 +6,9 @@ configs/comparison.yaml runs both strategies with their defaults, which differ i
 in steps *and* L2-normalises importance per layer (Michel et al.'s setting); `gradient` is one-shot and raw. This
 runs the 2 x 2 (one-shot / iterative x raw / normalised) on SmolLM2-135M with the comparison's data, and reports
 the pruned perplexity (before recovery; one fine-tuning step runs because a trial needs one, unreported) at
-levels 0.3 and 0.5. The LM's gradient scores do not depend on the seed,
-so one seed is the whole answer. In-process, CPU, no Ray.
+levels 0.3 and 0.5, seed 0. Since calibration is drawn per seed (data.calibration: resample), seed 0 is one
+calibration draw; benchmarks/results/normalization_ablation.md was measured before that, on the then fixed sample
+(the first score-split article), and is kept as that measurement. In-process, CPU, no Ray.
 
 Writes benchmarks/results/normalization_ablation.{json,md}.
 """

@@ -41,12 +41,12 @@ def child(model_name: str, strategy: str) -> dict:
     task = prepare_task("auto", dense, tokenizer, data)
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    result = score_heads(strategy, dense, task.score_batches, seed=0)
+    result = score_heads(strategy, dense, task.calibration(0).batches, seed=0)
     seconds = time.perf_counter() - start
     extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - loaded) / 1024
     return {"model": model_name, "strategy": strategy, "seconds": seconds, "extra_peak_rss_mb": extra,
             "forward_passes": result.meta.get("forward_passes"), "backward_passes": result.meta.get("backward_passes"),
-            "heads": head_layout(dense).total_heads, "score_batches": len(task.score_batches)}
+            "heads": head_layout(dense).total_heads, "score_batches": len(task.calibration(0).batches)}
 
 
 def main() -> None:

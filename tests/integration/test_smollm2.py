@@ -45,7 +45,7 @@ def test_trial_runs_end_to_end_and_records_where_the_weights_came_from(trial):
     assert trial.weights == "gguf Q4_1 (SmolLM2-135M-Instruct.Q4_1.gguf), dequantised to float32"
     assert trial.heads_pruned == 81 and trial.heads_pruned % 3 == 0  # whole GQA groups, without a group_size
     assert trial.metric_name == "perplexity" and trial.metric_scale == "log"
-    assert 5 < trial.dense < 200 and trial.pruned > 1.5 * trial.dense  # a real LM: 30% of its heads matter
+    assert 5 < trial.dense < 200 and trial.pruned > 1.2 * trial.dense  # a real LM: 30% of its heads matter
     assert trial.recovered < trial.pruned  # two steps of recovery already help
     assert trial.params_after < trial.params_before and trial.flops_after < trial.flops_before
     assert trial.speed_quiet is True and trial.speed_before > 0

@@ -135,3 +135,14 @@ def test_attn_implementation_is_restored_when_scoring_fails():
 def test_gqa_models_score_every_query_head():
     for model_type in sorted(GQA):
         assert score_heads("entropy", tiny_model(model_type), batches()).scores.shape == (2, 4)
+
+
+def test_per_layer_normalisation_counts_only_the_heads_still_present():
+    from sentinel.pruning.gradient import l2_normalized
+
+    importance = [torch.tensor([3.0, 4.0, 12.0]), torch.tensor([1.0, 1.0, 1.0])]
+    plain = l2_normalized(importance)
+    assert plain[0].tolist() == pytest.approx([3 / 13, 4 / 13, 12 / 13])
+    present = l2_normalized(importance, {0: [2]})  # head 2 of layer 0 is gone: the norm is over heads 0 and 1
+    assert present[0][:2].tolist() == pytest.approx([3 / 5, 4 / 5])
+    assert present[1].tolist() == pytest.approx(plain[1].tolist())

@@ -66,6 +66,10 @@ def cases(root: Path) -> list[dict]:
     config("unknown attn_implementation", good(root, models=[{**model, "options": {"attn_implementation": "magic"}}]))
     config("one model, two names", good(root, models=["sentinel/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"]))
     config("seq_len beyond context", good(root, data={"source": "gutenberg", "seq_len": 10**6}))
+    for name, data in (("eval_tokens beyond the split", {"eval_tokens": 10**9}),
+                       ("calibration_documents beyond the split", {"calibration_documents": 1000}),
+                       ("calibration unknown", {"calibration": "sometimes"}), ("bos unknown", {"bos": "maybe"})):
+        config(name, good(root, data={"source": "wikitext-2", "seq_len": 32, **data}))
 
     tables = root / "tables"
     tables.mkdir()
@@ -122,5 +126,8 @@ def test_hostile_inputs_end_in_one_line_and_exit_2_with_nothing_written(tmp_path
                          ("billion laughs", "expands"), ("experiment name of 250", "experiment:"),
                          ("address http", "--address"), ("data.source binary", "data.source"),
                          ("s3 output unreachable", "cannot be reached"), ("one model, two names", "models[1]"),
-                         ("analyze level high", "level"), ("analyze --out a file", "--out")):
+                         ("analyze level high", "level"), ("analyze --out a file", "--out"),
+                         ("eval_tokens beyond the split", "data.eval_tokens"),
+                         ("calibration_documents beyond the split", "data.calibration_documents"),
+                         ("calibration unknown", "data.calibration"), ("bos unknown", "data.bos")):
         assert needle in results[name]["stderr"], (name, results[name]["stderr"])

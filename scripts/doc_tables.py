@@ -1,0 +1,195 @@
+"""Numbers in docs come from tables a run wrote, never typed: publish a run's analysis under docs/data/, then
+render every marked table of docs/*.md from it.
+
+    python scripts/doc_tables.py publish results/default default   # analysis/summary.csv + pairwise.csv + run facts
+    python scripts/doc_tables.py render                            # rewrite the marked tables of docs/*.md
+    python scripts/doc_tables.py check                             # exit 1 where a doc's table differs (a test runs it)
+
+A marked table in a doc:
+
+    <!-- table: default/verdicts pruned sentinel/smollm2-135m -->
+    ...generated markdown...
+    <!-- /table -->
+
+Views (NAME is a folder of docs/data, MODEL a model name as in the results):
+    NAME/verdicts STAGE MODEL   strategy x level: mean [95% CI] and the effect against random [95% CI], Holm p, verdict
+    NAME/best MODEL             per level and stage: the strategy that beats every other after Holm, or the best by
+                                mean and those it is not separated from
+    NAME/pairs STAGE MODEL      the head-to-head pairs whose Holm-adjusted verdict is not "no significant difference"
+    NAME/dense                  per model: the dense metric on the sampled protocol and on the whole split
+    NAME/facts                  the run: trials, seeds, wall time, config
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "docs" / "data"
+BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+sys.path.insert(0, str(REPO))
+
+from orchestrator.analyze import stats  # noqa: E402
+from orchestrator.analyze.report import effect, markdown_table, mean_ci  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------ publish
+
+
+def publish(results: Path, name: str) -> Path:
+    """Copies a finished run's analysis tables (and facts read from its trials) to docs/data/NAME/."""
+    target = DATA / name
+    target.mkdir(parents=True, exist_ok=True)
+    for table in ("summary.csv", "pairwise.csv"):
+        shutil.copyfile(results / "analysis" / table, target / table)
+    trials = pd.read_parquet(results / "trials.parquet")
+    started, finished = pd.to_datetime(trials["started_at"]).min(), pd.to_datetime(trials["finished_at"]).max()
+    facts = {
+        "trials": int(len(trials)), "ok": int(trials["status"].eq("ok").sum()),
+        "seeds": {m: int(g["seed"].nunique()) for m, g in trials.groupby("model")},
+        "first_start_to_last_end_s": round((finished - started).total_seconds(), 1),
+        "dense_full": {m: float(g["dense_full"].dropna().iloc[0]) if g["dense_full"].notna().any() else None
+                       for m, g in trials.groupby("model")},
+        "protocol_label": {m: str(g["protocol_label"].dropna().iloc[0]) for m, g in trials.groupby("model")},
+        "versions": {k: str(trials[f"version_{k}"].dropna().iloc[0]) for k in ("torch", "transformers", "ray")
+                     if f"version_{k}" in trials and trials[f"version_{k}"].notna().any()},
+    }
+    (target / "facts.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
+    return target
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+
+def _load(name: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    folder = DATA / name
+    return (pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "pairwise.csv"),
+            json.loads((folder / "facts.json").read_text()))
+
+
+def _p(value: float) -> str:
+    return "" if pd.isna(value) else f"{value:.2g}"
+
+
+def verdicts(summary: pd.DataFrame, stage: str, model: str) -> pd.DataFrame:
+    rows = summary[summary["model"].eq(model)].sort_values(["label", "level"])
+    log = bool(rows["scale"].eq("log").any())
+    return pd.DataFrame({
+        "strategy": rows["label"], "level": rows["level"].map(lambda v: f"{v:g}"), "seeds": rows["n_seeds"],
+        stage: [mean_ci(m, lo, hi, sp) for m, lo, hi, sp in
+                zip(rows[f"{stage}_mean"], rows[f"{stage}_low"], rows[f"{stage}_high"], rows[f"{stage}_spread"])],
+        "vs random [95% CI]": [effect(e, lo, hi, log) for e, lo, hi in
+                               zip(rows[f"vs_random_{stage}_effect"], rows[f"vs_random_{stage}_effect_low"],
+                                   rows[f"vs_random_{stage}_effect_high"])],
+        "p": rows[f"vs_random_{stage}_p"].map(_p), "Holm p": rows[f"vs_random_{stage}_p_adj"].map(_p),
+        "verdict": rows[f"vs_random_{stage}_verdict"].fillna(""),
+    })
+
+
+def best(summary: pd.DataFrame, pairs: pd.DataFrame, model: str) -> pd.DataFrame:
+    out = []
+    cells = summary[summary["model"].eq(model)]
+    higher = bool(cells["higher_is_better"].dropna().iloc[0])
+    for level in sorted(cells["level"].unique()):
+        for stage in ("pruned", "recovered"):
+            winner = stats.best(pairs, model, level, stage)
+            at = cells[cells["level"].eq(level)].sort_values(f"{stage}_mean", ascending=not higher)
+            top = at.iloc[0]["label"]
+            tied = stats.not_separated(pairs, model, level, stage, top)
+            out.append({"level": f"{level:g}", "stage": stage,
+                        "best after Holm": winner or "none",
+                        "best by mean": top, "not separated from (by mean's best)": ", ".join(tied) or "none"})
+    return pd.DataFrame(out)
+
+
+def separated_pairs(pairs: pd.DataFrame, summary: pd.DataFrame, stage: str, model: str) -> pd.DataFrame:
+    rows = pairs[pairs["model"].eq(model) & pairs["stage"].eq(stage) & pairs["verdict"].isin(["better", "worse"])]
+    log = bool(summary.loc[summary["model"].eq(model), "scale"].eq("log").any())
+    rows = rows.sort_values(["level", "a", "b"])
+    return pd.DataFrame({
+        "level": rows["level"].map(lambda v: f"{v:g}"), "a": rows["a"], "b": rows["b"],
+        "a against b [95% CI]": [effect(e, lo, hi, log) for e, lo, hi in
+                                 zip(rows["effect"], rows["effect_low"], rows["effect_high"])],
+        "Holm p": rows["p_adj"].map(_p), "a is": rows["verdict"],
+    })
+
+
+def dense(summary: pd.DataFrame, facts: dict) -> pd.DataFrame:
+    rows = summary.drop_duplicates("model").sort_values("model")
+    return pd.DataFrame({
+        "model": rows["model"], "metric": rows["metric_name"],
+        "dense, the grid's protocol": rows["dense_mean"].map(lambda v: f"{v:.4g}"),
+        "protocol": rows["model"].map(facts["protocol_label"]),
+        "dense, whole eval split": rows["model"].map(lambda m: "" if facts["dense_full"].get(m) is None
+                                                   else f"{facts['dense_full'][m]:.4g}"),
+    })
+
+
+def run_facts(facts: dict) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "trials": facts["trials"], "ok": facts["ok"],
+        "seeds": ", ".join(f"{m}: {n}" for m, n in sorted(facts["seeds"].items())),
+        "first trial start to last trial end (s)": facts["first_start_to_last_end_s"],
+        "versions": ", ".join(f"{k} {v}" for k, v in sorted(facts["versions"].items())),
+    }])
+
+
+def render_view(spec: str) -> str:
+    name_view, *args = spec.split()
+    name, view = name_view.split("/")
+    summary, pairs, facts = _load(name)
+    if view == "verdicts":
+        table = verdicts(summary, args[0], args[1])
+    elif view == "best":
+        table = best(summary, pairs, args[0])
+    elif view == "pairs":
+        table = separated_pairs(pairs, summary, args[0], args[1])
+    elif view == "dense":
+        table = dense(summary, facts)
+    elif view == "facts":
+        table = run_facts(facts)
+    else:
+        raise ValueError(f"view: {view!r} is not one of verdicts, best, pairs, dense, facts")
+    return (markdown_table(table) if len(table) else "(none)") + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ docs
+
+
+def rendered(text: str) -> str:
+    """The doc with every marked table regenerated from docs/data."""
+    return BLOCK.sub(lambda m: m.group(1) + render_view(m.group("spec")) + m.group(4), text)
+
+
+def docs() -> list[Path]:
+    return sorted((REPO / "docs").glob("*.md"))
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "check"
+    if command == "publish":
+        print(publish(Path(argv[1]), argv[2]))
+        return 0
+    stale = []
+    for doc in docs():
+        text = doc.read_text(encoding="utf-8")
+        new = rendered(text)
+        if new != text:
+            stale.append(doc.name)
+            if command == "render":
+                doc.write_text(new, encoding="utf-8")
+    if command == "check" and stale:
+        print(f"tables differ from docs/data in: {', '.join(stale)} (python scripts/doc_tables.py render)")
+        return 1
+    if command == "render" and stale:
+        print(f"rendered: {', '.join(stale)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
