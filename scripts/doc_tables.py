@@ -18,6 +18,7 @@ Views (NAME is a folder of docs/data, MODEL a model name as in the results):
     NAME/pairs STAGE MODEL      the head-to-head pairs whose Holm-adjusted verdict is not "no significant difference"
     NAME/dense                  per model: the dense metric on the sampled protocol and on the whole split
     NAME/facts                  the run: trials, seeds, wall time, config
+    NAME/cost MODEL             seconds per strategy: scoring (where computed), fine-tuning, all stages
 """
 from __future__ import annotations
 
@@ -60,10 +61,25 @@ def publish(results: Path, name: str) -> Path:
                      if f"version_{k}" in trials and trials[f"version_{k}"].notna().any()},
     }
     (target / "facts.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
+    label = trials["strategy"] + trials["strategy_options"].map(
+        lambda o: "" if o in (None, "{}") else " (" + ", ".join(f"{k}={v}" for k, v in json.loads(o).items()) + ")")
+    costs = trials.assign(label=label).groupby(["model", "label"]).agg(
+        trials=("trial_id", "count"), scoring_s=("time_score", "sum"), finetune_s=("time_finetune", "sum"),
+        total_s=("time_total", "sum")).round(1).reset_index()
+    costs.to_csv(target / "costs.csv", index=False)
     return target
 
 
 # ------------------------------------------------------------------------------------------------ views
+
+
+def cost(name: str, model: str) -> pd.DataFrame:
+    rows = pd.read_csv(DATA / name / "costs.csv")
+    rows = rows[rows["model"].eq(model)]
+    return pd.DataFrame({"strategy": rows["label"], "trials": rows["trials"],
+                         "scoring (s, where computed)": rows["scoring_s"].map(lambda v: f"{v:.1f}"),
+                         "fine-tuning (s; dynamic: with its pruning)": rows["finetune_s"].map(lambda v: f"{v:.1f}"),
+                         "all stages (s)": rows["total_s"].map(lambda v: f"{v:.1f}")})
 
 
 def _load(name: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -153,6 +169,8 @@ def render_view(spec: str) -> str:
         table = dense(summary, facts)
     elif view == "facts":
         table = run_facts(facts)
+    elif view == "cost":
+        table = cost(name, args[0])
     else:
         raise ValueError(f"view: {view!r} is not one of verdicts, best, pairs, dense, facts")
     return (markdown_table(table) if len(table) else "(none)") + "\n"

@@ -26,7 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TINY_DATA = {"source": "gutenberg", "seq_len": 32, "stride": 32, "batch_size": 4, "score_batches": 1,
-             "eval_tokens": 256}
+             "eval_tokens": 256, "whole_split_reference": False}
 
 
 def free_ports(n: int) -> list[int]:

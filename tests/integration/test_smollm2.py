@@ -19,7 +19,8 @@ NAME = "sentinel/smollm2-135m"
 @pytest.fixture(scope="module")
 def trial():
     """One real trial: gradient scores, 30% of heads in whole KV groups, evaluation, two recovery steps."""
-    data = DataSpec(source="wikitext-2", seq_len=32, stride=32, batch_size=2, score_batches=1, eval_tokens=256)
+    data = DataSpec(source="wikitext-2", seq_len=32, stride=32, batch_size=2, score_batches=1, eval_tokens=256,
+                    whole_split_reference=False)  # the whole split would cost a minute here
     spec = TrialSpec(model=NAME, strategy="gradient", level=0.3, seed=0, data=data, device="cpu",
                      finetune=FinetuneConfig(steps=2, batch_size=2, warmup_steps=0, eval_every=2, lr=1e-4))
     return run_trial(spec)

@@ -150,7 +150,7 @@ def test_dynamic_trial_row_means_what_the_docs_say():
     from sentinel.pipeline import run_trial
     from sentinel.trial import DataSpec
 
-    data = DataSpec(seq_len=32, batch_size=4, score_batches=1, eval_tokens=256)
+    data = DataSpec(seq_len=32, batch_size=4, score_batches=1, eval_tokens=256, whole_split_reference=False)
     spec = TrialSpec(model="sentinel/tiny-gpt2", strategy="dynamic", level=0.25, data=data,
                      finetune=Config(steps=6, warmup_steps=0, eval_every=3), measure_speed=False,
                      strategy_options={"updates": 2})
