@@ -50,14 +50,11 @@ class HeadLayout:
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
-    for name in path.split(".") if path else []:  # "" is the root itself (T5: a block is the attention module)
-        root = getattr(root, name)
-    return root
+    return root.get_submodule(path)  # "" is the root itself (T5: a block is the attention module)
 
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:
-    *parents, name = path.split(".")
-    setattr(_get(root, ".".join(parents)) if parents else root, name, module)
+    root.set_submodule(path, module)
 
 
 def blocks(model: nn.Module, adapter: AttentionAdapter | None = None) -> list[nn.Module]:
