@@ -470,7 +470,11 @@ def _lock_holder(path: str) -> dict[str, Any] | None:
             holder = json.load(f)
         pid = int(holder["pid"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        try:  # a lock another run created an instant ago may not hold its JSON yet: young means held
+            young = time.time() - os.path.getmtime(path) < 10
+        except OSError:
+            young = False
+        return {"pid": "?", "host": "?", "since": "a moment ago"} if young else None
     if holder.get("host") != socket.gethostname():
         return holder  # another host's process: cannot tell, so it holds
     try:
@@ -695,7 +699,8 @@ def run_experiment(
                 if created:  # nothing ran: leave no saved spec that would block the next run
                     _delete(f"{out}/{SPEC_FILE}")
                 if isinstance(exc, (ConnectionError, RuntimeError, ValueError)):  # ray.init's refusals
-                    raise SpecError(f"--address: Ray did not start or connect ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise SpecError(f"{'--address' if address else 'ray'}: Ray did not start or connect ({reason})") from None
                 raise
             stop.reinstall()
             results = ResultStream(out, run_id)
