@@ -209,8 +209,7 @@ class ResultStream(Callback):
         payload = _payload(self.last.pop(trial.trial_id, None))
         (trial.last_result or {}).pop("payload", None)
         if not payload:  # died without reporting (a killed worker): a failed row from its config and Tune's error
-            error = (str(getattr(trial, "error_msg", "") or "").strip() or "worker died without reporting")
-            payload = {"row": failed_row(trial.config["cell"], f"TuneError: {error}".splitlines()[0]),
+            payload = {"row": failed_row(trial.config["cell"], f"TuneError: {tune_error(trial)}"),
                        "curve": [], "scores": [],
                        "context": {"experiment": trial.config["run"]["experiment"], "run_id": self.run_id}}
         self._add(payload)
@@ -315,7 +314,18 @@ def _error_line(trial) -> str:
     if payload:
         error = json.loads(payload)["row"].get("error") or ""
         return error.splitlines()[0] if error else "failed"
-    return "worker error (see the trial's error file)"
+    return tune_error(trial)
+
+
+def tune_error(trial) -> str:
+    """The last line of the error Tune recorded for a trial (Trial.get_error: the text of its error file, e.g.
+    "ray.exceptions.ActorDiedError: ..."), or a note when it recorded none."""
+    try:
+        text = str(trial.get_error() or "")
+    except Exception:  # the error file is on storage that went away
+        text = ""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "worker died without reporting (no error recorded by Tune)"
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -460,7 +470,11 @@ def _lock_holder(path: str) -> dict[str, Any] | None:
             holder = json.load(f)
         pid = int(holder["pid"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        try:  # a lock another run created an instant ago may not hold its JSON yet: young means held
+            young = time.time() - os.path.getmtime(path) < 10
+        except OSError:
+            young = False
+        return {"pid": "?", "host": "?", "since": "a moment ago"} if young else None
     if holder.get("host") != socket.gethostname():
         return holder  # another host's process: cannot tell, so it holds
     try:
@@ -685,7 +699,8 @@ def run_experiment(
                 if created:  # nothing ran: leave no saved spec that would block the next run
                     _delete(f"{out}/{SPEC_FILE}")
                 if isinstance(exc, (ConnectionError, RuntimeError, ValueError)):  # ray.init's refusals
-                    raise SpecError(f"--address: Ray did not start or connect ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise SpecError(f"{'--address' if address else 'ray'}: Ray did not start or connect ({reason})") from None
                 raise
             stop.reinstall()
             results = ResultStream(out, run_id)

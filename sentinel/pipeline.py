@@ -141,9 +141,9 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         baseline, result.reused["baseline"] = shared.get_or_compute(
             f"baseline/{model_key}/{task.key}/{result.device}", lambda: _baseline(dense, task, spec, device)
         )
-        # the dense model on the whole eval split, once per model: how far the sampled windows are from it
-        result.dense_full, _ = shared.get_or_compute(
-            f"full/{model_key}/{task.full_key}/{result.device}", lambda: _dense_full(dense, task, spec, device))
+        if spec.data.whole_split_reference:  # the dense model on the whole eval split, once per model
+            result.dense_full, _ = shared.get_or_compute(
+                f"full/{model_key}/{task.full_key}/{result.device}", lambda: _dense_full(dense, task, spec, device))
     result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
     result.metric_scale = baseline["scale"]
     result.dense = baseline["value"]

@@ -220,6 +220,8 @@ class DataSpec(Contract):
     calibration: str = checked("resample", one_of(CALIBRATIONS))
     calibration_documents: int = checked(0, integer(minimum=0))  # distinct documents drawn (0: one per window)
     bos: str = checked("auto", bos_rule)  # start every window with BOS: auto (as the tokenizer does), true, false
+    # the dense model on the whole eval split too, once per model (the row's dense_full): how far the sample is from it
+    whole_split_reference: bool = checked(True, boolean)
 
     def check_together(self) -> None:
         if self.stride is None:

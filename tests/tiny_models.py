@@ -31,13 +31,17 @@ CONFIGS = {
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64,
     ),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, rotary_pct=0.5,
+    ),
     "opt": lambda: transformers.OPTConfig(
         vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=64, word_embed_proj_dim=32,
     ),
 }
 
-CAUSAL = {"gpt2", "llama", "mistral", "qwen2", "opt"}
+CAUSAL = {"gpt2", "gpt_neox", "llama", "mistral", "qwen2", "opt"}
 GQA = {"llama", "mistral", "qwen2"}
 
 

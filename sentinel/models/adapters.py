@@ -31,6 +31,7 @@ class AttentionAdapter:
     k: str | None = None
     v: str | None = None
     qkv: str | None = None  # fused [q | k | v] along the output features (GPT-2's c_attn)
+    qkv_per_head: bool = False  # the fused qkv is [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] (GPT-NeoX's query_key_value)
     attrs: Mapping[str, AttrRule] = field(default_factory=dict)
     causal: bool = False
     gqa: bool = False  # K/V heads may be fewer than query heads (repeat_kv semantics)
@@ -128,6 +129,23 @@ register(
         causal=True,
     ),
     "opt",
+)
+
+
+# GPT-NeoX (Pythia): one fused query_key_value whose outputs are grouped per head, [q_h | k_h | v_h] for each head
+# h in turn (the forward views them as [..., heads, 3 * head_size]); the head count is inferred from the shape.
+register(
+    AttentionAdapter(
+        name="gpt_neox",
+        layers="layers",
+        attention="attention",
+        qkv="attention.query_key_value",
+        qkv_per_head=True,
+        o="attention.dense",
+        head_dim_attr="head_size",
+        causal=True,
+    ),
+    "gpt_neox",
 )
 
 

@@ -161,7 +161,7 @@ def _small_model(cls: type, config: Any) -> nn.Module:
         config.pruned_heads = {}
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return cls._from_config(config).eval()
+        return cls(config).eval()
 
 
 def _verify(small: nn.Module, adapter: AttentionAdapter) -> str | None:

@@ -50,14 +50,11 @@ class HeadLayout:
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
-    for name in path.split(".") if path else []:  # "" is the root itself (T5: a block is the attention module)
-        root = getattr(root, name)
-    return root
+    return root.get_submodule(path)  # "" is the root itself (T5: a block is the attention module)
 
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:
-    *parents, name = path.split(".")
-    setattr(_get(root, ".".join(parents)) if parents else root, name, module)
+    root.set_submodule(path, module)
 
 
 def blocks(model: nn.Module, adapter: AttentionAdapter | None = None) -> list[nn.Module]:
@@ -309,9 +306,14 @@ def head_slices(adapter: AttentionAdapter, layout: HeadLayout, layer: int, heads
                 kv_heads: list[int]) -> list[HeadSlice]:
     """Where query heads `heads` and KV heads `kv_heads` of `layer` live: head h is features
     [h * head_dim, (h + 1) * head_dim) of q (and of o's inputs), KV head g the same rows of k and v. A fused
-    qkv (GPT-2's c_attn) holds [q | k | v] along its outputs, without GQA."""
+    qkv (GPT-2's c_attn) holds [q | k | v] along its outputs, without GQA; one grouped per head (GPT-NeoX)
+    holds [q_h | k_h | v_h] for each head in turn."""
     d = layout.head_dim
     o = HeadSlice(adapter.o, "o", False, _rows(heads, d))
+    if adapter.qkv and adapter.qkv_per_head:
+        return [HeadSlice(adapter.qkv, role, True,
+                          torch.tensor([h * 3 * d + offset + i for h in heads for i in range(d)], dtype=torch.long))
+                for role, offset in (("q", 0), ("k", d), ("v", 2 * d))] + [o]
     if adapter.qkv:
         width = layout.heads[layer] * d
         return [HeadSlice(adapter.qkv, role, True, _rows(heads, d, offset))
@@ -372,8 +374,9 @@ def _prune_block(block: nn.Module, adapter: AttentionAdapter, layout: HeadLayout
     kept_features: dict[str, list[HeadSlice]] = {}
     for piece in head_slices(adapter, layout, layer, kept, kept_kv):  # a fused qkv gets its three slices at once
         kept_features.setdefault(piece.path, []).append(piece)
-    for path, pieces in kept_features.items():
-        _set(block, path, _keep(_get(block, path), torch.cat([p.index for p in pieces]), pieces[0].outputs))
+    for path, pieces in kept_features.items():  # in feature order: [q | k | v] or per head, as the layer holds them
+        index = torch.cat([p.index for p in pieces]).sort().values
+        _set(block, path, _keep(_get(block, path), index, pieces[0].outputs))
 
     attention = _get(block, adapter.attention)
     for attr, rule in adapter.attrs.items():

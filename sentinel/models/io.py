@@ -15,6 +15,7 @@ stays the dense one. docs/MIGRATION.md ("Loading without sentinel") has the tabl
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -134,7 +135,7 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
         if removed:
             prune_heads(model, removed, ids="original")  # a fresh dense model: original ids are positions
 
-    state = _state_dict(path)
+    state = _checkpoint_names(model, _state_dict(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     model.tie_weights()
     untied = [k for k in missing if not _is_tied(model, k)]
@@ -143,6 +144,23 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
     if torch_dtype is not None:
         model.to(torch_dtype)
     return model.eval()
+
+
+def _checkpoint_names(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict under the model's own parameter names: transformers 5 saves some families under their
+    original checkpoint names (GPT-NeoX's `embed_out` for `lm_head`) and renames them when it loads; its own
+    renaming rules (transformers.conversion_mapping) are applied here to the keys the model does not have."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    own = set(model.state_dict())
+    rules = [(src, tgt) for rule in get_model_conversion_mapping(model) if hasattr(rule, "source_patterns")
+             for src, tgt in zip(rule.source_patterns, rule.target_patterns)]
+    out = {}
+    for key, value in state.items():
+        if key not in own:
+            key = next((new for src, tgt in rules if (new := re.sub(src, tgt, key)) in own), key)
+        out[key] = value
+    return out
 
 
 def _dense_config(config: transformers.PretrainedConfig, sidecar: dict) -> transformers.PretrainedConfig:

@@ -256,11 +256,13 @@ def check_fallback(name: str) -> None:
     from sentinel.models.fallback import verified_for
 
     config = transformers.AutoConfig.from_pretrained(resolve_source(name), local_files_only=True)
-    auto = transformers.AutoModelForCausalLM if _is_causal(config) else transformers.AutoModel
+    causal = _is_causal(config)
+    mapping = transformers.MODEL_FOR_CAUSAL_LM_MAPPING if causal else transformers.MODEL_MAPPING  # the Auto classes' own
     try:
-        cls = auto._model_mapping[type(config)]
+        cls = mapping[type(config)]
     except KeyError:
-        raise ValueError(f"model_type: {config.model_type!r} has no {auto.__name__} class in transformers") from None
+        auto = "AutoModelForCausalLM" if causal else "AutoModel"
+        raise ValueError(f"model_type: {config.model_type!r} has no {auto} class in transformers") from None
     verified_for(cls, config)  # FallbackError is a ValueError
 
 

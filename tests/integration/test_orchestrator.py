@@ -83,6 +83,20 @@ def test_failing_trial_is_a_failed_row_after_retries(ray_cluster, tiny_gpt2, bro
     assert good.status == "ok" and math.isfinite(good.recovered) and good.attempts == 1
 
 
+def _dies(config: dict) -> None:
+    os._exit(3)  # the worker process ends without reporting anything
+
+
+def test_a_worker_that_dies_without_reporting_gets_tunes_error_in_its_row(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path):
+    raw = experiment("dies", tmp_path, [tiny_gpt2], tiny_corpus, strategies=["random"], levels=[0.5], max_failures=0)
+    summary = run_experiment(parse_spec(raw), trainable_fn=_dies, stream=io.StringIO())
+    trials = pd.read_parquet(summary.written["trials"])
+    assert (summary.ok, summary.failed) == (0, 1)
+    error = trials.error.iloc[0]
+    assert error.startswith("TuneError: ") and "no error recorded" not in error and "\n" not in error
+    assert "Died" in error or "died" in error or "exit" in error  # Tune's own words for a dead worker
+
+
 def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, tiny_gpt2, tiny_corpus, tmp_path):
     # 12 short trials, one at a time: the kill comes within a second of the first row, so it lands mid-grid
     raw = experiment("resume", tmp_path / "out", [tiny_gpt2], tiny_corpus, max_concurrent_trials=1,

@@ -1,6 +1,7 @@
 """The generic fallback on families with no registered adapter: Phi (and Gemma, with GQA) are adapted from
-their module structure and pass masked == pruned; GPT-NeoX (q, k, v interleaved per head in one fused
-projection) is refused in one line, because removal on the found layout does not match masking."""
+their module structure and pass masked == pruned; BLOOM (q, k, v interleaved per head in one fused projection,
+ALiBi biases per head) is refused in one line, because removal on the found layout does not check out. (GPT-NeoX,
+the same fused layout without ALiBi, has a registered adapter.)"""
 from __future__ import annotations
 
 import pytest
@@ -53,20 +54,22 @@ def test_fallback_family_scores_and_round_trips(tmp_path):
     assert torch.equal(outputs(loaded, batch), outputs(model, batch))
 
 
-def test_interleaved_fused_qkv_is_refused_with_what_was_found():
-    model = model_of(transformers.GPTNeoXConfig(**SMALL))
+BLOOM = dict(vocab_size=VOCAB, hidden_size=32, n_layer=3, n_head=4)
+
+
+def test_interleaved_fused_qkv_with_alibi_is_refused_with_what_was_found():
+    model = model_of(transformers.BloomConfig(**BLOOM))
     with pytest.raises(ValueError) as err:
         head_layout(model)
     message = str(err.value)
-    assert "\n" not in message and message.startswith("model_type: 'gpt_neox' has no registered adapter; the generic "
-                                                      "fallback found layers=layers, q/k/v=attention.query_key_value")
-    assert "masked and pruned outputs differ" in message and "registered: " in message
+    assert "\n" not in message and message.startswith("model_type: 'bloom' has no registered adapter; the generic "
+                                                      "fallback found layers=h, q/k/v=self_attention.query_key_value")
+    assert "register an adapter" in message and "registered: " in message and "gpt_neox" in message
 
 
 def test_spec_checks_a_local_folder_through_the_fallback(tmp_path):
     model_of(FAMILIES["phi"]()).save_pretrained(tmp_path / "phi")
-    model_of(transformers.GPTNeoXConfig(**SMALL)).save_pretrained(tmp_path / "neox")
+    model_of(transformers.BloomConfig(**BLOOM)).save_pretrained(tmp_path / "bloom")
     TrialSpec(model=str(tmp_path / "phi"), strategy="magnitude", level=0.25, data=DataSpec(seq_len=32))  # accepted
-    with pytest.raises(SpecError, match=r"^model: model_type: 'gpt_neox' has no registered adapter; .*masked and "
-                                        r"pruned outputs differ"):
-        TrialSpec(model=str(tmp_path / "neox"), strategy="magnitude", level=0.25)
+    with pytest.raises(SpecError, match=r"^model: model_type: 'bloom' has no registered adapter; the generic fallback"):
+        TrialSpec(model=str(tmp_path / "bloom"), strategy="magnitude", level=0.25)

@@ -16,6 +16,7 @@ PATHS = {
     "llama": lambda m, l: _qkvo(m.model.layers[l].self_attn, "q_proj", "k_proj", "v_proj", m.model.layers[l].self_attn.o_proj),
     "mistral": lambda m, l: _qkvo(m.model.layers[l].self_attn, "q_proj", "k_proj", "v_proj", m.model.layers[l].self_attn.o_proj),
     "qwen2": lambda m, l: _qkvo(m.model.layers[l].self_attn, "q_proj", "k_proj", "v_proj", m.model.layers[l].self_attn.o_proj),
+    "gpt_neox": lambda m, l: (m.gpt_neox.layers[l].attention.query_key_value, m.gpt_neox.layers[l].attention.dense),
     "opt": lambda m, l: _qkvo(m.model.decoder.layers[l].self_attn, "q_proj", "k_proj", "v_proj", m.model.decoder.layers[l].self_attn.out_proj),
 }
 
@@ -68,6 +69,15 @@ def head_norms(model, model_type: str, layer: int, heads: int, kv_heads: int) ->
             v = c_attn.weight[:, 2 * E + h * d : 2 * E + (h + 1) * d]
             o = c_proj.weight[cols, :]  # inputs of c_proj are its rows
             out.append(sum(float(torch.linalg.norm(w.detach())) for w in (q, k, v, o)))
+        return torch.tensor(out)
+    if model_type == "gpt_neox":
+        qkv, dense = (m.weight for m in mods)  # Linear [out, in]; outputs grouped per head: [q_h | k_h | v_h]
+        d = qkv.shape[0] // (3 * heads)
+        for h in range(heads):
+            base = 3 * d * h
+            parts = (qkv[base: base + d], qkv[base + d: base + 2 * d], qkv[base + 2 * d: base + 3 * d],
+                     dense[:, h * d: (h + 1) * d])
+            out.append(sum(float(torch.linalg.norm(w.detach())) for w in parts))
         return torch.tensor(out)
     q, k, v, o = (m.weight for m in mods)  # Linear: [out, in]
     d = q.shape[0] // heads
