@@ -318,10 +318,12 @@ def _error_line(trial) -> str:
 
 
 def tune_error(trial) -> str:
-    """The last line of the error Tune recorded for a trial (Trial.get_error: the text of its error file, e.g.
-    "ray.exceptions.ActorDiedError: ..."), or a note when it recorded none."""
+    """The last line of the error Tune recorded for a trial (its error file: written locally when the trial fails,
+    synced to storage later, so read where it was written first, then through Trial.get_error), or a note when
+    it recorded none."""
     try:
-        text = str(trial.get_error() or "")
+        local = trial.error_file
+        text = open(local, encoding="utf-8").read() if local and os.path.isfile(local) else str(trial.get_error() or "")
     except Exception:  # the error file is on storage that went away
         text = ""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
