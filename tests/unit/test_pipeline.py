@@ -10,7 +10,10 @@ from sentinel.contract import SpecError
 from sentinel.finetune import FinetuneConfig
 from sentinel.pipeline import DataSpec, LocalShared, TrialSpec, _MODELS, run_trial
 
-SMALL = DataSpec(seq_len=32, stride=32, batch_size=8, score_batches=1, eval_tokens=1024, sts_pairs=64)
+# the whole eval split (dense_full) is evaluated only where a test checks it: on Gutenberg it costs ~8 s a model
+SMALL = DataSpec(seq_len=32, stride=32, batch_size=8, score_batches=1, eval_tokens=1024, sts_pairs=64,
+                 whole_split_reference=False)
+WHOLE = DataSpec(**{**SMALL.to_dict(), "whole_split_reference": True})
 SHORT = FinetuneConfig(steps=2, lr=1e-4, warmup_steps=1, batch_size=8, eval_every=2)
 
 
@@ -25,7 +28,7 @@ def shared() -> LocalShared:
 
 
 def test_gpt2_trial_runs_every_stage(shared):
-    result = run_trial(spec(), shared)
+    result = run_trial(spec(data=WHOLE), shared)
     assert result.status == "ok", result.error
     assert result.metric_name == "perplexity" and not result.higher_is_better
     assert all(math.isfinite(v) for v in (result.dense, result.pruned, result.recovered))
@@ -114,7 +117,7 @@ def test_mask_method_matches_removal_without_shrinking(shared):
 
 
 def test_encoder_trial_distills_and_leaves_cached_dense_model_trainable(shared):
-    result = run_trial(spec(model="sentinel/all-MiniLM-L6-v2", strategy="gradient", level=0.5), shared)
+    result = run_trial(spec(model="sentinel/all-MiniLM-L6-v2", strategy="gradient", level=0.5, data=WHOLE), shared)
     assert result.status == "ok", result.error
     assert result.metric_name == "stsb_spearman" and result.higher_is_better
     # a different model (half its heads gone); on 64 pairs it can score above the dense one, so no direction
