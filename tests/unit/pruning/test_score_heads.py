@@ -18,9 +18,9 @@ def counted():
     return model, calls
 
 
-def test_registry_holds_the_nine_strategies():
-    assert STRATEGIES.names() == ["dynamic", "entropy", "gradient", "hybrid", "iterative", "l0", "magnitude", "random",
-                                  "redundancy"]
+def test_registry_holds_the_eleven_strategies():
+    assert STRATEGIES.names() == ["dynamic", "entropy", "flap", "gradient", "hybrid", "iterative", "l0", "magnitude",
+                                  "random", "redundancy", "wanda_sp"]
 
 
 def test_unknown_strategy_lists_allowed_names(counted):
@@ -28,8 +28,8 @@ def test_unknown_strategy_lists_allowed_names(counted):
     with pytest.raises(ValueError) as err:
         score_heads("entropi", model, [padded_batch()])
     assert str(err.value) == (
-        "strategy: 'entropi' is not one of dynamic, entropy, gradient, hybrid, iterative, l0, magnitude, random, "
-        "redundancy (did you mean 'entropy'?)"
+        "strategy: 'entropi' is not one of dynamic, entropy, flap, gradient, hybrid, iterative, l0, magnitude, random, "
+        "redundancy, wanda_sp (did you mean 'entropy'?)"
     )
     assert not calls
 
