@@ -104,7 +104,7 @@ class Perplexity(Task):
         eval_docs = splits.eval if d.eval_source is None else sdata.split_documents(
             sdata.load_documents(d.eval_source), seed=d.split_seed).eval
         eval_ids = sdata.document_tokens(tokenizer, eval_docs)
-        stream = sdata.token_stream(tokenizer, eval_docs)
+        stream = sdata.joined(tokenizer, eval_ids)  # tokenised once: windows and the whole split read the same ids
         if bos is not None:
             stream = torch.cat([torch.tensor([bos]), stream])
         whole = lambda m: seval.perplexity(m, stream, seq_len=d.seq_len, stride=d.stride,  # noqa: E731
@@ -197,7 +197,8 @@ class STSB(Task):
                         raise ValueError(f"calibration_documents: {d.calibration_documents} is more than the "
                                          f"{len(documents)} documents of the score split")
                     documents = sorted(rng.sample(documents, d.calibration_documents))
-                pool = [i for i, (doc, _) in enumerate(score_sentences) if doc in set(documents)]
+                chosen = set(documents)
+                pool = [i for i, (doc, _) in enumerate(score_sentences) if doc in chosen]
                 drawn = sorted(rng.sample(pool, min(count, len(pool))))
                 texts = [score_sentences[i][1] for i in drawn]
                 names = sorted({splits.score[score_sentences[i][0]].name for i in drawn})

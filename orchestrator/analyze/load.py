@@ -45,9 +45,11 @@ TYPED = {
 def _is(value: object, kind: str) -> bool:
     import numbers
 
+    import numpy as np
+
     if kind == "boolean":
-        return isinstance(value, (bool,)) or type(value).__name__ == "bool_"
-    return isinstance(value, numbers.Number) and not isinstance(value, bool)
+        return isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Number) and not isinstance(value, (bool, np.bool_))
 
 
 def _has_type(column: pd.Series, kind: str) -> bool:

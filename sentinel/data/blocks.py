@@ -26,19 +26,20 @@ def token_stream(tokenizer, docs: Sequence[Document]) -> torch.LongTensor:
     Returns:
         `LongTensor[N]`: doc_0 <eos> doc_1 <eos> ... doc_k (a separator between documents, not after the last).
     """
+    return joined(tokenizer, document_tokens(tokenizer, docs))
+
+
+def joined(tokenizer, pieces: Sequence[torch.Tensor]) -> torch.LongTensor:
+    """Documents' token ids (document_tokens) as one stream, the eos token (sep if none) between documents."""
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     if sep is None:
         raise ValueError(f"tokenizer: {type(tokenizer).__name__} has neither an eos nor a sep token to join documents")
-    if not docs:
-        raise ValueError("docs: no documents to tokenise")
-    # verbose=False: whole books are longer than model_max_length, which is fine before packing.
-    encoded = tokenizer([d.text for d in docs], add_special_tokens=False, verbose=False)["input_ids"]
-    ids: list[int] = []
-    for k, piece in enumerate(encoded):
+    out: list[torch.Tensor] = []
+    for k, piece in enumerate(pieces):
         if k:
-            ids.append(sep)
-        ids.extend(piece)
-    return torch.tensor(ids, dtype=torch.long)
+            out.append(torch.tensor([sep], dtype=torch.long))
+        out.append(piece)
+    return torch.cat(out)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -165,6 +166,7 @@ def document_tokens(tokenizer, docs: Sequence[Document]) -> list[torch.LongTenso
     """Each document tokenised on its own (no special tokens): what windows are drawn from."""
     if not docs:
         raise ValueError("docs: no documents to tokenise")
+    # verbose=False: whole books are longer than model_max_length, which is fine before packing.
     encoded = tokenizer([d.text for d in docs], add_special_tokens=False, verbose=False)["input_ids"]
     return [torch.tensor(piece, dtype=torch.long) for piece in encoded]
 

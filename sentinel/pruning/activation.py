@@ -24,17 +24,7 @@ import torch
 from torch import nn
 
 from sentinel.models import head_layout
-from sentinel.models.heads import output_projections
-from sentinel.pruning.base import (
-    Batch,
-    HeadScores,
-    check_bool,
-    eval_mode,
-    model_device,
-    register_strategy,
-    score_grid,
-    to_device,
-)
+from sentinel.pruning.base import Batch, HeadScores, check_bool, register_strategy, score_grid, visit_output_inputs
 from sentinel.pruning.weights import layer_head_weights
 
 
@@ -44,28 +34,13 @@ def channel_moments(model: nn.Module, batches: list[Batch]) -> tuple[list[torch.
     layout = head_layout(model)
     sums = [torch.zeros(n * layout.head_dim, dtype=torch.float64) for n in layout.heads]
     squares = [torch.zeros(n * layout.head_dim, dtype=torch.float64) for n in layout.heads]
-    keep: list[torch.Tensor] = []  # the current batch's non-padding positions, [B, T] bool
-    tokens = 0
 
-    def capture(layer: int):
-        def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach()[keep[0]].double()  # [N, heads * d]
-            sums[layer] += x.sum(0).cpu()
-            squares[layer] += x.square().sum(0).cpu()
-        return hook
+    def accumulate(layer: int, x: torch.Tensor) -> None:
+        x = x.double()  # [N, heads * d]
+        sums[layer] += x.sum(0).cpu()
+        squares[layer] += x.square().sum(0).cpu()
 
-    handles = [proj.register_forward_pre_hook(capture(l)) for l, proj in enumerate(output_projections(model))]
-    device = model_device(model)
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                batch = to_device(batch, device)
-                keep[:] = [batch["attention_mask"].bool()]
-                tokens += int(keep[0].sum())
-                model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    tokens = visit_output_inputs(model, batches, accumulate)
     return sums, squares, tokens
 
 

@@ -179,6 +179,32 @@ def to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
 
+def visit_output_inputs(model: nn.Module, batches: list[Batch], visit: Callable[[int, torch.Tensor], None]) -> int:
+    """Runs the model over `batches` (eval mode, no gradients) and calls `visit(layer, x)` with each layer's output
+    projection input at the batch's non-padding tokens, x = [N, heads * head_dim] (the heads' concatenated outputs:
+    what redundancy, flap and wanda_sp read). Returns the number of non-padding tokens seen."""
+    from sentinel.models.heads import output_projections
+
+    keep: list[torch.Tensor] = []  # the current batch's non-padding positions, [B, T] bool
+
+    def capture(layer: int):
+        return lambda module, args: visit(layer, args[0].detach()[keep[0]])
+
+    handles = [proj.register_forward_pre_hook(capture(l)) for l, proj in enumerate(output_projections(model))]
+    device, tokens = model_device(model), 0
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                batch = to_device(batch, device)
+                keep[:] = [batch["attention_mask"].bool()]
+                tokens += int(keep[0].sum())
+                model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tokens
+
+
 def layer_heads(model: nn.Module) -> tuple[int, ...]:
     return head_layout(model).heads
 

@@ -29,8 +29,7 @@ import torch
 from torch import nn
 
 from sentinel.models import head_layout
-from sentinel.models.heads import output_projections
-from sentinel.pruning.base import Batch, HeadScores, eval_mode, model_device, register_strategy, score_grid, to_device
+from sentinel.pruning.base import Batch, HeadScores, register_strategy, score_grid, visit_output_inputs
 from sentinel.pruning.weights import layer_head_weights
 
 
@@ -39,26 +38,13 @@ def contribution_grams(model: nn.Module, batches: list[Batch]) -> list[torch.Ten
     layout = head_layout(model)
     o_weights = [layer_head_weights(model, l).o.double() for l in range(layout.num_layers)]  # [heads, out, d]
     grams = [torch.zeros(n, n, dtype=torch.float64) for n in layout.heads]
-    keep: list[torch.Tensor] = []  # the current batch's non-padding positions, [B, T] bool
 
-    def capture(layer: int):
-        def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach()[keep[0]].double().unflatten(-1, (-1, layout.head_dim))  # [N, heads, d]
-            c = torch.einsum("nhd,hod->nho", x, o_weights[layer].to(x.device))  # [N, heads, out]
-            grams[layer] += torch.einsum("nho,ngo->hg", c, c).cpu()
-        return hook
+    def accumulate(layer: int, x: torch.Tensor) -> None:
+        x = x.double().unflatten(-1, (-1, layout.head_dim))  # [N, heads, d]
+        c = torch.einsum("nhd,hod->nho", x, o_weights[layer].to(x.device))  # [N, heads, out]
+        grams[layer] += torch.einsum("nho,ngo->hg", c, c).cpu()
 
-    handles = [proj.register_forward_pre_hook(capture(l)) for l, proj in enumerate(output_projections(model))]
-    device = model_device(model)
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                batch = to_device(batch, device)
-                keep[:] = [batch["attention_mask"].bool()]
-                model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    visit_output_inputs(model, batches, accumulate)
     return grams
 
 
