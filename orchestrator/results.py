@@ -48,6 +48,7 @@ TRIALS_SCHEMA = pa.schema(
         ("level", pa.float64()),
         ("seed", pa.int64()),
         ("method", pa.string()),
+        ("compensate", pa.bool_()),  # bias compensation on removal
         ("policy", pa.string()),
         ("status", pa.string()),  # "ok" or "failed"
         ("error", pa.string()),

@@ -11,6 +11,7 @@ reported as one `SpecError` line that names the field, the value and what is all
     data: {source: gutenberg, seq_len: 64, ...}        # sentinel.trial.DataSpec
     finetune: {steps: 20, lr: 5.0e-5, ...}             # sentinel.finetune.FinetuneConfig, or null
     method: remove                 # remove | mask
+    compensate: false              # bias compensation on removal (FLAP); per strategy: {name: gradient, compensate: true}
     policy: global                 # global | per_layer
     device: auto                   # cpu | cuda | auto (a trial with a GPU assigned uses it)
     resources: {cpu: 1, gpu: 0}    # per trial; gpu may be fractional (0.5 = two trials per GPU)
@@ -53,9 +54,11 @@ class Entry:
     finetune: Mapping[str, Any] = field(default_factory=dict)  # models only: overrides of the finetune section
     levels: tuple[float, ...] = ()  # models only: this model's levels instead of the experiment's
     seeds: tuple[int, ...] = ()  # models only: this model's seeds instead of the experiment's
+    compensate: bool | None = None  # strategies only: bias compensation for this entry (None: the experiment's)
 
     def key(self) -> str:
-        return json.dumps([self.name, dict(self.options), dict(self.finetune)], sort_keys=True, default=str)
+        return json.dumps([self.name, dict(self.options), dict(self.finetune), self.compensate], sort_keys=True,
+                          default=str)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class ExperimentSpec:
     data: DataSpec = field(default_factory=DataSpec)
     finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
     method: str = "remove"
+    compensate: bool = False  # bias compensation on removal; a strategy entry may set its own
     policy: str = "global"
     task: str = "auto"  # evaluation task (sentinel.tasks)
     min_heads_per_layer: int = 1
@@ -108,7 +112,8 @@ class ExperimentSpec:
                                 strategy_options=dict(strategy.options), level=level, seed=seed, policy=self.policy,
                                 min_heads_per_layer=self.min_heads_per_layer, method=self.method, data=self.data,
                                 finetune=finetune, device=self.device, bf16=self.bf16,
-                                measure_speed=self.measure_speed, task=self.task))
+                                measure_speed=self.measure_speed, task=self.task,
+                                compensate=self.compensate if strategy.compensate is None else strategy.compensate))
                         except SpecError as exc:
                             raise SpecError(f"{exc} (models[{i}] {model.name!r}, strategies {strategy.name!r})") from None
         self.__dict__["_cells"] = cells
@@ -119,7 +124,8 @@ class ExperimentSpec:
         d = dataclasses.asdict(self)
         d["models"] = [{"name": e.name, "options": dict(e.options), "finetune": dict(e.finetune),
                         "levels": list(e.levels), "seeds": list(e.seeds)} for e in self.models]
-        d["strategies"] = [{"name": e.name, "options": dict(e.options)} for e in self.strategies]
+        d["strategies"] = [{"name": e.name, "options": dict(e.options),
+                            **({} if e.compensate is None else {"compensate": e.compensate})} for e in self.strategies]
         return json.loads(json.dumps(d, default=_plain))
 
     @property
@@ -205,12 +211,13 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         experiment=_experiment_name(raw.get("experiment")),
         models=tuple(_entries(raw["models"], "models", model_name, extra_keys=("finetune", "levels", "seeds"),
                              options_rule=model_options)),
-        strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name)),
+        strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name, extra_keys=("compensate",))),
         levels=tuple(_levels(raw["levels"])),
         seeds=tuple(_seeds(raw.get("seeds", [0]))),
         data=data,
         finetune=_finetune(raw.get("finetune", {}), data),
         method=one_of(METHODS)(raw.get("method", "remove"), "method"),
+        compensate=boolean(raw.get("compensate", False), "compensate"),
         policy=one_of(POLICIES)(raw.get("policy", "global"), "policy"),
         task=task_name(raw.get("task", "auto"), "task"),
         min_heads_per_layer=integer(minimum=1)(raw.get("min_heads_per_layer", 1), "min_heads_per_layer"),
@@ -332,6 +339,7 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
         at = f"{where}[{i}]"
         levels: tuple[float, ...] = ()
         seeds: tuple[int, ...] = ()
+        compensate = None
         if isinstance(item, dict):
             _known_keys(item, ("name", "options", *extra_keys), at)
             name, options, finetune = item.get("name"), item.get("options") or {}, item.get("finetune") or {}
@@ -339,6 +347,8 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
                 levels = tuple(_levels(item["levels"], f"{at}.levels"))
             if item.get("seeds") is not None:
                 seeds = tuple(_seeds(item["seeds"], f"{at}.seeds"))
+            if "compensate" in item:
+                compensate = boolean(item["compensate"], f"{at}.compensate")
         else:
             name, options, finetune = item, {}, {}
         if not isinstance(name, str) or not name:
@@ -349,7 +359,7 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
         check(name, at)
         if options_rule is not None:  # typed here, so the message names the entry: models[1].options.dtype
             options = options_rule(options, f"{at}.options")
-        entry = Entry(name, options, finetune, levels, seeds)
+        entry = Entry(name, options, finetune, levels, seeds, compensate)
         if entry.key() in seen:
             raise SpecError(f"{where}: {name!r} appears twice with the same options (duplicate grid cells)")
         seen.add(entry.key())

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from sentinel.finetune import finetune
-from sentinel.models import head_layout, load_model, mask_heads, prune_heads
+from sentinel.models import check_compensable, head_layout, load_model, mask_heads, prune_heads
 from sentinel.pruning import STRATEGIES, Selection, score_heads, select_heads
 from sentinel.tasks import Prepared, prepare_task
 from sentinel.trial import DataSpec, TrialResult, TrialSpec  # noqa: F401  (the contract, re-exported)
@@ -133,9 +133,10 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         model = copy.deepcopy(dense)  # the cached dense model is never modified
         task = _cached_task(dense, spec, tokenizer)
     result.architecture = model.config.model_type
+    if spec.compensate:  # before any evaluation: a family that cannot take the bias fails the trial now
+        check_compensable(model)
     result.weights = getattr(dense, "sentinel_weights", "")
-    layout = head_layout(model)
-    result.heads_total = layout.total_heads
+    result.heads_total = head_layout(model).total_heads
 
     with stage("baseline"):
         baseline, result.reused["baseline"] = shared.get_or_compute(
@@ -174,11 +175,13 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
     result.selection_notes = list(selection.notes)
     result.pruned_heads = [[l, h] for l, heads in sorted(selection.heads.items()) for h in heads]
     result.heads_pruned = len(result.pruned_heads)
-    layout_key = f"{model_key}/{spec.method}/{hashlib.sha256(json.dumps(result.pruned_heads).encode()).hexdigest()[:16]}"
+    removed = hashlib.sha256(json.dumps(result.pruned_heads).encode()).hexdigest()[:16]
+    # a compensated model differs by its biases, which come from this seed's calibration draw
+    layout_key = f"{model_key}/{spec.method}/{removed}" + (f"/compensated/{calibration.key}" if spec.compensate else "")
 
     with stage("prune"):
         if selection.heads and spec.method == "remove":
-            prune_heads(model, selection.heads)
+            prune_heads(model, selection.heads, compensate=calibration.batches if spec.compensate else None)
         elif selection.heads:
             model.sentinel_mask = mask_heads(model, selection.heads)
     result.params_after = count_parameters(model)

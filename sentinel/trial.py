@@ -259,6 +259,12 @@ class TrialSpec(Contract):
     model_options: Mapping[str, Any] = checked(rule=model_options, factory=dict)  # passed to load_model
     measure_speed: bool = checked(True, boolean)
     task: str = checked("auto", task_name)  # evaluation task (sentinel.tasks); auto: the first that fits the model
+    # bias compensation on removal (FLAP): removed heads' calibration means move into the output projection's bias
+    compensate: bool = checked(False, boolean)
+
+    # fields added after results were published, left out of the trial id while at their default, so the ids of
+    # earlier cells (and resuming their runs) do not change
+    LATE_DEFAULTS = {"compensate": False}
 
     def check_together(self) -> None:
         strategy = STRATEGIES.get(self.strategy)
@@ -266,6 +272,12 @@ class TrialSpec(Contract):
             strategy.resolve(self.strategy_options)
         except ValueError as exc:
             raise SpecError(f"strategy_options.{str(exc).removeprefix('options: ')}".splitlines()[0]) from None
+        if self.compensate and self.method != "remove":
+            raise SpecError(f"compensate: bias compensation is part of physical removal (method: remove); got method "
+                            f"{self.method!r}")
+        if self.compensate and strategy.during_finetune:
+            raise SpecError(f"compensate: strategy {self.strategy!r} removes heads while fine-tuning; compensation "
+                            "applies to a removal done at once (any other strategy)")
         if strategy.during_finetune and (self.finetune is None or self.finetune.steps < 1):
             raise SpecError(f"finetune: strategy {self.strategy!r} prunes during fine-tuning; give finetune.steps >= 1")
         if self.device == "cpu" and self.model_options.get("dtype") == "float16":
@@ -280,7 +292,11 @@ class TrialSpec(Contract):
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
 
     def trial_id(self) -> str:
-        return digest(self.to_dict())
+        spec = self.to_dict()
+        for name, default in self.LATE_DEFAULTS.items():
+            if spec.get(name) == default:
+                del spec[name]
+        return digest(spec)
 
 
 def digest(value: Any) -> str:
@@ -367,6 +383,7 @@ def _identity(spec: dict[str, Any], trial_id: str) -> dict[str, Any]:
         "level": float(level) if isinstance(level, (int, float)) else None,
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         "method": str(spec.get("method") or ""), "policy": str(spec.get("policy") or ""),
+        "compensate": spec.get("compensate") is True,
         "strategy_options": json.dumps(dict(spec.get("strategy_options") or {}), sort_keys=True, default=str),
         "spec": json.dumps(spec, sort_keys=True, default=str),
     }

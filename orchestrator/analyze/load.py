@@ -225,19 +225,23 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
         trials["higher_is_better"] = pd.NA
     trials["level"] = trials["level"].astype(float)
     trials["seed"] = trials["seed"].astype("int64")
-    trials["label"] = [_label(s, o) for s, o in zip(trials["strategy"], trials["strategy_options"])]
+    compensate = trials["compensate"] if "compensate" in trials else [False] * len(trials)
+    trials["compensate"] = [c is True or c == 1 for c in compensate]  # older tables: none was compensated
+    trials["label"] = [_label(s, o, c) for s, o, c in zip(trials["strategy"], trials["strategy_options"],
+                                                          trials["compensate"])]
     return trials
 
 
-def _label(strategy: str, options: object) -> str:
-    """The strategy as compared in tables: its name, plus its options when any were set (they change it)."""
+def _label(strategy: str, options: object, compensate: bool = False) -> str:
+    """The strategy as compared in tables: its name, plus its options when any were set and "compensated" with bias
+    compensation (they change it)."""
     try:
         parsed = json.loads(options) if isinstance(options, str) else {}
     except json.JSONDecodeError:
         parsed = {}
-    if not parsed:
-        return str(strategy)
-    return f"{strategy} (" + ", ".join(f"{k}={v}" for k, v in sorted(parsed.items())) + ")"
+    parts = [f"{k}={v}" for k, v in sorted(parsed.items())] if isinstance(parsed, dict) else []
+    parts += ["compensated"] if compensate else []
+    return f"{strategy} (" + ", ".join(parts) + ")" if parts else str(strategy)
 
 
 def load(paths: list[str] | str) -> Results:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import ContextManager, Iterator, Mapping
 
 import torch
 
@@ -65,3 +65,20 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
     summed = (last_hidden_state * mask).sum(dim=1)  # [B, D]
     # clamp as sentence-transformers does: an all-padding row gives zeros, not NaN
     return summed / mask.sum(dim=1).clamp(min=1e-9)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode (no dropout) inside the block; the previous train/eval flag of every module comes back after."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A scoring/calibration batch's input_ids and attention_mask on `device`."""
+    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D, prune_linear_layer
 
 from sentinel.models.adapters import AttentionAdapter, get_adapter
+from sentinel.models.device import eval_mode, model_device, to_device
 
 HeadRequest = Mapping[int, Iterable[int]]
+Batch = Mapping[str, torch.Tensor]  # {"input_ids": [B, T], "attention_mask": [B, T]}
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,46 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 def output_projections(model: nn.Module) -> list[nn.Module]:
     adapter = get_adapter(model)
     return [_get(block, adapter.o) for block in blocks(model, adapter)]
+
+
+def visit_output_inputs(model: nn.Module, batches: Sequence[Batch], visit: Callable[[int, torch.Tensor], None]) -> int:
+    """Runs the model over `batches` (eval mode, no gradients) and calls `visit(layer, x)` with each layer's output
+    projection input at the batch's non-padding tokens, x = [N, heads * head_dim] (the heads' concatenated outputs:
+    what redundancy, flap and wanda_sp read, and what bias compensation averages). Returns the number of
+    non-padding tokens seen."""
+    keep: list[torch.Tensor] = []  # the current batch's non-padding positions, [B, T] bool
+
+    def capture(layer: int):
+        return lambda module, args: visit(layer, args[0].detach()[keep[0]])
+
+    handles = [proj.register_forward_pre_hook(capture(l)) for l, proj in enumerate(output_projections(model))]
+    device, tokens = model_device(model), 0
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                batch = to_device(batch, device)
+                keep[:] = [batch["attention_mask"].bool()]
+                tokens += int(keep[0].sum())
+                model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tokens
+
+
+def output_means(model: nn.Module, batches: Sequence[Batch]) -> list[torch.Tensor]:
+    """Per layer, float64 [heads * head_dim] on CPU: the mean over the non-padding tokens of `batches` of the output
+    projection's input, i.e. of every head's output channels (what bias compensation puts in place of the heads
+    it removes)."""
+    if not batches or not any(int(b["attention_mask"].sum()) for b in batches):
+        raise ValueError("compensate: the calibration batches hold no non-padding token; there is no mean to compensate with")
+    sums = [torch.zeros(n * head_layout(model).head_dim, dtype=torch.float64) for n in head_layout(model).heads]
+
+    def accumulate(layer: int, x: torch.Tensor) -> None:
+        sums[layer] += x.double().sum(0).cpu()
+
+    tokens = visit_output_inputs(model, batches, accumulate)
+    return [s / tokens for s in sums]
 
 
 def _out_features(module: nn.Module) -> int:
@@ -171,20 +213,26 @@ class HeadMask:
 
     `gates[layer]` is a float tensor [heads]: 1 keeps a head, 0 masks it. With requires_grad=True the
     gates are leaves that gradients reach (gradient head importance reads `gates[layer].grad`).
+    `fills[layer]` (bias compensation, optional) is [heads * head_dim]: what a masked head outputs instead of 0,
+    x * gate + (1 - gate) * fill, so a masked model computes what the compensated pruned one does.
     """
 
-    def __init__(self, model: nn.Module, gates: dict[int, torch.Tensor], head_dim: int) -> None:
+    def __init__(self, model: nn.Module, gates: dict[int, torch.Tensor], head_dim: int,
+                 fills: Sequence[torch.Tensor] | None = None) -> None:
         self.gates = gates
+        self.fills = fills
         self._handles = []
         for layer, proj in enumerate(output_projections(model)):
             self._handles.append(proj.register_forward_pre_hook(self._hook(layer, head_dim)))
 
     def _hook(self, layer: int, head_dim: int):
         def apply_gate(module: nn.Module, args: tuple):
-            x = args[0]  # [..., heads * head_dim], the concatenated head outputs
-            gate = self.gates[layer].to(device=x.device, dtype=x.dtype)
-            x = (x.unflatten(-1, (-1, head_dim)) * gate[:, None]).flatten(-2)
-            return (x, *args[1:])
+            x = args[0].unflatten(-1, (-1, head_dim))  # [..., heads, head_dim], the head outputs
+            gate = self.gates[layer].to(device=x.device, dtype=x.dtype)[:, None]
+            x = x * gate
+            if self.fills is not None:
+                x = x + (1 - gate) * self.fills[layer].to(device=x.device, dtype=x.dtype).view(-1, head_dim)
+            return (x.flatten(-2), *args[1:])
 
         return apply_gate
 
@@ -205,7 +253,7 @@ class HeadMask:
 
 
 def mask_heads(model: nn.Module, heads: HeadRequest | torch.Tensor | None = None, *, requires_grad: bool = False,
-               ids: str = "original") -> HeadMask:
+               ids: str = "original", compensate: Sequence[Batch] | None = None) -> HeadMask:
     """Masks heads without changing any weight. `heads=None` installs all-ones gates (for gradients).
 
     Args:
@@ -215,11 +263,16 @@ def mask_heads(model: nn.Module, heads: HeadRequest | torch.Tensor | None = None
             gate, values other than 0 and 1 included, and gradients reach the tensor (its rows are the gates).
         requires_grad: make the gates leaves that gradients reach (for a mapping or None).
         ids: "original" (default) or "current"; see the module docstring.
+        compensate: calibration batches: a masked head outputs its mean over them instead of 0 (bias compensation,
+            as `prune_heads(..., compensate=)`; masked and pruned then agree).
     Masking every head of a layer is allowed here (it ablates the attention block); removal is not.
     """
     layout = head_layout(model)
+    if compensate is not None:
+        check_compensable(model)
+    fills = None if compensate is None else output_means(model, compensate)
     if isinstance(heads, torch.Tensor):
-        return HeadMask(model, _tensor_gates(layout, heads), layout.head_dim)
+        return HeadMask(model, _tensor_gates(layout, heads), layout.head_dim, fills)
     request = {} if heads is None else _checked(layout, heads, _to_current(model, layout, heads, ids), True)
     device = next(model.parameters()).device
     gates = {}
@@ -227,7 +280,7 @@ def mask_heads(model: nn.Module, heads: HeadRequest | torch.Tensor | None = None
         gate = torch.ones(n, device=device)
         gate[request.get(layer, [])] = 0.0
         gates[layer] = gate.requires_grad_(requires_grad)
-    return HeadMask(model, gates, layout.head_dim)
+    return HeadMask(model, gates, layout.head_dim, fills)
 
 
 def _tensor_gates(layout: HeadLayout, gates: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -386,6 +439,33 @@ def _prune_block(block: nn.Module, adapter: AttentionAdapter, layout: HeadLayout
     attention.sentinel_kv_heads = [attention.sentinel_kv_heads[g] for g in kept_kv]
 
 
+def _compensate(block: nn.Module, adapter: AttentionAdapter, layout: HeadLayout, removed: list[int],
+                mean: torch.Tensor) -> None:
+    """Adds what the removed heads output on average, read through the output projection, to its bias:
+    b += W_O[:, cols] @ mean[cols] (cols: the removed heads' channels). A bias is created where there is none."""
+    o = _get(block, adapter.o)
+    cols = _rows(removed, layout.head_dim).to(o.weight.device)
+    weight, mean = o.weight.detach().double(), mean.to(o.weight.device)[cols]
+    shift = mean @ weight[cols, :] if isinstance(o, Conv1D) else weight[:, cols] @ mean  # [out]
+    if o.bias is None:
+        o.bias = nn.Parameter(torch.zeros(shift.shape[0], dtype=o.weight.dtype, device=o.weight.device))
+    with torch.no_grad():
+        o.bias += shift.to(o.bias.dtype)
+
+
+def check_compensable(model: nn.Module) -> None:
+    """A ValueError unless every output projection can take a bias (nn.Linear or GPT-2's Conv1D) and the model reads
+    its calibration batches (input_ids and attention_mask) with every layer (not an encoder-decoder: T5's decoder
+    layers read other tokens)."""
+    if get_adapter(model).stacks:
+        raise ValueError(f"compensate: {model.config.model_type} is an encoder-decoder; its decoder layers do not see "
+                         "the calibration tokens, so their means are undefined here (encoders and decoders only)")
+    for layer, o in enumerate(output_projections(model)):
+        if not isinstance(o, (nn.Linear, Conv1D)):
+            raise ValueError(f"compensate: layer {layer}'s output projection is a {type(o).__name__}, which cannot take "
+                             "a bias; bias compensation needs nn.Linear or Conv1D")
+
+
 def _ensure_provenance(model: nn.Module, layout: HeadLayout) -> None:
     for layer, attention in enumerate(attention_modules(model)):
         if getattr(attention, "sentinel_heads", None) is None:
@@ -393,7 +473,8 @@ def _ensure_provenance(model: nn.Module, layout: HeadLayout) -> None:
             attention.sentinel_kv_heads = list(range(layout.kv_heads[layer]))
 
 
-def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original") -> nn.Module:
+def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original",
+                compensate: Sequence[Batch] | None = None) -> nn.Module:
     """Physically removes heads in place and returns the model.
 
     Slices q/k/v output rows (and biases) and the output projection's input columns, then updates the
@@ -405,6 +486,9 @@ def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original") 
         heads: {layer: [head, ...]}.
         ids: "original" (default: ids in the dense model, as transformers 4's prune_heads; heads already
             removed are ignored with a warning) or "current" (positions in the model as it is now).
+        compensate: calibration batches for bias compensation (FLAP, An et al. 2024): each removed head's mean
+            output over them, read through the output projection, is added to that projection's bias (created
+            where the family has none, e.g. Llama's o_proj), so the layer's mean output on them is unchanged.
     Returns:
         The same model object, smaller.
     """
@@ -414,9 +498,16 @@ def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original") 
     if not request:
         return model  # every requested head was already gone (warned)
     plan = {layer: _kept_groups(layout, layer, removed) for layer, removed in request.items()}
+    means = None
+    if compensate is not None:
+        check_compensable(model)
+        means = output_means(model, compensate)  # of the model as it is, before anything is removed
     _ensure_provenance(model, layout)
     layer_blocks = blocks(model, adapter)
     for layer, (kept, kept_kv) in plan.items():
+        if means is not None:
+            removed = [h for h in range(layout.heads[layer]) if h not in set(kept)]
+            _compensate(layer_blocks[layer], adapter, layout, removed, means[layer])
         _prune_block(layer_blocks[layer], adapter, layout, layer, kept, kept_kv)
     model.config.pruned_heads = pruned_heads_v4(model)
     if adapter.after_prune is not None:

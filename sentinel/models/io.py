@@ -3,7 +3,8 @@
 `save_pruned` writes `config.json` with `pruned_heads` in transformers 4's format ({layer: [original head]}),
 so transformers 4 loads the checkpoint as it loaded its own pruned models, and `sentinel_heads.json`, which
 also records the kept KV heads of GQA models (which `pruned_heads` cannot say). `load_pruned` builds the
-dense architecture from the config, removes the same heads, then loads the safetensors weights strictly; it
+dense architecture from the config, removes the same heads, gives an output projection the bias that bias
+compensation added where the family has none (`output_bias_added`), then loads the safetensors weights strictly; it
 reads our folders and folders saved by transformers 4 after `prune_heads` (config.pruned_heads only).
 Loading without sentinel: transformers 5's `per_layer_config` cannot give our families per-layer head counts
 (scripts/probe_per_layer_config.py), but where every layer keeps the same number of heads and the family reads
@@ -23,7 +24,8 @@ import transformers
 from safetensors.torch import load_file
 from torch import nn
 
-from sentinel.models.heads import attention_modules, head_layout, kept_heads, prune_heads, pruned_heads_v4
+from sentinel.models.heads import (attention_modules, head_layout, kept_heads, output_projections, prune_heads,
+                                   pruned_heads_v4)
 
 SIDECAR = "sentinel_heads.json"
 SIDECAR_VERSION = 1
@@ -50,9 +52,19 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None) -> Path:
         "layers": {str(layer): kept for layer, kept in kept_heads(model).items()},
         "dense": {"heads": int(model.config.num_attention_heads),
                   "kv_heads": int(getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads)},
+        "output_bias_added": added_output_biases(model),
     }
     (path / SIDECAR).write_text(json.dumps(sidecar, indent=1))
     return path
+
+
+def added_output_biases(model: nn.Module) -> list[int]:
+    """Layers whose output projection has a bias the family's architecture lacks (created by bias compensation);
+    found by building the architecture on the meta device."""
+    with torch.device("meta"):
+        fresh = type(model)(model.config)
+    return [layer for layer, (o, built) in enumerate(zip(output_projections(model), output_projections(fresh)))
+            if o.bias is not None and built.bias is None]
 
 
 def plain_config(model: nn.Module) -> transformers.PretrainedConfig | None:
@@ -135,6 +147,13 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
         if removed:
             prune_heads(model, removed, ids="original")  # a fresh dense model: original ids are positions
 
+    projections = output_projections(model)
+    for layer in (sidecar or {}).get("output_bias_added", []):  # bias compensation gave these layers a bias
+        if not isinstance(layer, int) or not 0 <= layer < len(projections) or not isinstance(projections[layer], nn.Linear):
+            raise ValueError(f"{path / SIDECAR}: output_bias_added holds {layer!r}, not a layer whose nn.Linear output "
+                             f"projection can take a bias (layers 0-{len(projections) - 1})")
+        o = projections[layer]
+        o.bias = nn.Parameter(torch.zeros(o.out_features, dtype=o.weight.dtype))
     state = _checkpoint_names(model, _state_dict(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     model.tie_weights()

@@ -11,14 +11,14 @@ magnitude, which reads no data, is scored once for the whole grid.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from sentinel.models.device import model_device  # noqa: F401  (re-exported for the strategies)
+from sentinel.models.device import eval_mode, model_device, to_device  # noqa: F401  (re-exported for the strategies)
+from sentinel.models.heads import visit_output_inputs  # noqa: F401  (re-exported for the strategies)
 from sentinel.models import get_adapter, head_layout
 from sentinel.registry import Registry
 
@@ -108,6 +108,16 @@ def check_bool(name: str, value: Any) -> None:
         raise ValueError(f"{name}: {value!r} is not a bool; allowed: True or False")
 
 
+def check_choice(choices: tuple[str, ...]) -> OptionCheck:
+    """A check accepting one of `choices` (strings)."""
+
+    def check(name: str, value: Any) -> None:
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+
+    return check
+
+
 def check_unit_interval(name: str, value: Any) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
     if not ok:
@@ -175,36 +185,6 @@ def score_grid(per_layer: list[torch.Tensor]) -> torch.Tensor:
     return grid
 
 
-def to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-
-
-def visit_output_inputs(model: nn.Module, batches: list[Batch], visit: Callable[[int, torch.Tensor], None]) -> int:
-    """Runs the model over `batches` (eval mode, no gradients) and calls `visit(layer, x)` with each layer's output
-    projection input at the batch's non-padding tokens, x = [N, heads * head_dim] (the heads' concatenated outputs:
-    what redundancy, flap and wanda_sp read). Returns the number of non-padding tokens seen."""
-    from sentinel.models.heads import output_projections
-
-    keep: list[torch.Tensor] = []  # the current batch's non-padding positions, [B, T] bool
-
-    def capture(layer: int):
-        return lambda module, args: visit(layer, args[0].detach()[keep[0]])
-
-    handles = [proj.register_forward_pre_hook(capture(l)) for l, proj in enumerate(output_projections(model))]
-    device, tokens = model_device(model), 0
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                batch = to_device(batch, device)
-                keep[:] = [batch["attention_mask"].bool()]
-                tokens += int(keep[0].sum())
-                model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return tokens
-
-
 def layer_heads(model: nn.Module) -> tuple[int, ...]:
     return head_layout(model).heads
 
@@ -247,15 +227,3 @@ def score_heads(strategy: str, model: nn.Module, batches: list[Batch], *, seed: 
     result.meta.setdefault("tokens", tokens)
     result.meta["seed"] = seed
     return result
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (no dropout) while scoring; the previous train/eval flag of every module comes back after."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training

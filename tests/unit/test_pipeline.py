@@ -116,6 +116,23 @@ def test_mask_method_matches_removal_without_shrinking(shared):
     assert masked.recovered == masked.pruned  # no fine-tuning asked for
 
 
+def test_compensated_removal_is_its_own_model_recorded_in_the_row(shared):
+    plain = run_trial(spec(finetune=None, measure_speed=False), shared)
+    compensated = run_trial(spec(finetune=None, measure_speed=False, compensate=True), shared)
+    assert compensated.status == "ok", compensated.error
+    assert compensated.pruned_heads == plain.pruned_heads
+    assert not compensated.reused["pruned_eval"]  # not the uncompensated layout's number
+    assert compensated.pruned != plain.pruned
+    assert compensated.row()["compensate"] is True and plain.row()["compensate"] is False
+    # GPT-2's c_proj already has a bias: compensation moves numbers, not parameters
+    assert compensated.params_after == plain.params_after
+    # a field added later stays out of the trial id at its default: earlier results keep their ids
+    assert plain.spec.trial_id() != compensated.spec.trial_id()
+    legacy = {k: v for k, v in plain.spec.to_dict().items() if k != "compensate"}
+    from sentinel.trial import digest
+    assert plain.spec.trial_id() == digest(legacy)
+
+
 def test_encoder_trial_distills_and_leaves_cached_dense_model_trainable(shared):
     result = run_trial(spec(model="sentinel/all-MiniLM-L6-v2", strategy="gradient", level=0.5, data=WHOLE), shared)
     assert result.status == "ok", result.error
@@ -142,6 +159,7 @@ def test_what_only_a_run_can_find_becomes_a_failed_row_not_an_exception(monkeypa
     ("min_heads_per_layer", 0, "min_heads_per_layer: 0 must be >= 1"),
     ("device", "gpu", "device: 'gpu' is not one of auto, cpu, cuda, cuda:N"),
     ("model_options", {"revision": "x"}, "model_options.revision: not an option of load_model"),
+    ("compensate", "yes", "compensate: 'yes' is not true or false"),
 ])
 def test_what_files_can_tell_is_refused_when_the_spec_is_built(field, value, message):
     with pytest.raises(SpecError, match=re.escape(message)):
@@ -156,6 +174,14 @@ def test_the_same_rule_runs_from_a_dict_with_the_fields_path():
     with pytest.raises(SpecError, match=re.escape("data.sequence_length: unknown key in data; allowed: source,")):
         TrialSpec.from_dict({**spec().to_dict(), "data": {"sequence_length": 32}})
     assert TrialSpec.from_dict(spec().to_dict()) == spec()  # a worker rebuilds exactly the cell it was given
+
+
+def test_compensation_is_refused_where_it_cannot_apply():
+    with pytest.raises(SpecError, match=r"^compensate: bias compensation is part of physical removal \(method: remove\); "
+                                        "got method 'mask'"):
+        spec(compensate=True, method="mask")
+    with pytest.raises(SpecError, match=r"^compensate: strategy 'dynamic' removes heads while fine-tuning"):
+        spec(compensate=True, strategy="dynamic")
 
 
 def test_device_option_resolves_on_cpu(shared):

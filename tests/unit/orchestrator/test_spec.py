@@ -208,6 +208,26 @@ def test_stride_longer_than_window(tmp_path, base, capsys):
     assert "data.stride" in run_cli(tmp_path, base, capsys)
 
 
+def test_compensation_for_the_experiment_or_per_strategy_entry(tmp_path, base):
+    raw = {**base, "strategies": ["random", {"name": "random", "compensate": True}, {"name": "entropy"}],
+           "compensate": False}
+    cells = load_spec(write(tmp_path, raw)).cells()
+    assert sorted({(c.strategy, c.compensate) for c in cells}) == [("entropy", False), ("random", False),
+                                                                    ("random", True)]
+    everywhere = load_spec(write(tmp_path, {**base, "compensate": True})).cells()
+    assert all(c.compensate for c in everywhere)
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"compensate": "true"}, "compensate: 'true' is not true or false"),
+    ({"strategies": [{"name": "random", "compensate": 1}]}, "strategies[0].compensate: 1 is not true or false"),
+    ({"compensate": True, "method": "mask"}, "compensate: bias compensation is part of physical removal"),
+    ({"models": [{"name": "x", "compensate": True}]}, "models[0].compensate: unknown key"),
+])
+def test_bad_compensation_is_one_line_before_ray(tmp_path, base, capsys, change, expect):
+    assert expect in run_cli(tmp_path, {**base, **change}, capsys)
+
+
 def test_per_model_finetune_overrides_the_section(tmp_path, base, model_dir):
     base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "finetune": {"steps": 5, "lr": 1e-5}}]
     cells = load_spec(write(tmp_path, base)).cells()

@@ -18,9 +18,9 @@ def counted():
     return model, calls
 
 
-def test_registry_holds_the_eleven_strategies():
+def test_registry_holds_the_twelve_strategies():
     assert STRATEGIES.names() == ["dynamic", "entropy", "flap", "gradient", "hybrid", "iterative", "l0", "magnitude",
-                                  "random", "redundancy", "wanda_sp"]
+                                  "random", "redundancy", "taylor", "wanda_sp"]
 
 
 def test_unknown_strategy_lists_allowed_names(counted):
@@ -29,7 +29,7 @@ def test_unknown_strategy_lists_allowed_names(counted):
         score_heads("entropi", model, [padded_batch()])
     assert str(err.value) == (
         "strategy: 'entropi' is not one of dynamic, entropy, flap, gradient, hybrid, iterative, l0, magnitude, random, "
-        "redundancy, wanda_sp (did you mean 'entropy'?)"
+        "redundancy, taylor, wanda_sp (did you mean 'entropy'?)"
     )
     assert not calls
 
