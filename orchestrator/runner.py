@@ -32,6 +32,7 @@ from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
 from orchestrator import watchdog
+from orchestrator.analyze.load import strategy_label
 from orchestrator.results import compact, finished_trials, write_part
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
@@ -306,7 +307,8 @@ class CellQueue(Searcher):
 
 def _cell_name(trial) -> str:
     cell = trial.config["cell"]
-    return f"{cell['model']} {cell['strategy']} level={cell['level']} seed={cell['seed']}"
+    label = strategy_label(cell["strategy"], cell.get("strategy_options") or {}, cell.get("compensate") is True)
+    return f"{cell['model']} {label} level={cell['level']} seed={cell['seed']}"
 
 
 def _error_line(trial) -> str:

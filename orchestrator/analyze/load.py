@@ -227,16 +227,16 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     trials["seed"] = trials["seed"].astype("int64")
     compensate = trials["compensate"] if "compensate" in trials else [False] * len(trials)
     trials["compensate"] = [c is True or c == 1 for c in compensate]  # older tables: none was compensated
-    trials["label"] = [_label(s, o, c) for s, o, c in zip(trials["strategy"], trials["strategy_options"],
-                                                          trials["compensate"])]
+    trials["label"] = [strategy_label(s, o, c) for s, o, c in zip(trials["strategy"], trials["strategy_options"],
+                                                                  trials["compensate"])]
     return trials
 
 
-def _label(strategy: str, options: object, compensate: bool = False) -> str:
-    """The strategy as compared in tables: its name, plus its options when any were set and "compensated" with bias
-    compensation (they change it)."""
+def strategy_label(strategy: str, options: object, compensate: bool = False) -> str:
+    """The strategy as compared in tables and progress lines: its name, plus its options (a mapping or its JSON) when
+    any were set and "compensated" with bias compensation (they change it)."""
     try:
-        parsed = json.loads(options) if isinstance(options, str) else {}
+        parsed = json.loads(options) if isinstance(options, str) else options
     except json.JSONDecodeError:
         parsed = {}
     parts = [f"{k}={v}" for k, v in sorted(parsed.items())] if isinstance(parsed, dict) else []
