@@ -92,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except SpecError as exc:
-        print(f"sentinel-bench: error: {exc}", file=sys.stderr)
+    except SpecError as exc:  # bad input to any subcommand (AnalyzeError and SubmitError are SpecErrors)
+        print(f"sentinel-bench: error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("interrupted: every finished row is saved; rerun with --resume to continue", file=sys.stderr)

@@ -15,7 +15,6 @@ change that breaks a reader.
 from __future__ import annotations
 
 import io
-import json
 import math
 from typing import Any, Iterable, Mapping
 
@@ -261,9 +260,3 @@ def compact(output_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
     if merged and not any(_files(output_dir, name)[1] for name in TABLE_NAMES):
         fs.delete_dir(f"{inner}/parts")  # nothing left unmerged (a compaction runs while no trial streams)
     return written
-
-
-def write_results(output_dir: str, payloads: Iterable[Mapping[str, Any]], config: Mapping[str, Any]) -> dict[str, str]:
-    """Writes trials/curves/heads Parquet and config.yaml for these payloads (one part, then compaction)."""
-    write_part(output_dir, list(payloads), "write_results")
-    return compact(output_dir, config)

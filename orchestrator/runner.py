@@ -36,6 +36,7 @@ from orchestrator.analyze.load import strategy_label
 from orchestrator.results import compact, finished_trials, write_part
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
+from sentinel.trial import TrialResult
 
 # Tune runs each trial's function in a new thread, and glibc gives each thread its own malloc arena: the GBs a
 # trial freed (a model copy, its gradients, AdamW state) were not reused by the next trial's thread, so a worker's
@@ -105,7 +106,7 @@ def trainable(config: dict[str, Any]) -> None:
         result = run_trial(TrialSpec.from_dict(cell), shared, device=device)
         payload = {"row": result.row(), "curve": result.curve, "scores": result.scores}
     except Exception as exc:  # the spec itself was refused (or no device): still one failed row
-        payload = {"row": failed_row(cell, f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}
+        payload = {"row": TrialResult.failed_row(cell, f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}
     finally:
         shared.close()
         gc.collect()  # the trial's model copies go now, not at some later allocation (see WORKER_ENV)
@@ -116,13 +117,6 @@ def trainable(config: dict[str, Any]) -> None:
                  "recovered": row.get("recovered"), "payload": json.dumps(payload, default=str)})
     if row["status"] != "ok":
         raise TrialFailed(row["error"].splitlines()[0] if row["error"] else "trial failed")
-
-
-def failed_row(cell: Mapping[str, Any], error: str) -> dict[str, Any]:
-    """A `trials` row for a cell that produced no TrialResult (refused spec, dead worker)."""
-    from sentinel.trial import TrialResult
-
-    return TrialResult.failed_row(cell, error)
 
 
 # ------------------------------------------------------------------------------------------- progress
@@ -210,7 +204,7 @@ class ResultStream(Callback):
         payload = _payload(self.last.pop(trial.trial_id, None))
         (trial.last_result or {}).pop("payload", None)
         if not payload:  # died without reporting (a killed worker): a failed row from its config and Tune's error
-            payload = {"row": failed_row(trial.config["cell"], f"TuneError: {tune_error(trial)}"),
+            payload = {"row": TrialResult.failed_row(trial.config["cell"], f"TuneError: {tune_error(trial)}"),
                        "curve": [], "scores": [],
                        "context": {"experiment": trial.config["run"]["experiment"], "run_id": self.run_id}}
         self._add(payload)

@@ -92,9 +92,6 @@ class SharedStore:
         self._counters[key] = self._counters.get(key, 0) + 1
         return self._counters[key]
 
-    def keys(self) -> list[str]:
-        return sorted(self._values)
-
 
 def store_name(experiment: str) -> str:
     return f"shared/{experiment}"

@@ -51,7 +51,7 @@ CONNECT_TIMEOUT_S = 5.0  # an address that does not answer within this is report
 DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
 
 
-class SubmitError(ValueError):
+class SubmitError(SpecError):
     """Bad input to submit/status/logs. The message is one line naming what is wrong and what to do."""
 
 
@@ -415,19 +415,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turns SubmitError/SpecError into one `sentinel-bench: error: ...` line and exit code 2."""
-
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except (SubmitError, SpecError) as exc:
-            print(f"sentinel-bench: error: {exc}".splitlines()[0], file=sys.stderr)
-            return 2
-
-    return wrapper
-
-
 def _add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="the cluster's job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
@@ -449,15 +436,15 @@ def add_cli(subparsers) -> None:
     submit.add_argument("--no-analyze", action="store_true", help="write Parquet only, no tables or plots")
     submit.add_argument("--dry-run", action="store_true",
                         help="validate, list the files that would be shipped (and those withheld), send nothing")
-    submit.set_defaults(func=_one_line_errors(cmd_submit))
+    submit.set_defaults(func=cmd_submit)
 
     status = subparsers.add_parser("status", help="status of a submitted job")
     status.add_argument("job", help="the job id printed by submit")
     _add_address(status)
-    status.set_defaults(func=_one_line_errors(cmd_status))
+    status.set_defaults(func=cmd_status)
 
     logs = subparsers.add_parser("logs", help="logs of a submitted job")
     logs.add_argument("job", help="the job id printed by submit")
     _add_address(logs)
     logs.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
-    logs.set_defaults(func=_one_line_errors(cmd_logs))
+    logs.set_defaults(func=cmd_logs)

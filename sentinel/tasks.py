@@ -70,13 +70,11 @@ class Task:
         raise NotImplementedError
 
 
-TASKS: Registry[Task] = Registry("task")
-_AUTO_ORDER: list[str] = []  # registration order: what "auto" tries
+TASKS: Registry[Task] = Registry("task")  # "auto" tries them in registration order
 
 
 def register_task(task: type[Task]) -> type[Task]:
     TASKS.add(task.name, task())
-    _AUTO_ORDER.append(task.name)
     return task
 
 
@@ -226,7 +224,7 @@ def prepare_task(name: str, dense: nn.Module, tokenizer: Any, d: Any) -> Prepare
     get_adapter(dense)  # unsupported architectures fail here, before any data work
     sdata.check_seq_len(dense, d.seq_len)
     if name == "auto":
-        fitting = [n for n in _AUTO_ORDER if TASKS.get(n).fits(dense)]
+        fitting = [n for n in TASKS.in_order() if TASKS.get(n).fits(dense)]
         if not fitting:
             raise ValueError(f"task: no registered task fits {type(dense).__name__}; tasks: {', '.join(TASKS.names())}")
         name = fitting[0]

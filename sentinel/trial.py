@@ -390,7 +390,7 @@ def _identity(spec: dict[str, Any], trial_id: str) -> dict[str, Any]:
 
 
 def _finite_or_none(value: float) -> float | None:
-    return None if math.isnan(value) else value
+    return value if math.isfinite(value) else None  # NaN and infinities: no number to store
 
 
 def _ratio(a: float, b: float) -> float:

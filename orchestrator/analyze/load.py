@@ -60,7 +60,7 @@ def _has_type(column: pd.Series, kind: str) -> bool:
     return all(_is(v, kind) for v in column.dropna())  # object columns: nulls, or values of the right kind
 
 
-class AnalyzeError(ValueError):
+class AnalyzeError(SpecError):
     """Bad input to analyze: a missing path, a file that is not Parquet, an unknown schema, an empty table."""
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass

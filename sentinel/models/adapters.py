@@ -47,13 +47,7 @@ class AttentionAdapter:
 ADAPTERS: Registry[AttentionAdapter] = Registry("model_type")
 
 
-def register(adapter: AttentionAdapter, *model_types: str) -> AttentionAdapter:
-    for model_type in model_types:
-        ADAPTERS.add(model_type, adapter)
-    return adapter
-
-
-register(
+ADAPTERS.register("gpt2")(
     AttentionAdapter(
         name="gpt2",
         layers="h",
@@ -63,8 +57,7 @@ register(
         head_dim_attr="head_dim",
         attrs={"num_heads": lambda h, kv, d: h, "split_size": lambda h, kv, d: h * d},
         causal=True,
-    ),
-    "gpt2",
+    )
 )
 
 _BERT = AttentionAdapter(
@@ -78,9 +71,9 @@ _BERT = AttentionAdapter(
     head_dim_attr="attention_head_size",
     attrs={"num_attention_heads": lambda h, kv, d: h, "all_head_size": lambda h, kv, d: h * d},
 )
-register(_BERT, "bert", "roberta", "xlm-roberta")
+ADAPTERS.register("bert", "roberta", "xlm-roberta")(_BERT)
 
-register(
+ADAPTERS.register("distilbert")(
     AttentionAdapter(
         name="distilbert",
         layers="transformer.layer",
@@ -91,11 +84,10 @@ register(
         o="attention.out_lin",
         head_dim_attr="attention_head_size",
         attrs={"n_heads": lambda h, kv, d: h},
-    ),
-    "distilbert",
+    )
 )
 
-register(
+ADAPTERS.register("llama", "mistral", "qwen2")(
     AttentionAdapter(
         name="llama",
         layers="layers",
@@ -109,13 +101,10 @@ register(
         attrs={"num_key_value_groups": lambda h, kv, d: h // kv},
         causal=True,
         gqa=True,
-    ),
-    "llama",
-    "mistral",
-    "qwen2",
+    )
 )
 
-register(
+ADAPTERS.register("opt")(
     AttentionAdapter(
         name="opt",
         layers="decoder.layers",
@@ -127,14 +116,13 @@ register(
         head_dim_attr="head_dim",
         attrs={"num_heads": lambda h, kv, d: h},  # OPT's forward views q/k/v with self.num_heads
         causal=True,
-    ),
-    "opt",
+    )
 )
 
 
 # GPT-NeoX (Pythia): one fused query_key_value whose outputs are grouped per head, [q_h | k_h | v_h] for each head
 # h in turn (the forward views them as [..., heads, 3 * head_size]); the head count is inferred from the shape.
-register(
+ADAPTERS.register("gpt_neox")(
     AttentionAdapter(
         name="gpt_neox",
         layers="layers",
@@ -144,8 +132,7 @@ register(
         o="attention.dense",
         head_dim_attr="head_size",
         causal=True,
-    ),
-    "gpt_neox",
+    )
 )
 
 
@@ -157,7 +144,7 @@ def _t5_after_prune(model: nn.Module) -> None:
 
 # T5: three stacks, indexed one after the other: encoder self-attention (layers 0..L-1), decoder
 # self-attention (L..2L-1), decoder cross-attention (2L..3L-1); docs/MIGRATION.md ("T5") has the indexing.
-register(
+ADAPTERS.register("t5")(
     AttentionAdapter(
         name="t5",
         layers="",
@@ -171,8 +158,7 @@ register(
         head_dim_attr="key_value_proj_dim",
         attrs={"n_heads": lambda h, kv, d: h, "inner_dim": lambda h, kv, d: h * d},
         after_prune=_t5_after_prune,
-    ),
-    "t5",
+    )
 )
 
 
@@ -196,10 +182,6 @@ def get_adapter(model: nn.Module) -> AttentionAdapter:
         return verified_adapter(model)
     except FallbackError as exc:
         raise ValueError(f"{exc}; registered: {', '.join(ADAPTERS.names())}") from None
-
-
-def is_supported(model_type: str) -> bool:
-    return model_type in ADAPTERS
 
 
 def supported_model_types() -> list[str]:

@@ -51,32 +51,24 @@ class HeadLayout:
 # ---------------------------------------------------------------------------- locating modules
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)  # "" is the root itself (T5: a block is the attention module)
-
-
-def _set(root: nn.Module, path: str, module: nn.Module) -> None:
-    root.set_submodule(path, module)
-
-
 def blocks(model: nn.Module, adapter: AttentionAdapter | None = None) -> list[nn.Module]:
     """The model's layers in head-index order: one ModuleList, or (encoder-decoders) several stacks in turn,
     each block then being the submodule `suffix` of a stack's block."""
     adapter = adapter or get_adapter(model)
     if not adapter.stacks:
-        return list(_get(model.base_model, adapter.layers))
-    return [_get(block, suffix) for path, suffix in adapter.stacks for block in _get(model.base_model, path)]
+        return list(model.base_model.get_submodule(adapter.layers))
+    return [block.get_submodule(suffix) for path, suffix in adapter.stacks for block in model.base_model.get_submodule(path)]
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The per-layer attention modules (what returns attention probabilities under eager attention)."""
     adapter = get_adapter(model)
-    return [_get(block, adapter.attention) for block in blocks(model, adapter)]
+    return [block.get_submodule(adapter.attention) for block in blocks(model, adapter)]
 
 
 def output_projections(model: nn.Module) -> list[nn.Module]:
     adapter = get_adapter(model)
-    return [_get(block, adapter.o) for block in blocks(model, adapter)]
+    return [block.get_submodule(adapter.o) for block in blocks(model, adapter)]
 
 
 def visit_output_inputs(model: nn.Module, batches: Sequence[Batch], visit: Callable[[int, torch.Tensor], None]) -> int:
@@ -124,12 +116,12 @@ def _out_features(module: nn.Module) -> int:
 
 
 def _layer_layout(block: nn.Module, adapter: AttentionAdapter) -> tuple[int, int, int]:
-    head_dim = int(getattr(_get(block, adapter.attention), adapter.head_dim_attr))
+    head_dim = int(getattr(block.get_submodule(adapter.attention), adapter.head_dim_attr))
     if adapter.qkv:
-        heads = _out_features(_get(block, adapter.qkv)) // (3 * head_dim)
+        heads = _out_features(block.get_submodule(adapter.qkv)) // (3 * head_dim)
         return heads, heads, head_dim
-    heads = _out_features(_get(block, adapter.q)) // head_dim
-    kv_heads = _out_features(_get(block, adapter.k)) // head_dim
+    heads = _out_features(block.get_submodule(adapter.q)) // head_dim
+    kv_heads = _out_features(block.get_submodule(adapter.k)) // head_dim
     return heads, kv_heads, head_dim
 
 
@@ -382,7 +374,7 @@ def weight_dim(module: nn.Module, outputs: bool) -> int:
 
 def slice_parameters(block: nn.Module, piece: HeadSlice) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
     """(parameter, dim, index) of a slice: the weight, and the bias for output features (o's bias is not per head)."""
-    module = _get(block, piece.path)
+    module = block.get_submodule(piece.path)
     index = piece.index.to(module.weight.device)
     out = [(module.weight, weight_dim(module, piece.outputs), index)]
     if piece.outputs and module.bias is not None:
@@ -429,9 +421,9 @@ def _prune_block(block: nn.Module, adapter: AttentionAdapter, layout: HeadLayout
         kept_features.setdefault(piece.path, []).append(piece)
     for path, pieces in kept_features.items():  # in feature order: [q | k | v] or per head, as the layer holds them
         index = torch.cat([p.index for p in pieces]).sort().values
-        _set(block, path, _keep(_get(block, path), index, pieces[0].outputs))
+        block.set_submodule(path, _keep(block.get_submodule(path), index, pieces[0].outputs))
 
-    attention = _get(block, adapter.attention)
+    attention = block.get_submodule(adapter.attention)
     for attr, rule in adapter.attrs.items():
         setattr(attention, attr, rule(len(kept), len(kept_kv), layout.head_dim))
     # remember which original heads survive, so prunes compose and save_pruned can write them out
@@ -443,7 +435,7 @@ def _compensate(block: nn.Module, adapter: AttentionAdapter, layout: HeadLayout,
                 mean: torch.Tensor) -> None:
     """Adds what the removed heads output on average, read through the output projection, to its bias:
     b += W_O[:, cols] @ mean[cols] (cols: the removed heads' channels). A bias is created where there is none."""
-    o = _get(block, adapter.o)
+    o = block.get_submodule(adapter.o)
     cols = _rows(removed, layout.head_dim).to(o.weight.device)
     weight, mean = o.weight.detach().double(), mean.to(o.weight.device)[cols]
     shift = mean @ weight[cols, :] if isinstance(o, Conv1D) else weight[:, cols] @ mean  # [out]

@@ -95,17 +95,13 @@ def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
     """Eager attention (the only backend that returns probabilities) for the duration; the exact previous
     setting of every config in the model is restored afterwards, even on error."""
     configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")}
-    saved = {key: config.__dict__.get("_attn_implementation_internal") for key, config in configs.items()}
+    saved = {key: config._attn_implementation for key, config in configs.items()}
     try:
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("eager")
-        else:  # older or custom models: the attribute the attention modules read
-            for config in configs.values():
-                config._attn_implementation = "eager"
+        model.set_attn_implementation("eager")  # transformers' public switch: every sub-config at once
         yield model
     finally:
-        for key, config in configs.items():
-            config.__dict__["_attn_implementation_internal"] = saved[key]
+        for key, config in configs.items():  # each config back to exactly what it said (sub-configs may differ)
+            config._attn_implementation = saved[key]
 
 
 def collect_stats(model: nn.Module, batches: list[Batch]) -> AttentionStats:

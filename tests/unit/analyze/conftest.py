@@ -92,7 +92,7 @@ def real_payloads(tmp_path_factory) -> list[dict]:
 @pytest.fixture(scope="session")
 def results_dir(tmp_path_factory, real_payloads) -> Path:
     """`<tmp>/analyze-test/` with trials/curves/heads.parquet and config.yaml, as `sentinel-bench run` writes it."""
-    from orchestrator.results import write_results
+    from tests.tables import write_results
 
     folder = tmp_path_factory.mktemp("results") / EXPERIMENT
     model = real_payloads[0]["row"]["model"]

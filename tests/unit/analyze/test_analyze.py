@@ -2,7 +2,6 @@
 independent pandas/scipy recomputation, every plot file, single-seed and failed cells, and bad input."""
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -15,14 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from orchestrator.analyze import AnalyzeError, add_arguments, analyze, load, main
+from orchestrator import cli
+from orchestrator.analyze import AnalyzeError, analyze, load
 from orchestrator.analyze.stats import pareto_front, summary_table
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return main(parser.parse_args(argv))
+    """`sentinel-bench analyze ARGV` in this process: the exit code."""
+    return cli.main(["analyze", *argv])
 
 
 def recomputed(trials: pd.DataFrame) -> pd.DataFrame:
@@ -207,7 +206,7 @@ def test_bad_input_is_one_line_naming_the_file_and_exit_2(results_dir, tmp_path,
     path, message = _bad_inputs(results_dir, tmp_path)[case]
     assert run_cli([str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
+    assert len(err.splitlines()) == 1 and err.startswith("sentinel-bench: error: ") and message in err
     assert path.name in err
     with pytest.raises(AnalyzeError):
         analyze([str(path)], out=str(tmp_path / "out"))

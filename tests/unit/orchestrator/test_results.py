@@ -18,9 +18,9 @@ from orchestrator.results import (
     tables,
     trial_row,
     write_part,
-    write_results,
 )
 from sentinel.trial import TrialResult, TrialSpec
+from tests.tables import write_results
 
 
 def ok_payload(level: float = 0.5) -> dict:
