@@ -52,7 +52,7 @@ def run_loop(raw: dict) -> dict:
     from sentinel.pipeline import LocalShared, run_trial
 
     shared = LocalShared()
-    statuses = [run_trial(cell, shared).status for cell in parse_spec(raw).cells()]
+    statuses = [run_trial(cell, shared).status for cell in parse_spec(raw).cells]
     return {"wall_s": time.perf_counter() - start, "trials": len(statuses), "ok": statuses.count("ok")}
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import io
 import math
+import types
+import typing
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
@@ -24,93 +26,41 @@ import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.storage import filesystem, write_bytes
-from sentinel.contract import STAGES
+from sentinel.result import CURVE_COLUMNS, TrialResult
 
 SCHEMA_VERSION = 2  # 2: protocol_<key> columns replaced by `task` + `protocol_label` (the protocol stays as JSON)
-VERSION_KEYS = ("sentinel_bench", "torch", "transformers", "ray", "python")
 # what the runner adds to TrialResult.row(): where and when the trial ran
-CONTEXT_COLUMNS = ("schema_version", "experiment", "run_id", "tune_trial_id", "attempts", "device_assigned", "gpu_ids",
-                   "cuda_visible_devices", "ray_node_id", "version_ray", "started_at", "finished_at")
+CONTEXT_COLUMNS: dict[str, pa.DataType] = {
+    "schema_version": pa.int32(), "experiment": pa.string(), "run_id": pa.string(), "tune_trial_id": pa.string(),
+    "attempts": pa.int64(), "device_assigned": pa.string(), "gpu_ids": pa.string(), "cuda_visible_devices": pa.string(),
+    "ray_node_id": pa.string(), "version_ray": pa.string(), "started_at": pa.timestamp("ms", tz="UTC"),
+    "finished_at": pa.timestamp("ms", tz="UTC"),
+}
 TABLE_NAMES = ("trials", "curves", "heads")
 
-TRIALS_SCHEMA = pa.schema(
-    [
-        ("schema_version", pa.int32()),
-        ("experiment", pa.string()),
-        ("run_id", pa.string()),
-        ("trial_id", pa.string()),  # digest of the TrialSpec: same spec, same id, across runs
-        ("tune_trial_id", pa.string()),
-        ("model", pa.string()),
-        ("architecture", pa.string()),
-        ("strategy", pa.string()),
-        ("strategy_options", pa.string()),  # JSON object
-        ("level", pa.float64()),
-        ("seed", pa.int64()),
-        ("method", pa.string()),
-        ("compensate", pa.bool_()),  # bias compensation on removal
-        ("policy", pa.string()),
-        ("status", pa.string()),  # "ok" or "failed"
-        ("error", pa.string()),
-        ("attempts", pa.int64()),
-        ("heads_total", pa.int64()),
-        ("heads_pruned", pa.int64()),
-        ("pruned_heads", pa.list_(pa.list_(pa.int64()))),  # [[layer, head], ...] in the dense layout
-        ("selection_notes", pa.list_(pa.string())),
-        ("weights", pa.string()),  # where the weights came from, e.g. "gguf Q4_1 (...), dequantised to float32"
-        ("params_before", pa.int64()),
-        ("params_after", pa.int64()),
-        ("flops_before", pa.float64()),  # forward FLOPs of one seq_len sequence, dense and pruned
-        ("flops_after", pa.float64()),
-        ("ideal_speedup", pa.float64()),  # flops_before / flops_after: what the removed heads' compute allows
-        ("metric_name", pa.string()),
-        ("higher_is_better", pa.bool_()),
-        ("metric_scale", pa.string()),  # log | atanh | identity: the scale seeds are averaged and tested on
-        ("dense", pa.float64()),
-        ("dense_full", pa.float64()),  # the dense model on the whole eval split, once per model and run
-        ("pruned", pa.float64()),
-        ("recovered", pa.float64()),
-        ("task", pa.string()),  # the evaluation task (sentinel.tasks): perplexity, stsb, ...
-        ("protocol_label", pa.string()),  # the task's one-line description of its protocol
-        ("protocol", pa.string()),  # the full protocol as JSON
-        ("speed_before", pa.float64()),  # forward tokens/s
-        ("speed_after", pa.float64()),
-        ("speed_quiet", pa.bool_()),  # no other trial computed on the node while speed was measured
-        *[(f"time_{stage}", pa.float64()) for stage in STAGES],
-        ("time_total", pa.float64()),
-        ("reused_baseline", pa.bool_()),
-        ("reused_scores", pa.bool_()),
-        ("reused_pruned_eval", pa.bool_()),  # the pruned metric came from another cell with the same layout
-        ("reused_speed", pa.bool_()),
-        ("device", pa.string()),  # where the trial ran ("cpu", "cuda:0", "cuda:0 bf16")
-        ("device_assigned", pa.string()),  # what Ray's assignment calls for: "cuda" when it gave the trial a GPU
-        ("gpu_ids", pa.string()),  # GPUs Ray assigned to the trial (comma-separated), "" if none
-        ("cuda_visible_devices", pa.string()),
-        ("node", pa.string()),
-        ("ray_node_id", pa.string()),  # Ray's node id (hex): distinct per Ray node, also on one host
-        *[(f"version_{k}", pa.string()) for k in VERSION_KEYS],
-        ("started_at", pa.timestamp("ms", tz="UTC")),
-        ("finished_at", pa.timestamp("ms", tz="UTC")),
-        ("spec", pa.string()),  # the TrialSpec as JSON (TrialSpec.from_dict(json.loads(spec)) rebuilds it)
-    ]
-)
 
-CURVES_SCHEMA = pa.schema(
-    [
-        ("schema_version", pa.int32()), ("experiment", pa.string()), ("run_id", pa.string()),
-        ("trial_id", pa.string()), ("model", pa.string()), ("strategy", pa.string()), ("level", pa.float64()),
-        ("seed", pa.int64()), ("step", pa.int64()), ("train_loss", pa.float64()), ("eval_metric", pa.float64()),
-        ("lr", pa.float64()),
-    ]
-)
+def arrow_type(annotation: Any) -> pa.DataType:
+    """The Arrow type of a column from the Python annotation of its values (`X | None`: X; list[X]: list<X>)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return arrow_type(args[0])
+    if typing.get_origin(annotation) is list:
+        return pa.list_(arrow_type(args[0]))
+    return {str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_()}[annotation]
 
-HEADS_SCHEMA = pa.schema(
-    [
-        ("schema_version", pa.int32()), ("experiment", pa.string()), ("run_id", pa.string()),
-        ("trial_id", pa.string()), ("model", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()),
-        ("level", pa.float64()), ("layer", pa.int64()), ("head", pa.int64()), ("score", pa.float64()),
-        ("pruned", pa.bool_()),
-    ]
-)
+
+# One row per trial: the columns TrialResult declares (docs/RESULTS.md says what each means), then the context's.
+TRIALS_SCHEMA = pa.schema([*[(name, arrow_type(t)) for name, t in TrialResult.columns().items()],
+                           *CONTEXT_COLUMNS.items()])
+
+# which trial a curve or head row belongs to
+ROW_IDENTITY = [("schema_version", pa.int32()), ("experiment", pa.string()), ("run_id", pa.string()),
+                ("trial_id", pa.string()), ("model", pa.string()), ("strategy", pa.string()), ("level", pa.float64()),
+                ("seed", pa.int64())]
+CURVES_SCHEMA = pa.schema([*ROW_IDENTITY, *[(name, arrow_type(t)) for name, t in CURVE_COLUMNS.items()]])
+
+HEADS_SCHEMA = pa.schema([*ROW_IDENTITY, ("layer", pa.int64()), ("head", pa.int64()), ("score", pa.float64()),
+                          ("pruned", pa.bool_())])
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -124,7 +74,7 @@ def trial_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     """One `trials` row: the trial's own row (TrialResult.row()) plus the runner's context columns."""
     ctx = payload.get("context", {})
     out = dict(payload["row"])
-    out.update({name: ctx.get(name) for name in CONTEXT_COLUMNS})
+    out.update({name: ctx.get(name) for name in CONTEXT_COLUMNS})  # where and when it ran
     out["schema_version"] = SCHEMA_VERSION
     out["version_ray"] = ctx.get("ray_version")
     out["gpu_ids"], out["cuda_visible_devices"] = ctx.get("gpu_ids", ""), ctx.get("cuda_visible_devices", "")
@@ -133,26 +83,25 @@ def trial_row(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 def curve_rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     row, ctx = payload["row"], payload.get("context", {})
-    return [
-        {"schema_version": SCHEMA_VERSION, "experiment": ctx.get("experiment"), "run_id": ctx.get("run_id"),
-         "trial_id": row["trial_id"], "model": row["model"], "strategy": row["strategy"], "level": row["level"],
-         "seed": row["seed"], "step": point.get("step"), "train_loss": _finite_or_none(point.get("train_loss")),
-         "eval_metric": _finite_or_none(point.get("eval_metric")), "lr": _finite_or_none(point.get("lr"))}
-        for point in payload.get("curve") or []
-    ]
+    identity = _identity(row, ctx)
+    return [{**identity, **{key: _finite_or_none(point.get(key)) if kind is float else point.get(key)
+                            for key, kind in CURVE_COLUMNS.items()}}
+            for point in payload.get("curve") or []]
 
 
 def head_rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     row, ctx = payload["row"], payload.get("context", {})
     pruned = {(int(l), int(h)) for l, h in row.get("pruned_heads") or []}
-    return [
-        {"schema_version": SCHEMA_VERSION, "experiment": ctx.get("experiment"), "run_id": ctx.get("run_id"),
-         "trial_id": row["trial_id"], "model": row["model"], "strategy": row["strategy"], "seed": row["seed"],
-         "level": row["level"], "layer": layer, "head": head, "score": _finite_or_none(score),
-         "pruned": (layer, head) in pruned}
-        for layer, scores in enumerate(payload.get("scores") or [])
-        for head, score in enumerate(scores)
-    ]
+    identity = _identity(row, ctx)
+    return [{**identity, "layer": layer, "head": head, "score": _finite_or_none(score), "pruned": (layer, head) in pruned}
+            for layer, scores in enumerate(payload.get("scores") or [])
+            for head, score in enumerate(scores)]
+
+
+def _identity(row: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
+    """The ROW_IDENTITY columns of a trial's curve and head rows."""
+    return {"schema_version": SCHEMA_VERSION, "experiment": ctx.get("experiment"), "run_id": ctx.get("run_id"),
+            **{name: row[name] for name in ("trial_id", "model", "strategy", "level", "seed")}}
 
 
 def tables(payloads: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:

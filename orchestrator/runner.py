@@ -1,6 +1,6 @@
 """The Ray Tune runner: one Tune trial per grid cell, shared work through a store actor, rows streamed to storage.
 
-    spec.cells() minus the cells that already have a row ──► a Tuner per 1,000 cells (CellQueue, with_resources)
+    spec.cells minus the cells that already have a row ──► a Tuner per 1,000 cells (CellQueue, with_resources)
               └─ trainable(config): TrialSpec.from_dict ─► run_trial(spec, shared) ─► tune.report(payload)
     driver callbacks: Progress (a line per trial), ResultStream (a Parquet part per flush), PendingReport
     after the grid: compact parts ──► trials / curves / heads Parquet, config.yaml ──► analyze (if installed)
@@ -36,7 +36,7 @@ from orchestrator.analyze.load import strategy_label
 from orchestrator.results import compact, finished_trials, write_part
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
-from sentinel.trial import TrialResult
+from sentinel.trial import failed_row
 
 # Tune runs each trial's function in a new thread, and glibc gives each thread its own malloc arena: the GBs a
 # trial freed (a model copy, its gradients, AdamW state) were not reused by the next trial's thread, so a worker's
@@ -106,7 +106,7 @@ def trainable(config: dict[str, Any]) -> None:
         result = run_trial(TrialSpec.from_dict(cell), shared, device=device)
         payload = {"row": result.row(), "curve": result.curve, "scores": result.scores}
     except Exception as exc:  # the spec itself was refused (or no device): still one failed row
-        payload = {"row": TrialResult.failed_row(cell, f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}
+        payload = {"row": failed_row(cell, f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}
     finally:
         shared.close()
         gc.collect()  # the trial's model copies go now, not at some later allocation (see WORKER_ENV)
@@ -204,7 +204,7 @@ class ResultStream(Callback):
         payload = _payload(self.last.pop(trial.trial_id, None))
         (trial.last_result or {}).pop("payload", None)
         if not payload:  # died without reporting (a killed worker): a failed row from its config and Tune's error
-            payload = {"row": TrialResult.failed_row(trial.config["cell"], f"TuneError: {tune_error(trial)}"),
+            payload = {"row": failed_row(trial.config["cell"], f"TuneError: {tune_error(trial)}"),
                        "curve": [], "scores": [],
                        "context": {"experiment": trial.config["run"]["experiment"], "run_id": self.run_id}}
         self._add(payload)
@@ -391,7 +391,7 @@ def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool, run_id: str) ->
         for run in saved.get("runs", []):  # Tune state of the runs this experiment made, nothing else
             if isinstance(run, str) and run.startswith(f"{spec.experiment}-") and "/" not in run:
                 _delete(f"{storage.rstrip('/')}/{name}/{run}", folder=True)
-    saved_spec = {"spec": spec.to_dict(), "cells": [c.to_dict() for c in spec.cells()], "runs": runs + [run_id]}
+    saved_spec = {"spec": spec.to_dict(), "cells": [c.to_dict() for c in spec.cells], "runs": runs + [run_id]}
     write_bytes(f"{out}/{SPEC_FILE}", json.dumps(saved_spec, sort_keys=True, default=str).encode())
     return saved is None
 
@@ -491,7 +491,7 @@ def _check_resumable(saved: dict[str, Any], spec: ExperimentSpec) -> None:
     if not changed:
         return
     old_cells = {json.dumps(c, sort_keys=True, default=str) for c in saved["cells"]}
-    new_cells = {json.dumps(c.to_dict(), sort_keys=True, default=str) for c in spec.cells()}
+    new_cells = {json.dumps(c.to_dict(), sort_keys=True, default=str) for c in spec.cells}
     if old_cells <= new_cells:
         return  # more seeds, levels, strategies or models: every finished cell is still a cell of this grid
     raise SpecError(f"--resume: the config changed since the experiment started ({', '.join(changed)}); "
@@ -682,7 +682,7 @@ def run_experiment(
     run_id = f"{spec.experiment}-{uuid.uuid4().hex[:8]}"
     with output_lock(out), SignalStop() as stop:
         created = prepare(spec, resume, overwrite, run_id)
-        cells = spec.cells()
+        cells = spec.cells
         if resume:
             _compact(out, spec)  # what a killed driver left in parts becomes the table the cells are read from
         done = set(finished_trials(out).column("trial_id").to_pylist())

@@ -23,6 +23,7 @@ reported as one `SpecError` line that names the field, the value and what is all
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -36,12 +37,10 @@ import yaml
 
 from orchestrator.config_file import read_config
 from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join, unwritable
-from sentinel.contract import SpecError, boolean, integer, number, one_of
+from sentinel.contract import SpecError, boolean, integer, number
 from sentinel.finetune import FinetuneConfig
-from sentinel.trial import (LEVEL, METHODS, POLICIES, SEED, DataSpec, TrialSpec, model_name, model_options, strategy_name,
-                            task_name)
+from sentinel.trial import (LEVEL, SEED, DataSpec, TrialSpec, device_name, model_name, model_options, strategy_name)
 
-DEVICES = ("cpu", "cuda", "auto")
 __all__ = ["SpecError", "ExperimentSpec", "load_spec", "parse_spec", "apply_overrides", "check_local_run"]
 
 
@@ -67,23 +66,23 @@ class Resources:
     gpu: float = 0.0  # fractional: 0.5 packs two trials on one GPU
 
 
+# The TrialSpec fields an experiment sets once for every cell (top-level keys of the YAML). Their rules and defaults
+# are the trial contract's (sentinel.trial.TrialSpec); the experiment keeps them as plain data and builds each cell
+# with TrialSpec.from_dict, so a field is declared, defaulted and checked in one place.
+TRIAL_FIELDS = ("data", "finetune", "method", "compensate", "policy", "task", "min_heads_per_layer", "device", "bf16",
+                "measure_speed")
+
+
 @dataclass(frozen=True)
 class ExperimentSpec:
+    """The grid (models x strategies x seeds x levels), the fields every trial shares, and how Ray runs them."""
+
     experiment: str
     models: tuple[Entry, ...]
     strategies: tuple[Entry, ...]
     levels: tuple[float, ...]
     seeds: tuple[int, ...] = (0,)
-    data: DataSpec = field(default_factory=DataSpec)
-    finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
-    method: str = "remove"
-    compensate: bool = False  # bias compensation on removal; a strategy entry may set its own
-    policy: str = "global"
-    task: str = "auto"  # evaluation task (sentinel.tasks)
-    min_heads_per_layer: int = 1
-    device: str = "auto"
-    bf16: bool = False
-    measure_speed: bool = True
+    trial: Mapping[str, Any] = field(default_factory=dict)  # TRIAL_FIELDS -> value, as TrialSpec.from_dict reads them
     resources: Resources = field(default_factory=Resources)
     max_concurrent_trials: int | None = None  # None: as many as the resources allow
     max_failures: int = 1
@@ -94,34 +93,33 @@ class ExperimentSpec:
     gpu_dry_run: bool = False
     pending_report_s: float = 300.0  # a trial waiting this long for resources is reported (a cluster short of them)
 
+    @functools.cached_property
     def cells(self) -> list[TrialSpec]:
-        """The grid as validated TrialSpecs, model-major order. A cell the trial contract refuses (a seq_len
-        beyond one model's context, options one strategy rejects) is a SpecError naming the model entry."""
-        if "_cells" in self.__dict__:  # built once (parse_spec validates them all; the runner reuses them)
-            return self.__dict__["_cells"]
+        """The grid as validated TrialSpecs, model-major order (built once: parse_spec validates them all, the runner
+        reuses them). A cell the trial contract refuses (a seq_len beyond one model's context, options one strategy
+        rejects) is a SpecError naming the entries."""
         cells = []
         for i, model in enumerate(self.models):
-            finetune = None if self.finetune is None else (
-                FinetuneConfig.from_dict({**dataclasses.asdict(self.finetune), **model.finetune}, f"models[{i}].finetune"))
+            finetune = self.trial.get("finetune")
+            if finetune is not None and model.finetune:  # this model's overrides of the section, checked as such
+                finetune = FinetuneConfig.from_dict({**finetune, **model.finetune}, f"models[{i}].finetune").to_dict()
             for strategy in self.strategies:
+                shared = {**self.trial, "finetune": finetune, "model": model.name, "model_options": dict(model.options),
+                          "strategy": strategy.name, "strategy_options": dict(strategy.options)}
+                if strategy.compensate is not None:
+                    shared["compensate"] = strategy.compensate
                 for seed in model.seeds or self.seeds:
                     for level in model.levels or self.levels:
                         try:
-                            cells.append(TrialSpec(
-                                model=model.name, model_options=dict(model.options), strategy=strategy.name,
-                                strategy_options=dict(strategy.options), level=level, seed=seed, policy=self.policy,
-                                min_heads_per_layer=self.min_heads_per_layer, method=self.method, data=self.data,
-                                finetune=finetune, device=self.device, bf16=self.bf16,
-                                measure_speed=self.measure_speed, task=self.task,
-                                compensate=self.compensate if strategy.compensate is None else strategy.compensate))
+                            cells.append(TrialSpec.from_dict({**shared, "seed": seed, "level": level}))
                         except SpecError as exc:
                             raise SpecError(f"{exc} (models[{i}] {model.name!r}, strategies {strategy.name!r})") from None
-        self.__dict__["_cells"] = cells
         return cells
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved spec as plain data (written next to the results as config.yaml)."""
+        """The resolved spec as plain data, in the config's own shape (written next to the results as config.yaml)."""
         d = dataclasses.asdict(self)
+        d.update(d.pop("trial"))
         d["models"] = [{"name": e.name, "options": dict(e.options), "finetune": dict(e.finetune),
                         "levels": list(e.levels), "seeds": list(e.seeds)} for e in self.models]
         d["strategies"] = [{"name": e.name, "options": dict(e.options),
@@ -192,7 +190,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
-TOP_LEVEL = tuple(f.name for f in dataclasses.fields(ExperimentSpec))
+TOP_LEVEL = tuple(f.name for f in dataclasses.fields(ExperimentSpec) if f.name != "trial") + TRIAL_FIELDS
 
 
 def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
@@ -206,7 +204,6 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
     for required in ("models", "strategies", "levels"):
         if raw.get(required) in (None, [], ""):
             raise SpecError(f"{required}: is required (a non-empty list)")
-    data = DataSpec.from_dict(raw.get("data") or {}, "data")
     spec = ExperimentSpec(
         experiment=_experiment_name(raw.get("experiment")),
         models=tuple(_entries(raw["models"], "models", model_name, extra_keys=("finetune", "levels", "seeds"),
@@ -214,16 +211,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name, extra_keys=("compensate",))),
         levels=tuple(_levels(raw["levels"])),
         seeds=tuple(_seeds(raw.get("seeds", [0]))),
-        data=data,
-        finetune=_finetune(raw.get("finetune", {}), data),
-        method=one_of(METHODS)(raw.get("method", "remove"), "method"),
-        compensate=boolean(raw.get("compensate", False), "compensate"),
-        policy=one_of(POLICIES)(raw.get("policy", "global"), "policy"),
-        task=task_name(raw.get("task", "auto"), "task"),
-        min_heads_per_layer=integer(minimum=1)(raw.get("min_heads_per_layer", 1), "min_heads_per_layer"),
-        device=one_of(DEVICES)(raw.get("device", "auto"), "device"),
-        bf16=boolean(raw.get("bf16", False), "bf16"),
-        measure_speed=boolean(raw.get("measure_speed", True), "measure_speed"),
+        trial=_trial_fields(raw),
         resources=_resources(raw.get("resources") or {}),
         max_concurrent_trials=None if raw.get("max_concurrent_trials") is None
         else integer(minimum=1)(raw["max_concurrent_trials"], "max_concurrent_trials"),
@@ -233,13 +221,14 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         gpu_dry_run=boolean(raw.get("gpu_dry_run", False), "gpu_dry_run"),
         pending_report_s=number(above=0)(raw.get("pending_report_s", 300), "pending_report_s"),
     )
-    spec.cells()  # every cell through the trial contract (per-model finetune, strategy options, context length)
+    spec.cells  # every cell through the trial contract (per-model finetune, strategy options, context length)
     _same_model_once(spec.models)
+    device = spec.trial["device"]
     for i, model in enumerate(spec.models):
-        if model.options.get("dtype") == "float16" and spec.device == "auto" and spec.resources.gpu == 0:
+        if model.options.get("dtype") == "float16" and device == "auto" and spec.resources.gpu == 0:
             raise SpecError(f"models[{i}].options.dtype: 'float16' with no GPU per trial (resources.gpu: 0), so on "
                             "CPU, where half-precision kernels are slow or missing; use float32 or bfloat16")
-    if spec.device == "cuda" and spec.resources.gpu <= 0:
+    if device == "cuda" and spec.resources.gpu <= 0:
         raise SpecError("resources.gpu: 0 with device 'cuda'; give each trial a GPU share (e.g. 0.5) or use device auto")
     return spec
 
@@ -413,13 +402,29 @@ def _seeds(value: Any, at: str = "seeds") -> list[int]:
     return seeds
 
 
-def _finetune(value: Any, data: DataSpec) -> FinetuneConfig | None:
-    """The finetune section (null: no recovery fine-tuning); an unset batch_size means the scoring batches'."""
+def _trial_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The TRIAL_FIELDS of a config as plain data: the trial contract's defaults overlaid with the config's values,
+    `data` and `finetune` resolved (checked here with their paths; every cell is checked again when built)."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrialSpec) if f.name in TRIAL_FIELDS}
+    trial = {**defaults, **{key: raw[key] for key in TRIAL_FIELDS if key in raw}}
+    data = DataSpec.from_dict(raw.get("data") or {}, "data")
+    trial["data"] = data.to_dict()
+    trial["finetune"] = _finetune(raw.get("finetune", {}), data)
+    device = device_name(trial["device"], "device")
+    if device.startswith("cuda:"):
+        raise SpecError(f"device: {device!r} pins one GPU, but in a grid Ray assigns each trial its GPU; use cuda or auto")
+    return trial
+
+
+def _finetune(value: Any, data: DataSpec) -> dict[str, Any] | None:
+    """The finetune section as plain data (null: no recovery fine-tuning); an unset batch_size means the scoring
+    batches'."""
     if value is None or value is False:
         return None
     if isinstance(value, dict) and "batch_size" not in value:
         value = {**value, "batch_size": data.batch_size}
-    return FinetuneConfig.from_dict(value, "finetune")
+    return FinetuneConfig.from_dict(value, "finetune").to_dict()
 
 
 def _resources(value: Any) -> Resources:

@@ -31,7 +31,7 @@ from sentinel.models.device import autocast, mean_pool, model_device
 from sentinel.models.heads import blocks, head_slices, slice_parameters
 
 Batch = dict[str, torch.Tensor]
-Curve = list[dict[str, Any]]  # rows {step, train_loss, eval_metric, lr}
+Curve = list[dict[str, Any]]  # rows {step, train_loss, eval_metric, lr}: sentinel.result.CURVE_COLUMNS
 IGNORE = -100
 
 

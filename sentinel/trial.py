@@ -9,17 +9,13 @@ machine (is the hub reachable, are there enough CPUs) is the orchestrator's pre-
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import math
 import re
-import socket
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from sentinel.contract import (
-    STAGES,
     Contract,
     SpecError,
     boolean,
@@ -34,6 +30,7 @@ from sentinel.contract import (
 )
 from sentinel.finetune import FinetuneConfig
 from sentinel.pruning import STRATEGIES
+from sentinel.result import TrialResult, digest, identity  # noqa: F401  (TrialResult: re-exported with the contract)
 from sentinel.tasks import TASKS
 
 METHODS = ("remove", "mask")
@@ -253,8 +250,8 @@ class TrialSpec(Contract):
     min_heads_per_layer: int = checked(1, integer(minimum=1))
     method: str = checked("remove", one_of(METHODS))  # "remove": physical slicing (real speedup); "mask": gates only
     data: DataSpec = nested(DataSpec, factory=DataSpec)
-    finetune: FinetuneConfig | None = nested(FinetuneConfig, factory=lambda: FinetuneConfig(steps=20), optional=True)
-    device: str = checked("cpu", device_name)  # "cpu", "cuda", "cuda:N" or "auto"
+    finetune: FinetuneConfig | None = nested(FinetuneConfig, factory=FinetuneConfig, optional=True)
+    device: str = checked("auto", device_name)  # "cpu", "cuda", "cuda:N" or "auto" (CUDA when there is one)
     bf16: bool = checked(False, boolean)  # bf16 autocast, CUDA only
     model_options: Mapping[str, Any] = checked(rule=model_options, factory=dict)  # passed to load_model
     measure_speed: bool = checked(True, boolean)
@@ -299,99 +296,10 @@ class TrialSpec(Contract):
         return digest(spec)
 
 
-def digest(value: Any) -> str:
-    """The 12-hex-digit id of a JSON-able value (a trial id is the digest of its spec)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-# ---------------------------------------------------------------------------------------------- result
-
-
-@dataclass
-class TrialResult:
-    spec: TrialSpec
-    status: str = "ok"  # "ok" or "failed"
-    error: str = ""
-    architecture: str = ""
-    task: str = ""  # the evaluation task that ran (sentinel.tasks)
-    metric_name: str = ""
-    higher_is_better: bool | None = None
-    metric_scale: str = ""  # how seeds are averaged and compared (sentinel.eval.Metric.scale)
-    dense: float = math.nan
-    dense_full: float = math.nan  # the dense model on the whole eval split (all STS-B pairs): the sample's reference
-    pruned: float = math.nan
-    recovered: float = math.nan
-    protocol: dict = field(default_factory=dict)  # the task's full protocol record
-    protocol_label: str = ""  # the task's one-line description of it (plots and reports show this)
-    heads_total: int | None = None
-    heads_pruned: int | None = None
-    pruned_heads: list = field(default_factory=list)  # [[layer, head], ...] in the dense layout
-    selection_notes: list = field(default_factory=list)
-    weights: str = ""  # where the weights came from ("gguf Q4_1 (...), dequantised to float32", ...)
-    params_before: int | None = None
-    params_after: int | None = None
-    flops_before: float = math.nan  # forward FLOPs of one seq_len sequence (sentinel.eval.forward_flops)
-    flops_after: float = math.nan
-    speed_before: float = math.nan  # forward tokens/s
-    speed_after: float = math.nan
-    speed_quiet: bool | None = None  # no other trial computed on the node while speed was measured
-    timings: dict = field(default_factory=dict)  # stage -> seconds
-    reused: dict = field(default_factory=dict)  # "baseline"/"scores"/"pruned_eval"/"speed" -> bool
-    device: str = ""
-    node: str = field(default_factory=socket.gethostname)
-    versions: dict = field(default_factory=dict)
-    curve: list = field(default_factory=list)  # fine-tuning rows {step, train_loss, eval_metric, lr}
-    scores: list = field(default_factory=list)  # [layers][heads] head scores (higher = more important)
-
-    NESTED = ("spec", "curve", "scores", "timings", "reused", "versions", "protocol")
-
-    def row(self) -> dict[str, Any]:
-        """The `trials` row of this cell: flat, JSON-able, NaN as None. The runner adds only where and when it
-        ran (orchestrator.results.CONTEXT_COLUMNS); curves and scores go to their own tables."""
-        return self._row(_identity(self.spec.to_dict(), self.spec.trial_id()))
-
-    def _row(self, identity: dict[str, Any]) -> dict[str, Any]:
-        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.NESTED}
-        row.update(identity)
-        row.update(
-            protocol=json.dumps(self.protocol, sort_keys=True, default=str),
-            pruned_heads=[[int(l), int(h)] for l, h in self.pruned_heads],
-            selection_notes=[str(n) for n in self.selection_notes],
-            ideal_speedup=_ratio(self.flops_before, self.flops_after),
-            time_total=sum(self.timings.values()) if self.timings else None,
-        )
-        row.update({f"time_{stage}": self.timings.get(stage) for stage in STAGES})
-        row.update({f"reused_{k}": self.reused.get(k) for k in ("baseline", "scores", "pruned_eval", "speed")})
-        row.update({f"version_{k}": self.versions.get(k) for k in ("sentinel_bench", "torch", "transformers", "python")})
-        return {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
-
-    @staticmethod
-    def failed_row(cell: Mapping[str, Any], error: str) -> dict[str, Any]:
-        """The row of a cell that produced no TrialResult (a refused spec, a worker that died), in the same shape."""
-        try:
-            spec = TrialSpec.from_dict(cell)
-        except Exception:  # the cell itself is what failed: its raw JSON identifies it
-            return TrialResult(spec=None, status="failed", error=error, node="")._row(_identity(dict(cell), digest(dict(cell))))  # type: ignore[arg-type]
-        return TrialResult(spec=spec, status="failed", error=error, node="").row()
-
-
-def _identity(spec: dict[str, Any], trial_id: str) -> dict[str, Any]:
-    """The columns that say which cell a row is, from a spec's plain dict."""
-    level, seed = spec.get("level"), spec.get("seed")
-    return {
-        "trial_id": trial_id, "model": str(spec.get("model")), "strategy": str(spec.get("strategy")),
-        "level": float(level) if isinstance(level, (int, float)) else None,
-        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        "method": str(spec.get("method") or ""), "policy": str(spec.get("policy") or ""),
-        "compensate": spec.get("compensate") is True,
-        "strategy_options": json.dumps(dict(spec.get("strategy_options") or {}), sort_keys=True, default=str),
-        "spec": json.dumps(spec, sort_keys=True, default=str),
-    }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None  # NaN and infinities: no number to store
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b and not (math.isnan(a) or math.isnan(b)) else math.nan
+def failed_row(cell: Mapping[str, Any], error: str) -> dict[str, Any]:
+    """The `trials` row of a cell that produced no TrialResult (a refused spec, a worker that died), in the same shape."""
+    try:
+        spec = TrialSpec.from_dict(cell)
+    except Exception:  # the cell itself is what failed: its raw JSON identifies it
+        return TrialResult(spec=None, status="failed", error=error, node="")._row(identity(dict(cell), digest(dict(cell))))  # type: ignore[arg-type]
+    return TrialResult(spec=spec, status="failed", error=error, node="").row()

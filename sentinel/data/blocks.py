@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sentinel.data.sources import Document, load_documents
+from sentinel.models.loading import config_max_positions
 from sentinel.data.splits import split_documents
 
 
@@ -136,12 +137,7 @@ def batches(blocks: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tenso
 
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model's position embeddings allow (None when the config sets no limit)."""
-    config = model.config
-    for field in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, field, None)
-        if isinstance(value, int):
-            return value
-    return None
+    return config_max_positions(model.config.to_dict())
 
 
 def check_seq_len(model: nn.Module, seq_len: int) -> None:

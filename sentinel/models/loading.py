@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+from typing import Any, Mapping
 from pathlib import Path
 
 import torch
@@ -141,8 +142,16 @@ def context_length(name: str) -> int | None:
     config = source / "config.json"
     if not config.is_file():
         return None
-    values = json.loads(config.read_text(encoding="utf-8"))
-    return next((values[k] for k in ("max_position_embeddings", "n_positions") if isinstance(values.get(k), int)), None)
+    return config_max_positions(json.loads(config.read_text(encoding="utf-8")))
+
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")  # config keys that bound a sequence, in order
+
+
+def config_max_positions(config: Mapping[str, Any]) -> int | None:
+    """The longest sequence a config's position embeddings allow (None when it sets no limit): the one rule a
+    model folder read without loading (context_length) and a loaded model (data.blocks.max_positions) share."""
+    return next((config[k] for k in POSITION_KEYS if isinstance(config.get(k), int)), None)
 
 
 def local_model_type(name: str) -> str | None:

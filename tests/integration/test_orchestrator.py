@@ -42,7 +42,7 @@ def test_grid_end_to_end_writes_complete_tables(ray_cluster, tiny_gpt2, tiny_cor
 
     trials = pd.read_parquet(summary.written["trials"])
     assert len(trials) == 8 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
-    assert set(trials.trial_id) == {cell.trial_id() for cell in spec.cells()}
+    assert set(trials.trial_id) == {cell.trial_id() for cell in spec.cells}
     assert (trials.spec.map(lambda s: json.loads(s)["device"]) == "auto").all() and (trials.device == "cpu").all()
     assert {(s, l, d) for s, l, d in trials[["strategy", "level", "seed"]].values} == {
         (s, l, d) for s in ("magnitude", "random") for l in (0.25, 0.5) for d in (0, 1)}

@@ -67,7 +67,8 @@ def cells(model: str, source: str) -> list[dict]:
 def payloads(model: str, source: str) -> list[dict]:
     """What the orchestrator's trainable reports per trial: the row, curve, scores and run context."""
     from sentinel.contract import SpecError
-    from sentinel.pipeline import LocalShared, TrialResult, TrialSpec, run_trial
+    from sentinel.pipeline import LocalShared, TrialSpec, run_trial
+    from sentinel.trial import failed_row
 
     shared, out = LocalShared(), []
     for cell in cells(model, source):
@@ -76,7 +77,7 @@ def payloads(model: str, source: str) -> list[dict]:
             result = run_trial(TrialSpec.from_dict(cell), shared)
             payload = {"row": result.row(), "curve": result.curve, "scores": result.scores}
         except SpecError as exc:  # as the trainable does: the refused cell is still one failed row
-            payload = {"row": TrialResult.failed_row(cell, f"SpecError: {exc}"), "curve": [], "scores": []}
+            payload = {"row": failed_row(cell, f"SpecError: {exc}"), "curve": [], "scores": []}
         payload["context"] = {"experiment": EXPERIMENT, "run_id": f"{EXPERIMENT}-0001", "tune_trial_id": "local",
                               "attempts": 1, "started_at": int(started * 1000), "finished_at": int(time.time() * 1000)}
         out.append(payload)

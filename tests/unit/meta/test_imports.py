@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[3]
 ALLOWED = {
     "registry": set(),
     "contract": set(),
+    "result": {"contract"},  # what a trial produced and its row: plain Python, read by the analysis
     "models": {"registry", "contract"},
     "data": {"models", "registry", "contract"},
     "eval": {"models", "registry", "contract"},

@@ -19,7 +19,7 @@ from orchestrator.results import (
     trial_row,
     write_part,
 )
-from sentinel.trial import TrialResult, TrialSpec
+from sentinel.trial import TrialResult, TrialSpec, failed_row
 from tests.tables import write_results
 
 
@@ -43,14 +43,14 @@ def ok_payload(level: float = 0.5) -> dict:
 
 def failed_payload() -> dict:
     cell = {"model": "sentinel/tiny-gpt2", "strategy": "random", "level": 0.3, "seed": 1}
-    return {"row": TrialResult.failed_row(cell, "OSError: broken weights"), "curve": [], "scores": [],
+    return {"row": failed_row(cell, "OSError: broken weights"), "curve": [], "scores": [],
             "context": {"experiment": "e", "run_id": "e-1"}}
 
 
 def test_one_row_shape_for_every_trial_and_it_is_the_schema():
     """TrialResult.row() plus the runner's context columns is exactly TRIALS_SCHEMA, for ok rows, failed rows,
     and rows of cells the contract refused (whose fields may be anything)."""
-    refused = {"row": TrialResult.failed_row({"model": 3, "strategy": "nope", "level": "x", "seed": -1}, "SpecError: ..."),
+    refused = {"row": failed_row({"model": 3, "strategy": "nope", "level": "x", "seed": -1}, "SpecError: ..."),
                "context": {}}
     for payload in (ok_payload(), failed_payload(), refused):
         assert set(trial_row(payload)) == set(TRIALS_SCHEMA.names)

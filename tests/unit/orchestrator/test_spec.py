@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.spec import SpecError, apply_overrides, load_spec
+from sentinel.trial import TrialSpec
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -53,7 +55,7 @@ def run_cli(tmp_path: Path, raw, capsys, *overrides: str) -> str:
 
 def test_valid_spec_expands_to_grid(tmp_path, base):
     spec = load_spec(write(tmp_path, base))
-    cells = spec.cells()
+    cells = spec.cells
     assert len(cells) == 1 * 2 * 2 * 2
     assert {(c.strategy, c.level, c.seed) for c in cells} == {
         (s, l, d) for s in ("entropy", "random") for l in (0.25, 0.5) for d in (0, 1)}
@@ -94,7 +96,7 @@ def test_level_outside_the_unit_interval(tmp_path, base, capsys, level):
 
 def test_level_zero_is_a_fine_tune_only_control(tmp_path, base):
     spec = load_spec(write(tmp_path, {**base, "levels": [0, 0.5]}))
-    assert sorted({c.level for c in spec.cells()}) == [0.0, 0.5]
+    assert sorted({c.level for c in spec.cells}) == [0.0, 0.5]
 
 
 @pytest.mark.parametrize("field,value", [
@@ -176,8 +178,9 @@ def test_cuda_device_needs_a_gpu_share(tmp_path, base, capsys):
 def test_overrides_are_yaml_values(tmp_path, base):
     spec = load_spec(write(tmp_path, base), ["levels=[0.1, 0.2]", "data.seq_len=16", "finetune.lr=1e-3",
                                              "bf16=true", "resources.gpu=0.5"])
-    assert spec.levels == (0.1, 0.2) and spec.data.seq_len == 16 and spec.bf16 is True
-    assert spec.finetune.lr == 1e-3 and spec.resources.gpu == 0.5
+    cell = spec.cells[0]
+    assert spec.levels == (0.1, 0.2) and cell.data.seq_len == 16 and cell.bf16 is True
+    assert cell.finetune.lr == 1e-3 and spec.resources.gpu == 0.5
 
 
 def test_bad_override_is_reported(tmp_path, base, capsys):
@@ -190,17 +193,35 @@ def test_override_cannot_descend_into_scalar():
         apply_overrides({"method": "remove"}, ["method.x=1"])
 
 
+def test_a_trial_field_has_one_default_for_yaml_and_library_users(tmp_path, base):
+    for key in ("finetune", "device", "method", "data"):
+        base.pop(key, None)
+    cell = load_spec(write(tmp_path, base)).cells[0]
+    library = TrialSpec(model=cell.model, strategy=cell.strategy, level=cell.level, seed=cell.seed)
+    assert cell.device == library.device == "auto" and cell.method == library.method
+    assert cell.data == library.data
+    # the one YAML-only rule: an unset finetune.batch_size follows data.batch_size
+    assert cell.finetune == replace(library.finetune, batch_size=cell.data.batch_size)
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "gpu"])
+def test_device_is_the_trials_rule_and_a_grid_refuses_one_pinned_gpu(tmp_path, base, capsys, device):
+    err = run_cli(tmp_path, {**base, "device": device}, capsys)
+    assert ("pins one GPU" in err) if device == "cuda:1" else ("device: 'gpu' is not one of auto, cpu, cuda, cuda:N" in err)
+
+
 @pytest.mark.parametrize("name", ["default", "smoke", "seed-distilgpt2"])
 def test_shipped_configs_validate(name):
     spec = load_spec(CONFIGS / f"{name}.yaml")
-    assert spec.experiment == name and spec.cells()
+    assert spec.experiment == name and spec.cells
 
 
 def test_seed_config_reproduces_seed_grid():
     spec = load_spec(CONFIGS / "seed-distilgpt2.yaml")
     assert [m.name for m in spec.models] == ["distilgpt2"]
     assert [s.name for s in spec.strategies] == ["entropy", "magnitude", "random"]
-    assert spec.levels == (0.1, 0.3, 0.5) and spec.finetune.steps == 100 and spec.data.source == "gutenberg"
+    cell = spec.cells[0]
+    assert spec.levels == (0.1, 0.3, 0.5) and cell.finetune.steps == 100 and cell.data.source == "gutenberg"
 
 
 def test_stride_longer_than_window(tmp_path, base, capsys):
@@ -211,10 +232,10 @@ def test_stride_longer_than_window(tmp_path, base, capsys):
 def test_compensation_for_the_experiment_or_per_strategy_entry(tmp_path, base):
     raw = {**base, "strategies": ["random", {"name": "random", "compensate": True}, {"name": "entropy"}],
            "compensate": False}
-    cells = load_spec(write(tmp_path, raw)).cells()
+    cells = load_spec(write(tmp_path, raw)).cells
     assert sorted({(c.strategy, c.compensate) for c in cells}) == [("entropy", False), ("random", False),
                                                                     ("random", True)]
-    everywhere = load_spec(write(tmp_path, {**base, "compensate": True})).cells()
+    everywhere = load_spec(write(tmp_path, {**base, "compensate": True})).cells
     assert all(c.compensate for c in everywhere)
 
 
@@ -230,7 +251,7 @@ def test_bad_compensation_is_one_line_before_ray(tmp_path, base, capsys, change,
 
 def test_per_model_finetune_overrides_the_section(tmp_path, base, model_dir):
     base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "finetune": {"steps": 5, "lr": 1e-5}}]
-    cells = load_spec(write(tmp_path, base)).cells()
+    cells = load_spec(write(tmp_path, base)).cells
     by_model = {c.model: c.finetune for c in cells}
     assert by_model[str(model_dir)].steps == 2 and by_model["sentinel/tiny-llama"].steps == 5
     assert by_model["sentinel/tiny-llama"].lr == 1e-5
@@ -240,10 +261,10 @@ def test_per_model_finetune_overrides_the_section(tmp_path, base, model_dir):
 def test_per_model_levels_and_seeds_replace_the_experiments(tmp_path, base, model_dir):
     base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "levels": [0.3], "seeds": [0, 1, 2]}]
     spec = load_spec(write(tmp_path, base))
-    grid = {(c.model, c.level, c.seed) for c in spec.cells()}
+    grid = {(c.model, c.level, c.seed) for c in spec.cells}
     assert {(l, s) for m, l, s in grid if m == str(model_dir)} == {(l, s) for l in (0.25, 0.5) for s in (0, 1)}
     assert {(l, s) for m, l, s in grid if m == "sentinel/tiny-llama"} == {(0.3, s) for s in (0, 1, 2)}
-    assert len(spec.cells()) == 2 * (4 + 3)  # two strategies
+    assert len(spec.cells) == 2 * (4 + 3)  # two strategies
     assert spec.to_dict()["models"][1]["seeds"] == [0, 1, 2]
 
 

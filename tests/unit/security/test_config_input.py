@@ -81,7 +81,7 @@ def test_float16_on_cpu_is_refused_before_anything_runs(tmp_path):
         parse_spec(base(tmp_path, "x", device="auto",
                         models=[{"name": "sentinel/tiny-gpt2", "options": {"dtype": "float16"}}]))
     spec = parse_spec(base(tmp_path, "x", models=[{"name": "sentinel/tiny-gpt2", "options": {"dtype": "bfloat16"}}]))
-    assert spec.cells()[0].model_options == {"dtype": "bfloat16"}
+    assert spec.cells[0].model_options == {"dtype": "bfloat16"}
 
 
 def test_seeds_are_bounded_by_the_rows_integer_column(tmp_path):
@@ -92,7 +92,7 @@ def test_seeds_are_bounded_by_the_rows_integer_column(tmp_path):
 
     from orchestrator.results import TRIALS_SCHEMA
 
-    pa.array([spec.cells()[0].seed], TRIALS_SCHEMA.field("seed").type)  # the row's column holds it
+    pa.array([spec.cells[0].seed], TRIALS_SCHEMA.field("seed").type)  # the row's column holds it
 
 
 @pytest.mark.parametrize("field, value", [("finetune.lr", math.inf), ("finetune.lr", "inf"), ("finetune.lr", "1e400"),

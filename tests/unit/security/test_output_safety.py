@@ -17,7 +17,7 @@ from orchestrator.results import write_part
 from orchestrator.runner import LOCK_FILE, SPEC_FILE, output_lock, prepare
 from orchestrator.spec import SpecError, parse_spec
 from orchestrator.storage import write_bytes
-from sentinel.trial import TrialResult
+from sentinel.trial import failed_row
 
 
 def raw(name: str, output: Path, **extra) -> dict:
@@ -29,8 +29,8 @@ def raw(name: str, output: Path, **extra) -> dict:
 
 def finished(spec, out: Path) -> None:
     """Rows for every cell of `spec` (failed rows: they count as done) streamed as a part, as a run leaves them."""
-    payloads = [{"row": TrialResult.failed_row(c.to_dict(), "x"), "curve": [], "scores": [], "context": {}}
-                for c in spec.cells()]
+    payloads = [{"row": failed_row(c.to_dict(), "x"), "curve": [], "scores": [], "context": {}}
+                for c in spec.cells]
     write_part(str(out), payloads, "run-000000")
 
 
