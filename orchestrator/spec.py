@@ -70,7 +70,7 @@ class Resources:
 # are the trial contract's (sentinel.trial.TrialSpec); the experiment keeps them as plain data and builds each cell
 # with TrialSpec.from_dict, so a field is declared, defaulted and checked in one place.
 TRIAL_FIELDS = ("data", "finetune", "method", "compensate", "policy", "task", "min_heads_per_layer", "device", "bf16",
-                "measure_speed")
+                "measure_speed", "generation")
 
 
 @dataclass(frozen=True)

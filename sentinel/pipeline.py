@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from sentinel.finetune import finetune
-from sentinel.models import check_compensable, head_layout, load_model, mask_heads, prune_heads
+from sentinel.models import check_compensable, head_layout, is_causal_lm, load_model, mask_heads, prune_heads
 from sentinel.pruning import STRATEGIES, Selection, score_heads, select_heads
 from sentinel.tasks import Prepared, prepare_task
 from sentinel.trial import DataSpec, TrialResult, TrialSpec  # noqa: F401  (the contract, re-exported)
@@ -197,6 +197,13 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
                 f"speed/{layout_key}/{result.device}/seq{spec.data.seq_len}x{spec.data.batch_size}",
                 lambda: _quiet_speed(dense, model, spec, device, shared))
         result.speed_before, result.speed_after, result.speed_quiet = speed
+    if spec.generation is not None and is_causal_lm(model):  # encoders: nothing to generate, nothing recorded
+        with timings("generation"):  # once per layout, with the node to itself
+            numbers, result.reused["generation"] = shared.get_or_compute(
+                f"generation/{layout_key}/{result.device}/{json.dumps(spec.generation.to_dict(), sort_keys=True)}",
+                lambda: _quiet_generation(dense, model, spec, shared))
+        for name, value in numbers.items():
+            setattr(result, name, value)
 
     if curve_done:  # pruned while fine-tuning: its last evaluation had every selected head masked (= removed)
         result.recovered = result.curve[-1]["eval_metric"]
@@ -240,6 +247,30 @@ def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork) -> t
         before, after = compare_throughput(dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
                                            rounds=2, iters=1, device=device)
     return before, after, quiet
+
+
+def _quiet_generation(dense, model, spec: TrialSpec, shared: SharedWork) -> dict[str, Any]:
+    """KV cache per token, prefill and decode tokens/s (dense and pruned, alternately) and their ideal ratios: the
+    TrialResult fields they fill."""
+    from sentinel.eval.generation import compare_generation, ideal_generation_ratios, kv_cache_bytes_per_token
+
+    g = spec.generation
+    with shared.exclusive() as quiet:
+        before, after = compare_generation(dense, model, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
+                                           batch_size=g.batch_size, rounds=g.rounds)
+    ideal = ideal_generation_ratios(dense, model, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
+                                    batch_size=g.batch_size)
+    return {
+        "kv_bytes_per_token_before": float(kv_cache_bytes_per_token(dense)),
+        "kv_bytes_per_token_after": float(kv_cache_bytes_per_token(model)),
+        "prefill_tps_before": before.prefill_tokens_per_s, "prefill_tps_after": after.prefill_tokens_per_s,
+        "decode_tps_before": before.decode_tokens_per_s, "decode_tps_after": after.decode_tokens_per_s,
+        "decode_batch_tps_before": before.decode_batch_tokens_per_s,
+        "decode_batch_tps_after": after.decode_batch_tokens_per_s,
+        "generation_batch_size": g.batch_size, "generation_quiet": quiet,
+        "ideal_prefill_speedup": ideal["prefill"], "ideal_decode_speedup": ideal["decode"],
+        "ideal_decode_batch_speedup": ideal["decode_batch"],
+    }
 
 
 _TASKS: dict[tuple, Prepared] = {}  # prepared tasks (tokenised data) per (model, task, data spec), in this worker

@@ -50,6 +50,21 @@ class TrialResult:
     speed_before: float = math.nan  # forward tokens/s
     speed_after: float = math.nan
     speed_quiet: bool | None = None  # no other trial computed on the node while speed was measured
+    # generation (TrialSpec.generation; causal LMs): KV cache per token and tokens/s of greedy generation with the
+    # cache, dense (before) and pruned (after); prefill and decode at batch 1, decode_batch at generation_batch_size
+    kv_bytes_per_token_before: float = math.nan
+    kv_bytes_per_token_after: float = math.nan
+    prefill_tps_before: float = math.nan
+    prefill_tps_after: float = math.nan
+    decode_tps_before: float = math.nan
+    decode_tps_after: float = math.nan
+    decode_batch_tps_before: float = math.nan
+    decode_batch_tps_after: float = math.nan
+    generation_batch_size: int | None = None
+    generation_quiet: bool | None = None
+    ideal_prefill_speedup: float = math.nan  # FLOPs of the prompt, dense / pruned
+    ideal_decode_speedup: float = math.nan  # bytes read per decode step (weights + KV cache), dense / pruned, batch 1
+    ideal_decode_batch_speedup: float = math.nan  # the same at generation_batch_size
     timings: dict = field(default_factory=dict)  # stage -> seconds
     reused: dict = field(default_factory=dict)  # "baseline"/"scores"/"pruned_eval"/"speed" -> bool
     device: str = ""
@@ -59,7 +74,7 @@ class TrialResult:
     scores: list = field(default_factory=list)  # [layers][heads] head scores (higher = more important)
 
     NESTED = ("spec", "curve", "scores", "timings", "reused", "versions", "protocol")
-    REUSED = ("baseline", "scores", "pruned_eval", "speed")  # what may come from another cell (pipeline's shared keys)
+    REUSED = ("baseline", "scores", "pruned_eval", "speed", "generation")  # what may come from another cell (pipeline's shared keys)
     VERSIONS = ("sentinel_bench", "torch", "transformers", "python")
     # what row() adds to the scalar fields above: identity (identity()), the protocol as JSON, and flattened stages
     EXTRA_COLUMNS: ClassVar[dict[str, Any]] = {

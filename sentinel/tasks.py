@@ -25,7 +25,7 @@ from torch import nn
 
 from sentinel import data as sdata
 from sentinel import eval as seval
-from sentinel.models import get_adapter
+from sentinel.models import get_adapter, is_causal_lm
 from sentinel.registry import Registry
 
 
@@ -78,9 +78,6 @@ def register_task(task: type[Task]) -> type[Task]:
     return task
 
 
-def _causal_lm(model: nn.Module) -> bool:
-    return get_adapter(model).causal and model.get_output_embeddings() is not None
-
 
 @register_task
 class Perplexity(Task):
@@ -90,7 +87,7 @@ class Perplexity(Task):
     name = "perplexity"
 
     def fits(self, model: nn.Module) -> bool:
-        return _causal_lm(model)
+        return is_causal_lm(model)
 
     def prepare(self, dense: nn.Module, tokenizer: Any, d: Any) -> Prepared:
         splits = sdata.split_documents(sdata.load_documents(d.source), seed=d.split_seed)
@@ -171,7 +168,7 @@ class STSB(Task):
     name = "stsb"
 
     def fits(self, model: nn.Module) -> bool:
-        return not _causal_lm(model) and hasattr(model, "config")
+        return not is_causal_lm(model) and hasattr(model, "config")
 
     def prepare(self, dense: nn.Module, tokenizer: Any, d: Any) -> Prepared:
         splits = sdata.split_documents(sdata.load_documents(d.source), seed=d.split_seed)

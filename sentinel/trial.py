@@ -238,6 +238,18 @@ class DataSpec(Contract):
 
 
 @dataclass(frozen=True)
+class GenerationSpec(Contract):
+    """Generation speed and KV-cache memory, dense beside pruned, once per distinct pruned layout (causal LMs with an
+    LM head; other models record none): greedy generation of `new_tokens` after random prompts of `prompt_tokens`,
+    at batch 1 and `batch_size`, the better of `rounds` alternating measurements (sentinel.eval.generation)."""
+
+    prompt_tokens: int = checked(64, integer(minimum=1, maximum=8192))
+    new_tokens: int = checked(32, integer(minimum=1, maximum=4096))
+    batch_size: int = checked(8, integer(minimum=1, maximum=1024))
+    rounds: int = checked(2, integer(minimum=1, maximum=20))
+
+
+@dataclass(frozen=True)
 class TrialSpec(Contract):
     """Everything that determines one cell's result. Its canonical JSON digest is the trial id."""
 
@@ -258,10 +270,11 @@ class TrialSpec(Contract):
     task: str = checked("auto", task_name)  # evaluation task (sentinel.tasks); auto: the first that fits the model
     # bias compensation on removal (FLAP): removed heads' calibration means move into the output projection's bias
     compensate: bool = checked(False, boolean)
+    generation: GenerationSpec | None = nested(GenerationSpec, None, optional=True)  # None: not measured
 
     # fields added after results were published, left out of the trial id while at their default, so the ids of
     # earlier cells (and resuming their runs) do not change
-    LATE_DEFAULTS = {"compensate": False}
+    LATE_DEFAULTS = {"compensate": False, "generation": None}
 
     def check_together(self) -> None:
         strategy = STRATEGIES.get(self.strategy)

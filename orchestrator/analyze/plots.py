@@ -307,3 +307,37 @@ def plot_pareto(trials: pd.DataFrame) -> Figure:
         ax.legend(fontsize=7)
     fig.suptitle("Quality vs speed per cell\n(mean over seeds; point labels = pruning level)", fontsize=10)
     return fig
+
+
+def plot_generation(table: pd.DataFrame) -> Figure:
+    """Measured against ideal speedups of prefill, decode and batched decode, and the KV cache kept, per cell.
+
+    Args:
+        table: stats.generation_table(trials).
+    Returns:
+        A Figure with a panel per model: for each cell, bars of measured speedup and markers of the ideal ratio.
+    """
+    models = sorted(table["model"].unique())
+    fig = Figure(figsize=(max(6.0, 1.1 * table.groupby("model").size().max() + 3), 3.6 * len(models)),
+                 layout="constrained")
+    axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
+    kinds = [("prefill", "prefill (batch 1)"), ("decode", "decode (batch 1)"), ("decode_batch", "decode (batch B)")]
+    width = 0.8 / (len(kinds) + 1)
+    for ax, model in zip(axes, models):
+        rows = table[table["model"].eq(model)].reset_index(drop=True)
+        x = np.arange(len(rows))
+        for i, (kind, name) in enumerate(kinds):
+            ax.bar(x + i * width, rows[kind], width, label=f"{name}: measured", color=PALETTE[i], alpha=0.8)
+            ax.scatter(x + i * width, rows[f"{kind}_ideal"], marker="_", s=160, color="black",
+                       label="ideal ratio" if i == 0 else None, zorder=3)
+        ax.bar(x + len(kinds) * width, 1 / rows["kv_cache"], width, label="KV cache: dense / pruned bytes",
+               color="grey", alpha=0.6)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(x + width * len(kinds) / 2)
+        ax.set_xticklabels([f"{r.label}\n{r.level:g}" for r in rows.itertuples()], fontsize=7)
+        batch = int(rows["batch_size"].iloc[0]) if rows["batch_size"].notna().any() else 0
+        ax.set_title(f"{model}: pruned / dense tokens/s (B = {batch}), mean over seeds", fontsize=9)
+        ax.set_ylabel("speedup")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=3)
+    return fig

@@ -276,7 +276,27 @@ def figures(results: Results) -> list[tuple[str, str, Callable[[], Figure]]]:
         out.append((f"head scores and pruned heads, {model}", f"heads_{slug(model)}",
                     lambda m=model: plots.plot_head_heatmaps(results.heads, m)))
     out.append(("quality vs speed (Pareto)", "pareto", lambda: plots.plot_pareto(results.trials)))
+    generation = stats.generation_table(results.trials)
+    if not generation.empty:
+        out.append(("generation: measured and ideal speedups, KV cache", "generation",
+                    lambda: plots.plot_generation(generation)))
     return out
+
+
+def generation_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The generation table for the report: per cell, the KV cache kept and each speedup beside its ideal ratio."""
+    def speed(kind: str) -> list[str]:
+        return [f"{fmt(m, 3)}x (ideal {fmt(i, 3)}x, {fmt(100 * r, 3)}%)" for m, i, r in
+                zip(table[kind], table[f"{kind}_ideal"], table[f"{kind}_vs_ideal"])]
+
+    return pd.DataFrame({
+        "model": table["model"], "strategy": table["label"], "level": table["level"].map(lambda v: f"{v:g}"),
+        "seeds": table["n_seeds"],
+        "KV cache bytes/token (kept)": [f"{fmt(b)} → {fmt(a)} ({fmt(100 * a / b, 3)}%)" for b, a in
+                                        zip(table["kv_bytes_per_token_before"], table["kv_bytes_per_token_after"])],
+        "prefill speedup": speed("prefill"), "decode speedup (batch 1)": speed("decode"),
+        "decode speedup (batch B)": speed("decode_batch"), "B": table["batch_size"],
+    })
 
 
 def write_report(results: Results, out: str) -> str:
@@ -351,6 +371,15 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                          "Holm's adjustment over every pair and level of one model and stage. Also as "
                          "[pairwise.csv](pairwise.csv)."),
               Block("table", pairwise_display(pairs, summary)) if len(pairs) else Block("p", "No pairs.")]
+    generation = stats.generation_table(results.trials)
+    if not generation.empty:
+        blocks += [Block("h2", "Generation: KV cache and tokens/s"),
+                   Block("p", "Greedy generation with the KV cache after random prompts, dense and pruned measured "
+                              "alternately (once per distinct pruned layout, the node quiet). Prefill's ideal ratio is "
+                              "the FLOP ratio of the prompt; decode's is the ratio of bytes read per step (every "
+                              "linear weight plus each sequence's KV cache at the mean context), which is what a "
+                              "memory-bound decode step can gain. Percentages: measured / ideal."),
+                   Block("table", generation_display(generation))]
     if images:
         blocks.append(Block("h2", "Plots"))
         for image in images:

@@ -115,6 +115,38 @@ def cell_stats(trials: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(CELL, ignore_index=True)
 
 
+GENERATION = {  # ratio name -> (after column, before column, ideal column or None): pruned / dense
+    "kv_cache": ("kv_bytes_per_token_after", "kv_bytes_per_token_before", None),
+    "prefill": ("prefill_tps_after", "prefill_tps_before", "ideal_prefill_speedup"),
+    "decode": ("decode_tps_after", "decode_tps_before", "ideal_decode_speedup"),
+    "decode_batch": ("decode_batch_tps_after", "decode_batch_tps_before", "ideal_decode_batch_speedup"),
+}
+
+
+def generation_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per cell with generation measured (means over seeds): KV-cache bytes per token kept (pruned / dense), and the
+    measured prefill, decode and batched-decode speedups (pruned / dense tokens/s) beside their ideal ratios and
+    measured / ideal. Empty when no trial measured generation."""
+    ok = ok_trials(trials)
+    if "decode_tps_after" not in ok or not ok["decode_tps_after"].notna().any():
+        return pd.DataFrame()
+    ok = ok[ok["decode_tps_after"].notna()].copy()
+    for name, (after, before, ideal) in GENERATION.items():
+        ok[name] = pd.to_numeric(ok[after]) / pd.to_numeric(ok[before])
+        if ideal is not None:
+            ok[f"{name}_ideal"] = pd.to_numeric(ok[ideal])
+    columns = [c for name, (_, _, ideal) in GENERATION.items() for c in ([name, f"{name}_ideal"] if ideal else [name])]
+    table = ok.groupby(CELL, sort=True).agg(
+        n_seeds=("seed", "nunique"), batch_size=("generation_batch_size", "first"),
+        kv_bytes_per_token_before=("kv_bytes_per_token_before", "mean"),
+        kv_bytes_per_token_after=("kv_bytes_per_token_after", "mean"), **{c: (c, "mean") for c in columns},
+    ).reset_index()
+    for name, (_, _, ideal) in GENERATION.items():
+        if ideal is not None:
+            table[f"{name}_vs_ideal"] = table[name] / table[f"{name}_ideal"]
+    return table
+
+
 def compare(a: pd.DataFrame, b: pd.DataFrame, value: str) -> dict:
     """Strategy `a` against `b` on trials paired by seed (same model and level), on the metric's scale.
 

@@ -1,5 +1,5 @@
 """Architecture adapters, head masking, physical head removal, and pruned-model I/O."""
-from sentinel.models.adapters import ADAPTERS, AttentionAdapter, get_adapter, supported_model_types
+from sentinel.models.adapters import ADAPTERS, AttentionAdapter, get_adapter, is_causal_lm, supported_model_types
 from sentinel.models.heads import (
     HeadLayout,
     HeadMask,
@@ -29,6 +29,7 @@ __all__ = [
     "head_slices",
     "get_adapter",
     "head_layout",
+    "is_causal_lm",
     "is_pruned_checkpoint",
     "kept_heads",
     "load_model",

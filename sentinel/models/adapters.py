@@ -162,6 +162,12 @@ ADAPTERS.register("t5")(
 )
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """A causal family with an LM head: what has a next-token loss, a perplexity and generates text."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return get_adapter(model).causal and head is not None
+
+
 def get_adapter(model: nn.Module) -> AttentionAdapter:
     """The registered adapter for `model.config.model_type`; for another type, the generic fallback's adapter
     once verified on this model's class (sentinel/models/fallback.py), or a one-line ValueError."""

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sentinel.models import HeadMask
+from sentinel.models import HeadMask, is_causal_lm
 from sentinel.pruning.base import (
     Batch, HeadScores, check_bool, register_strategy, round_half_up, score_grid, uniform_group_size,
 )
-from sentinel.pruning.gradient import gate_importance, l2_normalized, uses_lm_loss
+from sentinel.pruning.gradient import gate_importance, l2_normalized
 from sentinel.pruning.iterative import check_step
 from sentinel.pruning.selection import select_heads
 
@@ -46,7 +46,7 @@ def _check_updates(name: str, value: object) -> None:
 @register_strategy(
     "dynamic", defaults={"updates": 5, "end": 0.75, "normalize_per_layer": True},
     checks={"updates": _check_updates, "end": check_step, "normalize_per_layer": check_bool},
-    uses_seed=lambda model: not uses_lm_loss(model), during_finetune=True,
+    uses_seed=lambda model: not is_causal_lm(model), during_finetune=True,
 )
 def dynamic_scores(
     model: nn.Module, batches: list[Batch], *, generator: torch.Generator, updates: int = 5, end: float = 0.75,

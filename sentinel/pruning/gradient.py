@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sentinel.models.device import mean_pool
-from sentinel.models import get_adapter, head_layout, mask_heads
+from sentinel.models import head_layout, is_causal_lm, mask_heads
 from sentinel.pruning.base import (
     Batch,
     HeadScores,
@@ -33,12 +33,6 @@ from sentinel.pruning.base import (
     score_grid,
     to_device,
 )
-
-
-def uses_lm_loss(model: nn.Module) -> bool:
-    """Causal family with an LM head: the next-token loss; otherwise the embedding projection proxy."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return get_adapter(model).causal and head is not None
 
 
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -80,7 +74,7 @@ def gate_importance(
     """Per layer, float64 [heads] of mean |dL/dgate| over the batches, with the heads in `masked` (current ids)
     gated to 0 (the model as it would be after removing them: iterative and dynamic rescore that way).
     Returns (importances, batches used)."""
-    lm = uses_lm_loss(model)
+    lm = is_causal_lm(model)
     if lm and not any(lm_targets(b) for b in batches):
         raise ValueError("batches: no non-padding token after the first position; the next-token loss has no targets")
     heads = head_layout(model).heads
@@ -118,7 +112,7 @@ def l2_normalized(importance: list[torch.Tensor], removed: Mapping[int, Sequence
 
 @register_strategy(
     "gradient", defaults={"normalize_per_layer": False}, checks={"normalize_per_layer": check_bool},
-    uses_seed=lambda model: not uses_lm_loss(model),  # the encoder proxy loss draws seeded directions
+    uses_seed=lambda model: not is_causal_lm(model),  # the encoder proxy loss draws seeded directions
 )
 def gradient_scores(
     model: nn.Module, batches: list[Batch], *, generator: torch.Generator, normalize_per_layer: bool = False
@@ -131,6 +125,6 @@ def gradient_scores(
     importance, used = gate_importance(model, batches, generator)
     if normalize_per_layer:
         importance = l2_normalized(importance)
-    meta = {"loss": "next-token" if uses_lm_loss(model) else "embedding-projection", "forward_passes": used,
+    meta = {"loss": "next-token" if is_causal_lm(model) else "embedding-projection", "forward_passes": used,
             "backward_passes": used}
     return HeadScores(scores=score_grid(importance), strategy="gradient", meta=meta)

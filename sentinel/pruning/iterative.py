@@ -22,9 +22,9 @@ import math
 import torch
 from torch import nn
 
-from sentinel.models import head_layout
+from sentinel.models import head_layout, is_causal_lm
 from sentinel.pruning.base import Batch, HeadScores, check_bool, register_strategy, score_grid, uniform_group_size
-from sentinel.pruning.gradient import gate_importance, l2_normalized, uses_lm_loss
+from sentinel.pruning.gradient import gate_importance, l2_normalized
 from sentinel.pruning.selection import select_heads
 
 
@@ -36,7 +36,7 @@ def check_step(name: str, value: object) -> None:
 @register_strategy(
     "iterative", defaults={"step": 0.1, "max_level": 0.5, "normalize_per_layer": True},
     checks={"step": check_step, "max_level": check_step, "normalize_per_layer": check_bool},
-    uses_seed=lambda model: not uses_lm_loss(model),
+    uses_seed=lambda model: not is_causal_lm(model),
 )
 def iterative_scores(
     model: nn.Module, batches: list[Batch], *, generator: torch.Generator, step: float = 0.1,

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sentinel.models import HeadMask, head_layout
+from sentinel.models import HeadMask, head_layout, is_causal_lm
 from sentinel.models.device import mean_pool
 from sentinel.pruning.base import (
     Batch, HeadScores, eval_mode, model_device, register_strategy, score_grid, to_device,
 )
-from sentinel.pruning.gradient import frozen_parameters, lm_loss, lm_targets, uses_lm_loss
+from sentinel.pruning.gradient import frozen_parameters, lm_loss, lm_targets
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1
 LOGIT_SHIFT = BETA * math.log(-GAMMA / ZETA)  # P(open) = sigmoid(log_alpha - LOGIT_SHIFT)
@@ -88,7 +88,7 @@ def l0_scores(
             distillation (whose gradients near the dense model are about 100x smaller: 1 - cos is quadratic there).
         init: initial log_alpha of every gate (3.0: P(open) = 0.99).
     """
-    lm = uses_lm_loss(model)
+    lm = is_causal_lm(model)
     penalty = penalty if penalty is not None else (1e-3 if lm else 1e-5)
     usable = [b for b in batches if not lm or lm_targets(b)]
     if not usable:

@@ -25,11 +25,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sentinel.models import get_adapter, head_layout
+from sentinel.models import get_adapter, head_layout, is_causal_lm
 from sentinel.models.heads import blocks, head_slices, slice_parameters
 from sentinel.pruning.base import (Batch, HeadScores, check_choice, eval_mode, model_device, register_strategy,
                                    score_grid, to_device)
-from sentinel.pruning.gradient import embedding_projection_loss, frozen_parameters, lm_loss, lm_targets, uses_lm_loss
+from sentinel.pruning.gradient import embedding_projection_loss, frozen_parameters, lm_loss, lm_targets
 
 FORMS = ("element", "vector")
 
@@ -49,7 +49,7 @@ def attention_parameters(model: nn.Module) -> list[nn.Parameter]:
 def mean_gradients(model: nn.Module, batches: list[Batch], generator: torch.Generator,
                    params: list[nn.Parameter]) -> tuple[dict[int, torch.Tensor], int]:
     """{id(param): dL/dparam} averaged over the batches (float64, the parameter's device), and the batches used."""
-    lm = uses_lm_loss(model)
+    lm = is_causal_lm(model)
     if lm and not any(lm_targets(b) for b in batches):
         raise ValueError("batches: no non-padding token after the first position; the next-token loss has no targets")
     total = {id(p): torch.zeros_like(p, dtype=torch.float64) for p in params}
@@ -69,7 +69,7 @@ def mean_gradients(model: nn.Module, batches: list[Batch], generator: torch.Gene
 
 
 @register_strategy("taylor", defaults={"form": "element"}, checks={"form": check_choice(FORMS)},
-                   uses_seed=lambda model: not uses_lm_loss(model))  # the encoder proxy loss draws seeded directions
+                   uses_seed=lambda model: not is_causal_lm(model))  # the encoder proxy loss draws seeded directions
 def taylor_scores(model: nn.Module, batches: list[Batch], *, generator: torch.Generator,
                   form: str = "element") -> HeadScores:
     """First-order Taylor importance of each head's weights (LLM-Pruner), element-wise or per weight slice.
@@ -94,6 +94,6 @@ def taylor_scores(model: nn.Module, batches: list[Batch], *, generator: torch.Ge
                                else abs(sum(t.sum() for t in terms)))
                 scores[head] += share * float(first_order)
         per_layer.append(scores)
-    meta = {"loss": "next-token" if uses_lm_loss(model) else "embedding-projection", "form": form,
+    meta = {"loss": "next-token" if is_causal_lm(model) else "embedding-projection", "form": form,
             "forward_passes": used, "backward_passes": used}
     return HeadScores(scores=score_grid(per_layer), strategy="taylor", meta=meta)

@@ -9,6 +9,7 @@ import pytest
 from sentinel.contract import SpecError
 from sentinel.finetune import FinetuneConfig
 from sentinel.pipeline import DataSpec, LocalShared, TrialSpec, _MODELS, run_trial
+from sentinel.trial import GenerationSpec
 
 # the whole eval split (dense_full) is evaluated only where a test checks it: on Gutenberg it costs ~8 s a model
 SMALL = DataSpec(seq_len=32, stride=32, batch_size=8, score_batches=1, eval_tokens=1024, sts_pairs=64,
@@ -128,9 +129,28 @@ def test_compensated_removal_is_its_own_model_recorded_in_the_row(shared):
     assert compensated.params_after == plain.params_after
     # a field added later stays out of the trial id at its default: earlier results keep their ids
     assert plain.spec.trial_id() != compensated.spec.trial_id()
-    legacy = {k: v for k, v in plain.spec.to_dict().items() if k != "compensate"}
+    legacy = {k: v for k, v in plain.spec.to_dict().items() if k not in ("compensate", "generation")}
     from sentinel.trial import digest
     assert plain.spec.trial_id() == digest(legacy)
+
+
+def test_generation_speed_and_kv_cache_once_per_layout(shared):
+    generation = GenerationSpec(prompt_tokens=8, new_tokens=4, batch_size=2, rounds=1)
+    first, second = (run_trial(spec(strategy="magnitude", level=0.5, seed=s, finetune=None, measure_speed=False,
+                                    generation=generation), shared) for s in (0, 1))
+    assert first.status == "ok", first.error
+    assert first.kv_bytes_per_token_after < first.kv_bytes_per_token_before  # GPT-2: a removed head has its own K, V
+    assert first.kv_bytes_per_token_after / first.kv_bytes_per_token_before == pytest.approx(
+        1 - first.heads_pruned / first.heads_total)
+    for name in ("prefill_tps", "decode_tps", "decode_batch_tps"):
+        assert getattr(first, f"{name}_before") > 0 and getattr(first, f"{name}_after") > 0
+    assert first.ideal_decode_batch_speedup > first.ideal_decode_speedup > 1 and first.generation_batch_size == 2
+    assert second.reused["generation"] and second.decode_tps_after == first.decode_tps_after  # same layout
+    row = first.row()
+    assert row["time_generation"] > 0 and row["reused_generation"] is False
+    encoder = run_trial(spec(model="sentinel/all-MiniLM-L6-v2", strategy="magnitude", finetune=None,
+                             measure_speed=False, generation=generation), shared)
+    assert encoder.status == "ok" and math.isnan(encoder.decode_tps_after)  # nothing to generate: nothing recorded
 
 
 def test_encoder_trial_distills_and_leaves_cached_dense_model_trainable(shared):

@@ -1,10 +1,10 @@
 """Results written by the real pipeline: a few tiny trials through sentinel.pipeline.run_trial, then the
-orchestrator's writer (orchestrator.results.write_results), once per test session (~10 s on one CPU).
+orchestrator's writer (tests.tables.write_results), once per test session (~10 s on one CPU).
 
 Grid: a random-init 2-layer, 4-head GPT-2 with a shipped tokenizer; random and magnitude at levels 0.25 and 0.5
 with seeds 0, 1 and 2 (the fewest a verdict needs), entropy at 0.5 with seed 0 only (a single-seed cell), and one
 trial that really fails (seq_len 128 > the model's 64 positions). config.yaml lists four seeds, so the results
-are partial.
+are partial. Every trial also measures generation speed and KV cache (small: 8-token prompts, 4 new tokens).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[3]
 EXPERIMENT = "analyze-test"
 DATA = {"seq_len": 32, "stride": 32, "batch_size": 4, "score_batches": 1, "eval_tokens": 128}  # + source
 FINETUNE = {"steps": 2, "warmup_steps": 0, "eval_every": 2, "batch_size": 2}  # evaluated at steps 0 and 2
+GENERATION = {"prompt_tokens": 8, "new_tokens": 4, "batch_size": 2, "rounds": 1}
 
 
 def tokenizer_source() -> Path:
@@ -59,7 +60,7 @@ def cells(model: str, source: str) -> list[dict]:
     grid = [(s, level, seed) for s in ("random", "magnitude") for level in (0.25, 0.5) for seed in (0, 1, 2)]
     grid.append(("entropy", 0.5, 0))
     specs = [{"model": model, "strategy": s, "level": level, "seed": seed, "data": data, "finetune": FINETUNE,
-              "device": "cpu", "measure_speed": True} for s, level, seed in grid]
+              "device": "cpu", "measure_speed": True, "generation": GENERATION} for s, level, seed in grid]
     broken = dict(specs[-2], data={**data, "seq_len": 128, "stride": 128})  # longer than n_positions = 64
     return specs + [broken]
 

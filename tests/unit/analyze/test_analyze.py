@@ -16,6 +16,7 @@ from scipy import stats
 
 from orchestrator import cli
 from orchestrator.analyze import AnalyzeError, analyze, load
+from orchestrator.analyze import stats as analysis_stats
 from orchestrator.analyze.stats import pareto_front, summary_table
 
 
@@ -292,3 +293,19 @@ def test_no_verdict_below_three_seeds_and_zero_spread_is_labelled_not_an_interva
     shown = display_table(flat).set_index("strategy")
     assert shown.loc["magnitude", "pruned"] == "50 (no spread)"
     assert "no spread" in flat.set_index("label").loc["magnitude", "note"]
+
+
+def test_generation_table_plot_and_report_section(results_dir, report):
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    table = analysis_stats.generation_table(load(str(results_dir)).trials)
+    ok = trials[trials["status"].eq("ok")]
+    cell = ok[ok["strategy"].eq("magnitude") & ok["level"].eq(0.5)]
+    row = table[table["label"].eq("magnitude") & table["level"].eq(0.5)].iloc[0]
+    expected = (cell["decode_batch_tps_after"] / cell["decode_batch_tps_before"]).mean()
+    assert row["decode_batch"] == pytest.approx(expected)
+    assert row["decode_batch_vs_ideal"] == pytest.approx(expected / cell["ideal_decode_batch_speedup"].mean())
+    assert row["kv_cache"] == pytest.approx((cell["kv_bytes_per_token_after"] / cell["kv_bytes_per_token_before"]).mean())
+    assert 0 < row["kv_cache"] < 1 and int(row["batch_size"]) == 2
+    text = report.read_text()
+    assert "## Generation: KV cache and tokens/s" in text and "decode speedup (batch B)" in text
+    assert (report.parent / "generation.png").stat().st_size > 10_000

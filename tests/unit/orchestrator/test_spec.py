@@ -249,6 +249,14 @@ def test_bad_compensation_is_one_line_before_ray(tmp_path, base, capsys, change,
     assert expect in run_cli(tmp_path, {**base, **change}, capsys)
 
 
+def test_generation_section_reaches_every_cell_and_is_checked(tmp_path, base, capsys):
+    cells = load_spec(write(tmp_path, {**base, "generation": {"new_tokens": 16}})).cells
+    assert all(c.generation.new_tokens == 16 and c.generation.batch_size == 8 for c in cells)
+    assert all(c.generation is None for c in load_spec(write(tmp_path, base)).cells)  # off unless asked
+    assert "generation.batch_size: 0 must be >= 1" in run_cli(tmp_path, {**base, "generation": {"batch_size": 0}}, capsys)
+    assert "generation.beams: unknown key in generation" in run_cli(tmp_path, {**base, "generation": {"beams": 2}}, capsys)
+
+
 def test_per_model_finetune_overrides_the_section(tmp_path, base, model_dir):
     base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "finetune": {"steps": 5, "lr": 1e-5}}]
     cells = load_spec(write(tmp_path, base)).cells
