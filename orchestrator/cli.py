@@ -52,7 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Ray on Linux binds GCS and raylet to the machine's address even when told 127.0.0.1; this flag,
         # read when ray is first imported, keeps a local in-process cluster on loopback (docs/SECURITY.md).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from orchestrator.runner import ResultsWriteError, check_address, run_experiment
+    from orchestrator.outputs import ResultsWriteError
+    from orchestrator.ray_session import check_address
+    from orchestrator.runner import run_experiment
 
     check_address(args.address)
 

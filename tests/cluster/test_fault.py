@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.runner import run_experiment, trainable
+from orchestrator.runner import run_experiment
+from orchestrator.trainable import trainable
 from orchestrator.spec import parse_spec
 from tests.cluster.conftest import in_process_ray_env, short_tmp, tiny_experiment
 

@@ -17,7 +17,8 @@ import psutil
 import pytest
 import yaml
 
-from orchestrator.runner import run_experiment, trainable
+from orchestrator.runner import run_experiment
+from orchestrator.trainable import trainable
 from orchestrator.spec import parse_spec
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.runner import TrialFailed, choose_device
+from orchestrator.trainable import TrialFailed, choose_device
 
 
 def test_no_gpu_assigned_runs_on_cpu_even_with_auto():

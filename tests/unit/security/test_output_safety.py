@@ -14,7 +14,7 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.results import write_part
-from orchestrator.runner import LOCK_FILE, SPEC_FILE, output_lock, prepare
+from orchestrator.outputs import LOCK_FILE, SPEC_FILE, output_lock, prepare
 from orchestrator.spec import SpecError, parse_spec
 from orchestrator.storage import write_bytes
 from sentinel.trial import failed_row

@@ -1,0 +1,192 @@
+"""The results folder a run writes into: checked against --resume/--overwrite before Ray starts, locked while a run
+writes, its saved spec compared on resume, and the streamed parts compacted into the tables at the end.
+
+Resuming does not restore Tune's state: the stored rows say which cells are done (trials are not checkpointed,
+so Tune would re-run an unfinished one from the start anyway). `--resume` compacts what a killed driver left,
+checks the config against the saved one (only added cells are allowed), and runs the cells without a row.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from typing import Any, Iterator
+
+
+from orchestrator.results import compact, finished_trials
+from orchestrator.spec import ExperimentSpec, SpecError
+from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
+
+
+SPEC_FILE = "sentinel_spec.json"  # the resolved spec, beside the results: what --resume compares against
+
+
+LOCK_FILE = ".sentinel.lock"  # held by the run writing into an output folder (created exclusively)
+
+
+def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool, run_id: str) -> bool:
+    """Checks the results folder against --resume/--overwrite before Ray starts, and records the spec.
+
+    --resume refuses a config that differs from the saved one, with one line naming what changed, unless the
+    change only adds cells (more seeds, levels, strategies or models): the finished cells stay, the new ones
+    run. Anything else would mix two experiments in one table.
+
+    --overwrite deletes only what this experiment wrote: the tables and parts of a folder that holds its saved
+    spec, and the Tune folders of the runs that spec records. A folder with tables but no saved spec (written
+    by something else) is refused, never deleted; so is a Tune folder no recorded run made.
+
+    Returns:
+        whether the saved spec is new (this run created it: the caller removes it if nothing then ran).
+    """
+    out = spec.output_dir
+    saved_text = read_text(f"{out}/{SPEC_FILE}")
+    saved = _saved_spec(saved_text, out) if saved_text is not None else None
+    exists = saved is not None or finished_trials(out).num_rows > 0
+    if resume and not exists:
+        raise SpecError(f"--resume: no experiment at {out!r} to resume; run without --resume")
+    if resume and saved is not None:
+        _check_resumable(saved, spec)
+    runs = list(saved.get("runs", [])) if saved and resume else []
+    if exists and not resume:
+        if not overwrite:
+            raise SpecError(f"experiment: {spec.experiment!r} already has results at {out!r}; "
+                            "pass --resume to continue it or --overwrite to start again")
+        if saved is None:
+            raise SpecError(f"--overwrite: {out!r} holds result tables that no sentinel-bench run recorded "
+                            f"(no {SPEC_FILE}); they are not deleted: move them, or choose another output")
+        _delete_results(out)
+        storage, name = spec.tune_location
+        for run in saved.get("runs", []):  # Tune state of the runs this experiment made, nothing else
+            if isinstance(run, str) and run.startswith(f"{spec.experiment}-") and "/" not in run:
+                delete_path(f"{storage.rstrip('/')}/{name}/{run}", folder=True)
+    saved_spec = {"spec": spec.to_dict(), "cells": [c.to_dict() for c in spec.cells], "runs": runs + [run_id]}
+    write_bytes(f"{out}/{SPEC_FILE}", json.dumps(saved_spec, sort_keys=True, default=str).encode())
+    return saved is None
+
+
+def _saved_spec(text: str, out: str) -> dict[str, Any]:
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError:
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("spec"), dict) or not isinstance(saved.get("cells"), list):
+        raise SpecError(f"output: {out}/{SPEC_FILE} is not a saved experiment spec; not touching {out!r}: "
+                        "move it, or choose another output")
+    return saved
+
+
+def _delete_results(out: str) -> None:
+    """What --overwrite replaces: the tables, their parts, the saved spec (an `analysis/` folder is rewritten later)."""
+    delete_path(f"{out}/parts", folder=True)
+    for name in ("trials.parquet", "curves.parquet", "heads.parquet", "config.yaml", SPEC_FILE):
+        delete_path(f"{out}/{name}")
+
+
+def delete_path(path: str, folder: bool = False) -> None:
+    fs, inner = filesystem(path)
+    try:
+        fs.delete_dir(inner) if folder else fs.delete_file(inner)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+@contextlib.contextmanager
+def output_lock(out: str) -> Iterator[None]:
+    """Holds `<out>/.sentinel.lock`, created exclusively, while a run writes into `out`: a second run into the
+    same folder is refused before Ray starts. A lock left by a process of this host that is gone is taken
+    over. Object stores have no exclusive create: for s3:// and other URIs there is no lock (docs/SECURITY.md)."""
+    if is_uri(out):
+        yield
+        return
+    created = not os.path.isdir(out)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK_FILE)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is None:  # its process is gone: a stale lock
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            raise SpecError(f"output: another run (pid {holder.get('pid')} on {holder.get('host')}, since "
+                            f"{holder.get('since')}) is writing to {out!r}; wait for it to end, or use another "
+                            "output or experiment name") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise SpecError(f"output: could not take the lock {path!r}; another run is starting there")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)  # only if empty: a run refused before writing leaves nothing behind
+
+
+def _lock_holder(path: str) -> dict[str, Any] | None:
+    """Who holds the lock, or None when it is stale (its process on this host is gone, or the file is unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            holder = json.load(f)
+        pid = int(holder["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        try:  # a lock another run created an instant ago may not hold its JSON yet: young means held
+            young = time.time() - os.path.getmtime(path) < 10
+        except OSError:
+            young = False
+        return {"pid": "?", "host": "?", "since": "a moment ago"} if young else None
+    if holder.get("host") != socket.gethostname():
+        return holder  # another host's process: cannot tell, so it holds
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return holder
+
+
+def _check_resumable(saved: dict[str, Any], spec: ExperimentSpec) -> None:
+    """A SpecError naming the changed fields (`finetune.steps`, ...) unless `spec` only adds cells to the saved one."""
+    current = json.loads(json.dumps(spec.to_dict(), sort_keys=True, default=str))
+    changed = _changed_fields(saved["spec"], current)
+    if not changed:
+        return
+    old_cells = {json.dumps(c, sort_keys=True, default=str) for c in saved["cells"]}
+    new_cells = {json.dumps(c.to_dict(), sort_keys=True, default=str) for c in spec.cells}
+    if old_cells <= new_cells:
+        return  # more seeds, levels, strategies or models: every finished cell is still a cell of this grid
+    raise SpecError(f"--resume: the config changed since the experiment started ({', '.join(changed)}); "
+                    "resume with the original config, add cells only, or start again with --overwrite")
+
+
+def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [field for key in sorted(set(old) | set(new))
+                for field in _changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if old != new else []
+
+
+class ResultsWriteError(OSError):
+    """The final tables could not be written; the finished rows are kept in parts (the message says where)."""
+
+
+def compact_results(out: str, spec: ExperimentSpec, unwritten: int = 0) -> dict[str, str]:
+    """compact(), with a failed write said in one line: the parts are deleted only after every table is written,
+    so the rows stay where they are and --resume picks them up."""
+    try:
+        return compact(out, spec.to_dict())
+    except OSError as exc:
+        lost = f"; {unwritten} finished row(s) could not be written at all" if unwritten else ""
+        raise ResultsWriteError(
+            f"results: could not write the tables in {out} ({exc.strerror or type(exc).__name__}); the rows "
+            f"already streamed are kept in {out}/parts{lost}: make the folder writable and rerun with --resume"
+        ) from None
