@@ -10,6 +10,7 @@ the default keeps it in this process. What is shared, and why it may be:
   that remove the same heads have the same pruned model, so its metric is one number, not several noisy
   ones, and its speed is one measurement. Speed is measured under `shared.exclusive()`, which keeps every
   other trial on the node from computing meanwhile: tokens/s is a property of the layout, not of the load.
+Every key is `work_key(kind, *what the value depends on)`: the kind, then one digest of those parts.
 Dense models are kept in an in-process cache and copied per trial, so a worker that runs many trials
 loads each model from disk once.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import platform
@@ -28,10 +28,12 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol
 import torch
 from torch import nn
 
+from sentinel.eval import Stopwatch, autocast, compare_throughput, count_parameters, forward_flops, resolve_device
 from sentinel.finetune import finetune
 from sentinel.models import check_compensable, head_layout, is_causal_lm, load_model, mask_heads, prune_heads
 from sentinel.pruning import STRATEGIES, Selection, score_heads, select_heads
 from sentinel.tasks import Prepared, prepare_task
+from sentinel.result import digest
 from sentinel.trial import DataSpec, TrialResult, TrialSpec  # noqa: F401  (the contract, re-exported)
 
 class SharedWork(Protocol):
@@ -114,9 +116,12 @@ def _check_finite(result: TrialResult) -> None:
                                   "the model's outputs overflowed or training diverged")
 
 
-def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: str) -> None:
-    from sentinel.eval import Stopwatch, autocast, count_parameters, forward_flops, resolve_device
+def work_key(kind: str, *parts: Any) -> str:
+    """A shared-work key: the kind of value, then one digest of everything the value depends on."""
+    return f"{kind}/{digest([str(part) for part in parts])}"
 
+
+def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: str) -> None:
     timings = Stopwatch(result.timings)
 
     @contextlib.contextmanager
@@ -126,7 +131,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
 
     device = resolve_device(device_name)
     result.device = str(device) + (" bf16" if spec.bf16 and device.type == "cuda" else "")
-    model_key = f"{spec.model}{json.dumps(dict(spec.model_options), sort_keys=True, default=str)}"
+    model_id = (spec.model, json.dumps(dict(spec.model_options), sort_keys=True, default=str))
 
     with stage("load"):
         dense, tokenizer = dense_model(spec.model, device, spec.model_options)
@@ -139,33 +144,14 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
     result.heads_total = head_layout(model).total_heads
 
     with stage("baseline"):
-        baseline, result.reused["baseline"] = shared.get_or_compute(
-            f"baseline/{model_key}/{task.key}/{result.device}", lambda: _baseline(dense, task, spec, device)
-        )
-        if spec.data.whole_split_reference:  # the dense model on the whole eval split, once per model
-            result.dense_full, _ = shared.get_or_compute(
-                f"full/{model_key}/{task.full_key}/{result.device}", lambda: _dense_full(dense, task, spec, device))
-    result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
-    result.metric_scale = baseline["scale"]
-    result.dense = baseline["value"]
-    result.task, result.protocol_label = task.task, task.label
-    result.params_before = baseline["params"]
+        _record_baseline(result, shared, dense, task, spec, device, model_id)
+    calibration = task.calibration(spec.seed)
+    result.protocol = {**result.protocol, "calibration": calibration.record}
+    with stage("score"):
+        scores = _scores(result, shared, dense, model, spec, calibration, model_id)
 
     strategy = STRATEGIES.get(spec.strategy)
-    calibration = task.calibration(spec.seed)
-    result.protocol = {**baseline["protocol"], "calibration": calibration.record}
-    with stage("score"):
-        seed = spec.seed if strategy.depends_on_seed(dense) else "any"
-        data = calibration.key if strategy.uses_data else "no-data"
-        scores, result.reused["scores"] = shared.get_or_compute(
-            f"scores/{model_key}/{spec.strategy}/{json.dumps(dict(spec.strategy_options), sort_keys=True)}"
-            f"/{seed}/{data}",
-            lambda: score_heads(spec.strategy, model, calibration.batches, seed=spec.seed, **spec.strategy_options),
-        )
-    result.scores = scores.scores.tolist()
-
-    curve_done = strategy.during_finetune  # dynamic: heads are chosen while a copy of the dense model fine-tunes
-    if curve_done:
+    if strategy.during_finetune:  # dynamic: heads are chosen while a copy of the dense model fine-tunes
         with stage("finetune"):
             selection, result.curve = _prune_while_finetuning(dense, task, spec, result.dense, device)
     else:
@@ -175,37 +161,29 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
     result.selection_notes = list(selection.notes)
     result.pruned_heads = [[l, h] for l, heads in sorted(selection.heads.items()) for h in heads]
     result.heads_pruned = len(result.pruned_heads)
-    removed = hashlib.sha256(json.dumps(result.pruned_heads).encode()).hexdigest()[:16]
-    # a compensated model differs by its biases, which come from this seed's calibration draw
-    layout_key = f"{model_key}/{spec.method}/{removed}" + (f"/compensated/{calibration.key}" if spec.compensate else "")
+    # one pruned model per layout; a compensated one differs by its biases, which come from this seed's draw
+    layout = (*model_id, spec.method, result.pruned_heads, calibration.key if spec.compensate else "plain")
 
     with stage("prune"):
-        if selection.heads and spec.method == "remove":
-            prune_heads(model, selection.heads, compensate=calibration.batches if spec.compensate else None)
-        elif selection.heads:
-            model.sentinel_mask = mask_heads(model, selection.heads)
-    result.params_after = count_parameters(model)
-    result.flops_before = forward_flops(dense, spec.data.seq_len)
-    result.flops_after = forward_flops(model, spec.data.seq_len) if spec.method == "remove" else result.flops_before
-
+        _prune(result, model, dense, selection, spec, calibration)
     with stage("eval_pruned"), autocast(device, spec.bf16):  # one number per distinct pruned model
         result.pruned, result.reused["pruned_eval"] = shared.get_or_compute(
-            f"pruned/{layout_key}/{task.key}/{result.device}", lambda: task.evaluate(model).value)
+            work_key("pruned", *layout, task.key, result.device), lambda: task.evaluate(model).value)
     if spec.measure_speed:
         with timings("speed"):  # once per layout, with the node to itself
             speed, result.reused["speed"] = shared.get_or_compute(
-                f"speed/{layout_key}/{result.device}/seq{spec.data.seq_len}x{spec.data.batch_size}",
+                work_key("speed", *layout, result.device, spec.data.seq_len, spec.data.batch_size),
                 lambda: _quiet_speed(dense, model, spec, device, shared))
         result.speed_before, result.speed_after, result.speed_quiet = speed
     if spec.generation is not None and is_causal_lm(model):  # encoders: nothing to generate, nothing recorded
         with timings("generation"):  # once per layout, with the node to itself
             numbers, result.reused["generation"] = shared.get_or_compute(
-                f"generation/{layout_key}/{result.device}/{json.dumps(spec.generation.to_dict(), sort_keys=True)}",
+                work_key("generation", *layout, result.device, spec.generation.to_dict()),
                 lambda: _quiet_generation(dense, model, spec, shared))
         for name, value in numbers.items():
             setattr(result, name, value)
 
-    if curve_done:  # pruned while fine-tuning: its last evaluation had every selected head masked (= removed)
+    if strategy.during_finetune:  # pruned while fine-tuning: its last evaluation had every selected head masked
         result.recovered = result.curve[-1]["eval_metric"]
     elif spec.finetune is not None and spec.finetune.steps > 0:
         with stage("finetune"):
@@ -217,6 +195,45 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         result.recovered = result.curve[-1]["eval_metric"]
     else:
         result.recovered = result.pruned
+
+
+def _record_baseline(result: TrialResult, shared: SharedWork, dense: nn.Module, task: Prepared, spec: TrialSpec,
+                     device: torch.device, model_id: tuple) -> None:
+    """The dense metric (once per model, task data and device) and, if asked, the dense model on the whole eval split."""
+    baseline, result.reused["baseline"] = shared.get_or_compute(
+        work_key("baseline", *model_id, task.key, result.device), lambda: _baseline(dense, task, spec, device))
+    if spec.data.whole_split_reference:  # the dense model on the whole eval split, once per model
+        result.dense_full, _ = shared.get_or_compute(
+            work_key("full", *model_id, task.full_key, result.device), lambda: _dense_full(dense, task, spec, device))
+    result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
+    result.metric_scale, result.dense, result.params_before = baseline["scale"], baseline["value"], baseline["params"]
+    result.task, result.protocol_label, result.protocol = task.task, task.label, dict(baseline["protocol"])
+
+
+def _scores(result: TrialResult, shared: SharedWork, dense: nn.Module, model: nn.Module, spec: TrialSpec,
+            calibration, model_id: tuple):
+    """Head scores, shared per (model, strategy, options, seed if the strategy uses it, calibration draw if it reads
+    data)."""
+    strategy = STRATEGIES.get(spec.strategy)
+    seed = spec.seed if strategy.depends_on_seed(dense) else "any"
+    data = calibration.key if strategy.uses_data else "no-data"
+    scores, result.reused["scores"] = shared.get_or_compute(
+        work_key("scores", *model_id, spec.strategy, dict(spec.strategy_options), seed, data),
+        lambda: score_heads(spec.strategy, model, calibration.batches, seed=spec.seed, **spec.strategy_options))
+    result.scores = scores.scores.tolist()
+    return scores
+
+
+def _prune(result: TrialResult, model: nn.Module, dense: nn.Module, selection: Selection, spec: TrialSpec,
+           calibration) -> None:
+    """Removes (or masks) the selected heads of `model` and records its size and FLOPs beside the dense model's."""
+    if selection.heads and spec.method == "remove":
+        prune_heads(model, selection.heads, compensate=calibration.batches if spec.compensate else None)
+    elif selection.heads:
+        model.sentinel_mask = mask_heads(model, selection.heads)
+    result.params_after = count_parameters(model)
+    result.flops_before = forward_flops(dense, spec.data.seq_len)
+    result.flops_after = forward_flops(model, spec.data.seq_len) if spec.method == "remove" else result.flops_before
 
 
 def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, dense_metric: float,
@@ -241,8 +258,6 @@ def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, d
 
 def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork) -> tuple[float, float, bool]:
     """(dense tokens/s, pruned tokens/s, whether the node was quiet), dense and pruned timed alternately."""
-    from sentinel.eval import compare_throughput
-
     with shared.exclusive() as quiet:
         before, after = compare_throughput(dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
                                            rounds=2, iters=1, device=device)
@@ -284,15 +299,11 @@ def _cached_task(dense: nn.Module, spec: TrialSpec, tokenizer) -> Prepared:
 
 
 def _dense_full(model: nn.Module, task: Prepared, spec: TrialSpec, device: torch.device) -> float:
-    from sentinel.eval import autocast
-
     with autocast(device, spec.bf16):
         return task.evaluate_full(model).value
 
 
 def _baseline(model: nn.Module, task: Prepared, spec: TrialSpec, device: torch.device) -> dict[str, Any]:
-    from sentinel.eval import autocast, count_parameters
-
     with autocast(device, spec.bf16):
         metric = task.evaluate(model)
     return {
