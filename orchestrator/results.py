@@ -15,6 +15,7 @@ change that breaks a reader.
 from __future__ import annotations
 
 import io
+import json
 import math
 import types
 import typing
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.storage import filesystem, write_bytes
-from sentinel.result import CURVE_COLUMNS, TrialResult
+from sentinel.result import CURVE_COLUMNS, METRIC_COLUMNS, TrialResult
 
 SCHEMA_VERSION = 2  # 2: protocol_<key> columns replaced by `task` + `protocol_label` (the protocol stays as JSON)
 # what the runner adds to TrialResult.row(): where and when the trial ran
@@ -36,7 +37,7 @@ CONTEXT_COLUMNS: dict[str, pa.DataType] = {
     "ray_node_id": pa.string(), "version_ray": pa.string(), "started_at": pa.timestamp("ms", tz="UTC"),
     "finished_at": pa.timestamp("ms", tz="UTC"),
 }
-TABLE_NAMES = ("trials", "curves", "heads")
+TABLE_NAMES = ("trials", "curves", "heads", "metrics")
 
 
 def arrow_type(annotation: Any) -> pa.DataType:
@@ -59,6 +60,7 @@ ROW_IDENTITY = [("schema_version", pa.int32()), ("experiment", pa.string()), ("r
                 ("seed", pa.int64())]
 CURVES_SCHEMA = pa.schema([*ROW_IDENTITY, *[(name, arrow_type(t)) for name, t in CURVE_COLUMNS.items()]])
 
+METRICS_SCHEMA = pa.schema([*ROW_IDENTITY, *[(name, arrow_type(t)) for name, t in METRIC_COLUMNS.items()]])
 HEADS_SCHEMA = pa.schema([*ROW_IDENTITY, ("layer", pa.int64()), ("head", pa.int64()), ("score", pa.float64()),
                           ("pruned", pa.bool_())])
 
@@ -98,6 +100,15 @@ def head_rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
             for head, score in enumerate(scores)]
 
 
+def metric_rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The extra evaluations of one trial (TrialResult.metrics), a row per stage and metric, protocol as JSON."""
+    identity = _identity(payload["row"], payload.get("context", {}))
+    return [{**identity, **{key: point.get(key) for key in METRIC_COLUMNS},
+             "value": _finite_or_none(point.get("value")), "stderr": _finite_or_none(point.get("stderr")),
+             "protocol": json.dumps(point.get("protocol") or {}, sort_keys=True, default=str)}
+            for point in payload.get("metrics") or []]
+
+
 def _identity(row: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
     """The ROW_IDENTITY columns of a trial's curve and head rows."""
     return {"schema_version": SCHEMA_VERSION, "experiment": ctx.get("experiment"), "run_id": ctx.get("run_id"),
@@ -112,10 +123,12 @@ def tables(payloads: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
     trials = [trial_row(p) for p in payloads]
     curves = [r for p in payloads for r in curve_rows(p)]
     heads = [r for p in payloads for r in head_rows(p)]
+    metrics = [r for p in payloads for r in metric_rows(p)]
     return {
         "trials": pa.Table.from_pylist(trials, schema=TRIALS_SCHEMA),
         "curves": pa.Table.from_pylist(curves, schema=CURVES_SCHEMA),
         "heads": pa.Table.from_pylist(heads, schema=HEADS_SCHEMA),
+        "metrics": pa.Table.from_pylist(metrics, schema=METRICS_SCHEMA),
     }
 
 
@@ -171,7 +184,7 @@ def _run_keys(table: pa.Table) -> pa.Array:
 
 def compact(output_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
     """Merges the parts (and the earlier compacted tables) into `<table>.parquet`, one row per trial_id, writes
-    config.yaml, then deletes the merged parts. Curves and heads keep the rows of the kept trial rows' runs.
+    config.yaml, then deletes the merged parts. Curves, heads and metrics keep the rows of the kept trial rows' runs.
 
     Args:
         output_dir: `<output>/<experiment>`, a local folder or a URI.
@@ -181,7 +194,7 @@ def compact(output_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
     """
     import pyarrow.compute as pc
 
-    schemas = {"trials": TRIALS_SCHEMA, "curves": CURVES_SCHEMA, "heads": HEADS_SCHEMA}
+    schemas = {"trials": TRIALS_SCHEMA, "curves": CURVES_SCHEMA, "heads": HEADS_SCHEMA, "metrics": METRICS_SCHEMA}
     written, merged = {}, []
     kept_keys = None
     for name in TABLE_NAMES:

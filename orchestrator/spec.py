@@ -4,7 +4,8 @@ Everything a user can get wrong is checked here, before Ray starts and before an
 reported as one `SpecError` line that names the field, the value and what is allowed.
 
     experiment: default            # folder name under `output`
-    models: [sentinel/tiny-gpt2, {name: gpt2, options: {...}, levels: [0.3], seeds: [0, 1, 2], finetune: {steps: 5}}]
+    models: [sentinel/tiny-gpt2, {name: gpt2, options: {...}, levels: [0.3], seeds: [0, 1, 2], finetune: {steps: 5},
+             extra_tasks: [lm_eval:gutenberg_cloze]}]
     strategies: [entropy, {name: random, options: {}}]
     levels: [0.1, 0.3, 0.5]        # fractions of heads to prune, each in [0, 1) (0: a fine-tune-only control)
     seeds: [0, 1]
@@ -12,6 +13,8 @@ reported as one `SpecError` line that names the field, the value and what is all
     finetune: {steps: 20, lr: 5.0e-5, ...}             # sentinel.finetune.FinetuneConfig, or null
     method: remove                 # remove | mask
     compensate: false              # bias compensation on removal (FLAP); per strategy: {name: gradient, compensate: true}
+    generation: {new_tokens: 32}   # generation speed and KV cache (sentinel.trial.GenerationSpec); null: not measured
+    extra_tasks: []                # evaluations beside the primary task: task names, lm_eval:<task>; per model too
     policy: global                 # global | per_layer
     device: auto                   # cpu | cuda | auto (a trial with a GPU assigned uses it)
     resources: {cpu: 1, gpu: 0}    # per trial; gpu may be fractional (0.5 = two trials per GPU)
@@ -39,7 +42,8 @@ from orchestrator.config_file import read_config
 from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join, unwritable
 from sentinel.contract import SpecError, boolean, integer, number
 from sentinel.finetune import FinetuneConfig
-from sentinel.trial import (LEVEL, SEED, DataSpec, TrialSpec, device_name, model_name, model_options, strategy_name)
+from sentinel.trial import (LEVEL, SEED, DataSpec, TrialSpec, device_name, extra_task_names, model_name, model_options,
+                            strategy_name)
 
 __all__ = ["SpecError", "ExperimentSpec", "load_spec", "parse_spec", "apply_overrides", "check_local_run"]
 
@@ -54,6 +58,7 @@ class Entry:
     levels: tuple[float, ...] = ()  # models only: this model's levels instead of the experiment's
     seeds: tuple[int, ...] = ()  # models only: this model's seeds instead of the experiment's
     compensate: bool | None = None  # strategies only: bias compensation for this entry (None: the experiment's)
+    extra_tasks: tuple[str, ...] | None = None  # models only: this model's extra evaluations (None: the experiment's)
 
     def key(self) -> str:
         return json.dumps([self.name, dict(self.options), dict(self.finetune), self.compensate], sort_keys=True,
@@ -70,7 +75,7 @@ class Resources:
 # are the trial contract's (sentinel.trial.TrialSpec); the experiment keeps them as plain data and builds each cell
 # with TrialSpec.from_dict, so a field is declared, defaulted and checked in one place.
 TRIAL_FIELDS = ("data", "finetune", "method", "compensate", "policy", "task", "min_heads_per_layer", "device", "bf16",
-                "measure_speed", "generation")
+                "measure_speed", "generation", "extra_tasks")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class ExperimentSpec:
             for strategy in self.strategies:
                 shared = {**self.trial, "finetune": finetune, "model": model.name, "model_options": dict(model.options),
                           "strategy": strategy.name, "strategy_options": dict(strategy.options)}
+                if model.extra_tasks is not None:
+                    shared["extra_tasks"] = list(model.extra_tasks)
                 if strategy.compensate is not None:
                     shared["compensate"] = strategy.compensate
                 for seed in model.seeds or self.seeds:
@@ -121,7 +128,8 @@ class ExperimentSpec:
         d = dataclasses.asdict(self)
         d.update(d.pop("trial"))
         d["models"] = [{"name": e.name, "options": dict(e.options), "finetune": dict(e.finetune),
-                        "levels": list(e.levels), "seeds": list(e.seeds)} for e in self.models]
+                        "levels": list(e.levels), "seeds": list(e.seeds),
+                        **({} if e.extra_tasks is None else {"extra_tasks": list(e.extra_tasks)})} for e in self.models]
         d["strategies"] = [{"name": e.name, "options": dict(e.options),
                             **({} if e.compensate is None else {"compensate": e.compensate})} for e in self.strategies]
         return json.loads(json.dumps(d, default=_plain))
@@ -206,7 +214,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
             raise SpecError(f"{required}: is required (a non-empty list)")
     spec = ExperimentSpec(
         experiment=_experiment_name(raw.get("experiment")),
-        models=tuple(_entries(raw["models"], "models", model_name, extra_keys=("finetune", "levels", "seeds"),
+        models=tuple(_entries(raw["models"], "models", model_name,
+                             extra_keys=("finetune", "levels", "seeds", "extra_tasks"),
                              options_rule=model_options)),
         strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name, extra_keys=("compensate",))),
         levels=tuple(_levels(raw["levels"])),
@@ -260,8 +269,15 @@ def check_local_run(spec: ExperimentSpec, cpus: int | None = None, gpus: int | N
     for at, where in (("output", spec.output), ("storage_path", spec.storage_path)):
         if where is not None and is_uri(where):
             check_storage(where, at)
+    from sentinel import zero_shot
     from sentinel.models import loading
+    from sentinel.models.hub import hub_reachable
 
+    hub_tasks = sorted({t for c in spec.cells for t in c.extra_tasks if t.startswith(zero_shot.PREFIX)
+                        and zero_shot.needs_hub(t)})
+    if hub_tasks and not hub_reachable():
+        raise SpecError(f"extra_tasks: {hub_tasks[0]!r} reads its data from the hub, which is not reachable; offline, "
+                        f"use {', '.join(zero_shot.PREFIX + t for t in zero_shot.LOCAL_TASKS)}")
     for i, model in enumerate(spec.models):
         if loading.local_model_type(model.name) is None:  # a hub name (local ones were checked by the contract)
             try:
@@ -328,7 +344,7 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
         at = f"{where}[{i}]"
         levels: tuple[float, ...] = ()
         seeds: tuple[int, ...] = ()
-        compensate = None
+        compensate, tasks = None, None
         if isinstance(item, dict):
             _known_keys(item, ("name", "options", *extra_keys), at)
             name, options, finetune = item.get("name"), item.get("options") or {}, item.get("finetune") or {}
@@ -338,6 +354,8 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
                 seeds = tuple(_seeds(item["seeds"], f"{at}.seeds"))
             if "compensate" in item:
                 compensate = boolean(item["compensate"], f"{at}.compensate")
+            if "extra_tasks" in item:
+                tasks = extra_task_names(item["extra_tasks"] or [], f"{at}.extra_tasks")
         else:
             name, options, finetune = item, {}, {}
         if not isinstance(name, str) or not name:
@@ -348,7 +366,7 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
         check(name, at)
         if options_rule is not None:  # typed here, so the message names the entry: models[1].options.dtype
             options = options_rule(options, f"{at}.options")
-        entry = Entry(name, options, finetune, levels, seeds, compensate)
+        entry = Entry(name, options, finetune, levels, seeds, compensate, tasks)
         if entry.key() in seen:
             raise SpecError(f"{where}: {name!r} appears twice with the same options (duplicate grid cells)")
         seen.add(entry.key())

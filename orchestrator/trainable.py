@@ -81,7 +81,7 @@ def trainable(config: dict[str, Any]) -> None:
         device, context["device_assigned"] = choose_device(
             cell.get("device", "auto"), gpu_ids, torch.cuda.is_available(), run.get("gpu_dry_run", False))
         result = run_trial(TrialSpec.from_dict(cell), shared, device=device)
-        payload = {"row": result.row(), "curve": result.curve, "scores": result.scores}
+        payload = result.payload()
     except Exception as exc:  # the spec itself was refused (or no device): still one failed row
         payload = {"row": failed_row(cell, f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}
     finally:

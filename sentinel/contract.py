@@ -17,7 +17,7 @@ import math
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 Rule = Callable[[Any, str], Any]
-STAGES = ("load", "baseline", "score", "select", "prune", "eval_pruned", "speed", "generation", "finetune")  # a trial's timed stages
+STAGES = ("load", "baseline", "score", "select", "prune", "eval_pruned", "speed", "generation", "finetune", "extra")  # a trial's timed stages
 C = TypeVar("C", bound="Contract")
 
 

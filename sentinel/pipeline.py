@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from sentinel.eval import Stopwatch, autocast, compare_throughput, count_parameters, forward_flops, resolve_device
+from sentinel.models.device import model_device
 from sentinel.finetune import finetune
 from sentinel.models import check_compensable, head_layout, is_causal_lm, load_model, mask_heads, prune_heads
 from sentinel.pruning import STRATEGIES, Selection, score_heads, select_heads
@@ -183,9 +184,20 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         for name, value in numbers.items():
             setattr(result, name, value)
 
+    extras: dict[str, list] = {}
+    if spec.extra_tasks:  # the dense model once per model, the pruned one once per layout
+        with stage("extra"), autocast(device, spec.bf16):
+            extras["dense"], _ = shared.get_or_compute(
+                work_key("extra", *model_id, spec.extra_tasks, spec.data.to_dict(), result.device),
+                lambda: extra_metrics(dense, tokenizer, spec))
+            extras["pruned"], _ = shared.get_or_compute(
+                work_key("extra", *layout, spec.extra_tasks, spec.data.to_dict(), result.device),
+                lambda: extra_metrics(model, tokenizer, spec))
+
+    recovers = spec.finetune is not None and spec.finetune.steps > 0
     if strategy.during_finetune:  # pruned while fine-tuning: its last evaluation had every selected head masked
         result.recovered = result.curve[-1]["eval_metric"]
-    elif spec.finetune is not None and spec.finetune.steps > 0:
+    elif recovers:
         with stage("finetune"):
             result.curve = finetune(
                 model, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
@@ -195,6 +207,30 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         result.recovered = result.curve[-1]["eval_metric"]
     else:
         result.recovered = result.pruned
+    if spec.extra_tasks:  # after recovery (a dynamic trial's `model` is its unrecovered pruned copy: not measured)
+        if recovers and not strategy.during_finetune:
+            with stage("extra"), autocast(device, spec.bf16):
+                extras["recovered"] = extra_metrics(model, tokenizer, spec)
+        elif not strategy.during_finetune:
+            extras["recovered"] = extras["pruned"]  # no recovery: the recovered model is the pruned one
+        result.metrics = [{**row, "stage": stage_name} for stage_name, rows in extras.items() for row in rows]
+
+
+def extra_metrics(model: nn.Module, tokenizer: Any, spec: TrialSpec) -> list[dict[str, Any]]:
+    """The spec's extra evaluations of `model`: lm-eval tasks through sentinel.zero_shot, registered tasks
+    through their own evaluate. One row per metric: {task, metric, value, stderr, higher_is_better, protocol}."""
+    from sentinel.zero_shot import PREFIX, evaluate_lm_eval
+
+    rows = []
+    for name in spec.extra_tasks:
+        if name.startswith(PREFIX):
+            rows += evaluate_lm_eval(model, tokenizer, name)
+            continue
+        dense, _ = dense_model(spec.model, model_device(model), spec.model_options)
+        metric = _cached_task(dense, replace(spec, task=name), tokenizer).evaluate(model)
+        rows.append({"task": name, "metric": metric.name, "value": metric.value, "stderr": None,
+                     "higher_is_better": metric.higher_is_better, "protocol": metric.protocol})
+    return rows
 
 
 def _record_baseline(result: TrialResult, shared: SharedWork, dense: nn.Module, task: Prepared, spec: TrialSpec,

@@ -15,6 +15,9 @@ from sentinel.contract import STAGES
 
 # a fine-tuning curve row's keys and the types of their values (None where not measured): the `curves` table's columns
 CURVE_COLUMNS: dict[str, type] = {"step": int, "train_loss": float, "eval_metric": float, "lr": float}
+# an extra evaluation's row (TrialSpec.extra_tasks): the `metrics` table's columns; stage is dense, pruned or recovered
+METRIC_COLUMNS: dict[str, type] = {"stage": str, "task": str, "metric": str, "value": float, "stderr": float,
+                                   "higher_is_better": bool, "protocol": str}
 
 
 def digest(value: Any) -> str:
@@ -72,8 +75,9 @@ class TrialResult:
     versions: dict = field(default_factory=dict)
     curve: list = field(default_factory=list)  # fine-tuning rows {step, train_loss, eval_metric, lr}
     scores: list = field(default_factory=list)  # [layers][heads] head scores (higher = more important)
+    metrics: list = field(default_factory=list)  # extra evaluations: rows of METRIC_COLUMNS (the metrics table)
 
-    NESTED = ("spec", "curve", "scores", "timings", "reused", "versions", "protocol")
+    NESTED = ("spec", "curve", "scores", "metrics", "timings", "reused", "versions", "protocol")
     REUSED = ("baseline", "scores", "pruned_eval", "speed", "generation")  # what may come from another cell (pipeline's shared keys)
     VERSIONS = ("sentinel_bench", "torch", "transformers", "python")
     # what row() adds to the scalar fields above: identity (identity()), the protocol as JSON, and flattened stages
@@ -91,6 +95,10 @@ class TrialResult:
         hints = get_type_hints(cls)
         own = {f.name: hints[f.name] for f in fields(cls) if f.name not in cls.NESTED}
         return {**own, **cls.EXTRA_COLUMNS}
+
+    def payload(self) -> dict[str, Any]:
+        """What a trial reports: its row and the rows of its other tables (curve, head scores, extra metrics)."""
+        return {"row": self.row(), "curve": self.curve, "scores": self.scores, "metrics": self.metrics}
 
     def row(self) -> dict[str, Any]:
         """The `trials` row of this cell: flat, JSON-able, NaN as None. The runner adds only where and when it

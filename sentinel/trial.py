@@ -164,6 +164,36 @@ def task_name(value: Any, name: str) -> str:
     return one_of(("auto", *TASKS.names()))(value, name)
 
 
+def extra_task_names(value: Any, name: str) -> tuple[str, ...]:
+    """Extra evaluations: registered task names (sentinel.tasks) and `lm_eval:<task>` (lm-eval-harness, checked
+    against lm-eval's task index and our offline tasks), each once."""
+    from sentinel import zero_shot
+
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise SpecError(f"{name}: {value!r} is not a list of task names")
+    for i, task in enumerate(value):
+        if not isinstance(task, str) or not task:
+            raise SpecError(f"{name}[{i}]: {task!r} is not a task name")
+        if task.startswith(zero_shot.PREFIX):
+            try:
+                _lm_eval_task(task)
+            except ValueError as exc:
+                raise SpecError(f"{name}[{i}]: {exc}") from None
+        elif task not in TASKS:
+            raise SpecError(f"{name}[{i}]: {task!r} is not a registered task ({', '.join(TASKS.names())}) or "
+                            "lm_eval:<task>")
+    if len(set(value)) != len(value):
+        raise SpecError(f"{name}: {list(value)!r} names a task twice")
+    return tuple(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _lm_eval_task(task: str) -> str:
+    from sentinel import zero_shot
+
+    return zero_shot.check_task(task)
+
+
 DTYPES = ("float32", "float16", "bfloat16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 
@@ -271,10 +301,12 @@ class TrialSpec(Contract):
     # bias compensation on removal (FLAP): removed heads' calibration means move into the output projection's bias
     compensate: bool = checked(False, boolean)
     generation: GenerationSpec | None = nested(GenerationSpec, None, optional=True)  # None: not measured
+    # evaluations beside the primary task, at every stage, into metrics.parquet (verdicts stay on the primary)
+    extra_tasks: tuple[str, ...] = checked((), extra_task_names)
 
     # fields added after results were published, left out of the trial id while at their default, so the ids of
     # earlier cells (and resuming their runs) do not change
-    LATE_DEFAULTS = {"compensate": False, "generation": None}
+    LATE_DEFAULTS = {"compensate": False, "generation": None, "extra_tasks": []}
 
     def check_together(self) -> None:
         strategy = STRATEGIES.get(self.strategy)

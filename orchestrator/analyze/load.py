@@ -1,7 +1,7 @@
 """Reading results: folders or Parquet files, local or URIs (s3://, file://) through pyarrow.fs, merged.
 
-A results folder holds `trials.parquet` (required), `curves.parquet` and `heads.parquet` (optional: a run
-without fine-tuning has no curves) and `config.yaml`. A Parquet file given directly is classified by its
+A results folder holds `trials.parquet` (required), `curves.parquet`, `heads.parquet` and `metrics.parquet`
+(optional: a run without fine-tuning has no curves, one without extra_tasks no metrics) and `config.yaml`. A Parquet file given directly is classified by its
 columns, so `trials.parquet` copied under another name still works. Every problem with an input raises
 AnalyzeError with one line that names the file and says what is wrong.
 """
@@ -22,12 +22,13 @@ from orchestrator.results import latest_per_trial
 from sentinel.contract import SpecError
 
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # orchestrator.results.SCHEMA_VERSION values this reader understands
-TABLES = ("trials", "curves", "heads")
+TABLES = ("trials", "curves", "heads", "metrics")
 # columns without which a table cannot be analysed at all; everything else is optional and filled with NA
 REQUIRED = {
     "trials": ("schema_version", "model", "strategy", "level", "seed", "status"),
     "curves": ("schema_version", "trial_id", "step", "eval_metric"),
     "heads": ("schema_version", "trial_id", "layer", "head", "score", "pruned"),
+    "metrics": ("schema_version", "trial_id", "stage", "task", "metric", "value"),
 }
 
 
@@ -39,6 +40,8 @@ TYPED = {
     "curves": {"step": "numeric", "eval_metric": "numeric", "train_loss": "numeric", "level": "numeric",
                "seed": "numeric"},
     "heads": {"layer": "numeric", "head": "numeric", "score": "numeric", "pruned": "boolean"},
+    "metrics": {"value": "numeric", "stderr": "numeric", "higher_is_better": "boolean", "level": "numeric",
+                "seed": "numeric"},
 }
 
 
@@ -71,6 +74,7 @@ class Results:
     trials: pd.DataFrame
     curves: pd.DataFrame
     heads: pd.DataFrame
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # extra evaluations (runs with extra_tasks)
     sources: list[str] = field(default_factory=list)  # every file read
     configs: list[dict] = field(default_factory=list)  # config.yaml of each folder that had one
     notes: list[str] = field(default_factory=list)  # partial results, duplicates, missing tables
@@ -112,6 +116,8 @@ def _kind(path: str, df: pd.DataFrame) -> str:
     columns = set(df.columns)
     if {"layer", "head"} <= columns:
         return "heads"
+    if {"stage", "metric"} <= columns:
+        return "metrics"
     if "step" in columns:
         return "curves"
     if "status" in columns:
@@ -167,7 +173,8 @@ def _read_path(path: str, tables: dict[str, list[pd.DataFrame]], results: Result
         for name in TABLES:
             file = _join(path, f"{name}.parquet")
             if name != "trials" and fs.get_file_info(_join(inner, f"{name}.parquet")).type == pafs.FileType.NotFound:
-                results.notes.append(f"{path}: no {name}.parquet, so no {name} plots from it")
+                if name != "metrics":  # only runs with extra_tasks (and since they exist) have metrics
+                    results.notes.append(f"{path}: no {name}.parquet, so no {name} plots from it")
                 continue
             tables[name].append(_check(file, name, _read_parquet(file)))
             results.sources.append(file if name != "trials" else trials_path)
@@ -268,6 +275,9 @@ def load(paths: list[str] | str) -> Results:
     results.trials = _normalise_trials(trials)
     results.curves = _with_trial_columns(_matching(_concat(tables["curves"], "curves"), trials), results.trials)
     results.heads = _with_trial_columns(_matching(_concat(tables["heads"], "heads"), trials), results.trials)
+    metrics = _matching(_concat(tables["metrics"], "metrics"), trials)
+    labels = results.trials[["trial_id", "label", "status"]].drop_duplicates("trial_id")
+    results.metrics = metrics.drop(columns=[c for c in ("label", "status") if c in metrics]).merge(labels, on="trial_id")
     return results
 
 

@@ -341,3 +341,34 @@ def plot_generation(table: pd.DataFrame) -> Figure:
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, ncol=3)
     return fig
+
+
+def plot_extra(table: pd.DataFrame) -> Figure:
+    """The extra evaluations against the pruning level: a panel per (model, task, metric), a line per strategy
+    (after pruning dashed, after recovery solid, mean over seeds), the dense model as a black line.
+
+    Args:
+        table: stats.extra_table(metrics).
+    """
+    panels = list(table.groupby(["model", "task", "metric"], sort=True))
+    palette = colors(table["label"])
+    fig = Figure(figsize=(5.0 * len(panels), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, ((model, task, metric), rows) in zip(axes, panels):
+        for label, group in rows.groupby("label", sort=True):
+            group = group.sort_values("level")
+            ax.plot(group["level"], group["pruned_mean"], color=palette[label], linestyle="--", marker="o",
+                    markersize=3)
+            ax.plot(group["level"], group["recovered_mean"], color=palette[label], marker="o", markersize=3,
+                    label=label)
+        ax.axhline(rows["dense"].iloc[0], color="black", linewidth=1, label="dense")
+        higher = bool(rows["higher_is_better"].iloc[0])
+        ax.set_title(f"{model}\n{task}", fontsize=9)
+        ax.set_xlabel("pruning level")
+        ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
+        if rows["scale"].iloc[0] == "log":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Extra evaluations (mean over seeds; dashed: after pruning, solid: after recovery)", fontsize=10)
+    return fig

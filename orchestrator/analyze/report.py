@@ -280,7 +280,21 @@ def figures(results: Results) -> list[tuple[str, str, Callable[[], Figure]]]:
     if not generation.empty:
         out.append(("generation: measured and ideal speedups, KV cache", "generation",
                     lambda: plots.plot_generation(generation)))
+    extra = stats.extra_table(results.metrics)
+    if not extra.empty:
+        out.append(("extra evaluations against the pruning level", "extra_metrics", lambda: plots.plot_extra(extra)))
     return out
+
+
+def extra_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The extra evaluations for the report: per cell, task and metric, dense and mean [CI] after pruning and recovery."""
+    return pd.DataFrame({
+        "model": table["model"], "task": table["task"], "metric": table["metric"], "strategy": table["label"],
+        "level": table["level"].map(lambda v: f"{v:g}"), "seeds": table["n_seeds"], "dense": table["dense"].map(fmt),
+        **{stage: [mean_ci(m, lo, hi, float("nan")) for m, lo, hi in
+                   zip(table[f"{stage}_mean"], table[f"{stage}_low"], table[f"{stage}_high"])]
+           for stage in ("pruned", "recovered")},
+    })
 
 
 def generation_display(table: pd.DataFrame) -> pd.DataFrame:
@@ -380,6 +394,13 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                               "linear weight plus each sequence's KV cache at the mean context), which is what a "
                               "memory-bound decode step can gain. Percentages: measured / ideal."),
                    Block("table", generation_display(generation))]
+    extra = stats.extra_table(results.metrics)
+    if not extra.empty:
+        blocks += [Block("h2", "Extra evaluations"),
+                   Block("p", "Evaluations beside each model's primary metric (`extra_tasks`), at every stage: mean over "
+                              "seeds [95% interval] (geometric for metrics where lower is better). The verdicts above "
+                              "rest on the primary metric only. All rows: metrics.parquet."),
+                   Block("table", extra_display(extra))]
     if images:
         blocks.append(Block("h2", "Plots"))
         for image in images:

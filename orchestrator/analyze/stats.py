@@ -147,6 +147,29 @@ def generation_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def extra_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The extra evaluations per cell, task, metric and stage: mean over seeds with its interval (on the log scale for
+    metrics where lower is better, i.e. perplexities; identity for accuracies), the seeds, and the dense value.
+    Empty when no trial ran extra tasks. Verdicts never read these: they stay on each model's primary metric."""
+    if metrics.empty or "status" not in metrics:
+        return pd.DataFrame()
+    ok = metrics[metrics["status"].eq("ok") & metrics["value"].notna()]
+    rows = []
+    for (model, task, metric), group in ok.groupby(["model", "task", "metric"], sort=True):
+        lower_better = not bool(group["higher_is_better"].iloc[0])
+        scale = "log" if lower_better and (group["value"] > 0).all() else "identity"
+        dense = group[group["stage"].eq("dense")]["value"]
+        for (label, level), cell in group[~group["stage"].eq("dense")].groupby(["label", "level"], sort=True):
+            row = {"model": model, "task": task, "metric": metric, "label": label, "level": level,
+                   "higher_is_better": not lower_better, "scale": scale, "n_seeds": cell["seed"].nunique(),
+                   "dense": interval(dense, scale)[0]}
+            for stage in ("pruned", "recovered"):
+                row[f"{stage}_mean"], row[f"{stage}_low"], row[f"{stage}_high"] = interval(
+                    cell[cell["stage"].eq(stage)]["value"], scale)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def compare(a: pd.DataFrame, b: pd.DataFrame, value: str) -> dict:
     """Strategy `a` against `b` on trials paired by seed (same model and level), on the metric's scale.
 

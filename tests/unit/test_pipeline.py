@@ -129,7 +129,7 @@ def test_compensated_removal_is_its_own_model_recorded_in_the_row(shared):
     assert compensated.params_after == plain.params_after
     # a field added later stays out of the trial id at its default: earlier results keep their ids
     assert plain.spec.trial_id() != compensated.spec.trial_id()
-    legacy = {k: v for k, v in plain.spec.to_dict().items() if k not in ("compensate", "generation")}
+    legacy = {k: v for k, v in plain.spec.to_dict().items() if k not in TrialSpec.LATE_DEFAULTS}
     from sentinel.trial import digest
     assert plain.spec.trial_id() == digest(legacy)
 
@@ -151,6 +151,26 @@ def test_generation_speed_and_kv_cache_once_per_layout(shared):
     encoder = run_trial(spec(model="sentinel/all-MiniLM-L6-v2", strategy="magnitude", finetune=None,
                              measure_speed=False, generation=generation), shared)
     assert encoder.status == "ok" and math.isnan(encoder.decode_tps_after)  # nothing to generate: nothing recorded
+
+
+def test_extra_tasks_are_measured_at_every_stage_beside_the_primary_metric(shared):
+    first, second = (run_trial(spec(strategy="magnitude", level=0.5, seed=s, measure_speed=False,
+                                    extra_tasks=("lm_eval:gutenberg_cloze", "perplexity")), shared) for s in (0, 1))
+    assert first.status == "ok", first.error
+    rows = {(m["stage"], m["task"], m["metric"]): m for m in first.metrics}
+    assert {k[0] for k in rows} == {"dense", "pruned", "recovered"}
+    assert {k[1:] for k in rows} == {("lm_eval:gutenberg_cloze", "acc"), ("lm_eval:gutenberg_cloze", "perplexity"),
+                                     ("perplexity", "perplexity")}
+    # the primary task named again as an extra gives the primary's own numbers, stage by stage
+    assert rows["dense", "perplexity", "perplexity"]["value"] == pytest.approx(first.dense)
+    assert rows["pruned", "perplexity", "perplexity"]["value"] == pytest.approx(first.pruned)
+    assert rows["recovered", "perplexity", "perplexity"]["value"] == pytest.approx(first.recovered)
+    cloze = rows["pruned", "lm_eval:gutenberg_cloze", "perplexity"]["value"]
+    assert cloze != rows["dense", "lm_eval:gutenberg_cloze", "perplexity"]["value"]
+    # one pruned model per layout: the second seed (same magnitude layout) reuses it; recovery is its own
+    again = {(m["stage"], m["task"], m["metric"]): m["value"] for m in second.metrics}
+    assert again["pruned", "lm_eval:gutenberg_cloze", "perplexity"] == cloze
+    assert first.timings["extra"] > 0 and "metrics" in first.payload()
 
 
 def test_encoder_trial_distills_and_leaves_cached_dense_model_trainable(shared):
@@ -180,6 +200,9 @@ def test_what_only_a_run_can_find_becomes_a_failed_row_not_an_exception(monkeypa
     ("device", "gpu", "device: 'gpu' is not one of auto, cpu, cuda, cuda:N"),
     ("model_options", {"revision": "x"}, "model_options.revision: not an option of load_model"),
     ("compensate", "yes", "compensate: 'yes' is not true or false"),
+    ("extra_tasks", ["lm_eval:nope"], "extra_tasks[0]: 'lm_eval:nope' is not an lm-eval task"),
+    ("extra_tasks", ["bleu"], "extra_tasks[0]: 'bleu' is not a registered task (perplexity, stsb) or lm_eval:<task>"),
+    ("extra_tasks", ["perplexity", "perplexity"], "extra_tasks: ['perplexity', 'perplexity'] names a task twice"),
 ])
 def test_what_files_can_tell_is_refused_when_the_spec_is_built(field, value, message):
     with pytest.raises(SpecError, match=re.escape(message)):

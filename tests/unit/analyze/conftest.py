@@ -4,7 +4,8 @@ orchestrator's writer (tests.tables.write_results), once per test session (~10 s
 Grid: a random-init 2-layer, 4-head GPT-2 with a shipped tokenizer; random and magnitude at levels 0.25 and 0.5
 with seeds 0, 1 and 2 (the fewest a verdict needs), entropy at 0.5 with seed 0 only (a single-seed cell), and one
 trial that really fails (seq_len 128 > the model's 64 positions). config.yaml lists four seeds, so the results
-are partial. Every trial also measures generation speed and KV cache (small: 8-token prompts, 4 new tokens).
+are partial. Every trial also measures generation speed and KV cache (small: 8-token prompts, 4 new tokens), and
+names its primary task again as an extra evaluation (the metrics table must then repeat the trials' numbers).
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def cells(model: str, source: str) -> list[dict]:
     grid = [(s, level, seed) for s in ("random", "magnitude") for level in (0.25, 0.5) for seed in (0, 1, 2)]
     grid.append(("entropy", 0.5, 0))
     specs = [{"model": model, "strategy": s, "level": level, "seed": seed, "data": data, "finetune": FINETUNE,
-              "device": "cpu", "measure_speed": True, "generation": GENERATION} for s, level, seed in grid]
+              "device": "cpu", "measure_speed": True, "generation": GENERATION, "extra_tasks": ["perplexity"]}
+             for s, level, seed in grid]
     broken = dict(specs[-2], data={**data, "seq_len": 128, "stride": 128})  # longer than n_positions = 64
     return specs + [broken]
 
@@ -76,7 +78,7 @@ def payloads(model: str, source: str) -> list[dict]:
         started = time.time()
         try:
             result = run_trial(TrialSpec.from_dict(cell), shared)
-            payload = {"row": result.row(), "curve": result.curve, "scores": result.scores}
+            payload = result.payload()
         except SpecError as exc:  # as the trainable does: the refused cell is still one failed row
             payload = {"row": failed_row(cell, f"SpecError: {exc}"), "curve": [], "scores": []}
         payload["context"] = {"experiment": EXPERIMENT, "run_id": f"{EXPERIMENT}-0001", "tune_trial_id": "local",

@@ -309,3 +309,19 @@ def test_generation_table_plot_and_report_section(results_dir, report):
     text = report.read_text()
     assert "## Generation: KV cache and tokens/s" in text and "decode speedup (batch B)" in text
     assert (report.parent / "generation.png").stat().st_size > 10_000
+
+
+def test_metrics_table_and_its_report_section_repeat_the_primary_numbers(results_dir, report):
+    metrics = pd.read_parquet(results_dir / "metrics.parquet")
+    trials = pd.read_parquet(results_dir / "trials.parquet").set_index("trial_id")
+    ok = metrics[metrics["trial_id"].isin(trials.index[trials["status"].eq("ok")])]
+    assert set(ok["stage"]) == {"dense", "pruned", "recovered"} and set(ok["task"]) == {"perplexity"}
+    for stage in ("dense", "pruned", "recovered"):
+        rows = ok[ok["stage"].eq(stage)].set_index("trial_id")
+        assert np.allclose(rows["value"], trials.loc[rows.index, stage])
+    table = analysis_stats.extra_table(load(str(results_dir)).metrics)
+    summary = summary_table(load(str(results_dir)).trials).set_index(["label", "level"])
+    for row in table.itertuples():
+        assert row.recovered_mean == pytest.approx(summary.loc[(row.label, row.level), "recovered_mean"])
+    text = report.read_text()
+    assert "## Extra evaluations" in text and (report.parent / "extra_metrics.png").stat().st_size > 10_000

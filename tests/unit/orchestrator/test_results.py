@@ -95,7 +95,7 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     out = tmp_path / "e"
     write_results(str(out), [ok_payload()], {"experiment": "e", "levels": [0.5]})
     write_results(str(out), [ok_payload(), ok_payload(0.25)], {"experiment": "e", "levels": [0.25, 0.5]})
-    assert sorted(os.listdir(out)) == ["config.yaml", "curves.parquet", "heads.parquet", "trials.parquet"]
+    assert sorted(os.listdir(out)) == ["config.yaml", "curves.parquet", "heads.parquet", "metrics.parquet", "trials.parquet"]
     assert len(pd.read_parquet(out / "trials.parquet")) == 2
 
 

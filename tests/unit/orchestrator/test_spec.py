@@ -257,6 +257,23 @@ def test_generation_section_reaches_every_cell_and_is_checked(tmp_path, base, ca
     assert "generation.beams: unknown key in generation" in run_cli(tmp_path, {**base, "generation": {"beams": 2}}, capsys)
 
 
+def test_extra_tasks_for_all_models_or_one(tmp_path, base, model_dir):
+    raw = {**base, "extra_tasks": ["perplexity"],
+           "models": [str(model_dir), {"name": "sentinel/tiny-gpt2", "extra_tasks": ["lm_eval:gutenberg_cloze"]}]}
+    cells = load_spec(write(tmp_path, raw)).cells
+    assert {(c.model, c.extra_tasks) for c in cells} == {(str(model_dir), ("perplexity",)),
+                                                         ("sentinel/tiny-gpt2", ("lm_eval:gutenberg_cloze",))}
+
+
+def test_an_lm_eval_task_that_needs_the_hub_is_refused_offline_before_ray(tmp_path, base, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = run_cli(tmp_path, {**base, "extra_tasks": ["lm_eval:arc_easy"]}, capsys)
+    assert "extra_tasks: 'lm_eval:arc_easy' reads its data from the hub, which is not reachable" in err
+    assert "use lm_eval:gutenberg_cloze" in err
+    assert "models[0].extra_tasks[0]: 'lm_eval:x' is not an lm-eval task" in run_cli(
+        tmp_path, {**base, "models": [{"name": base["models"][0], "extra_tasks": ["lm_eval:x"]}]}, capsys)
+
+
 def test_per_model_finetune_overrides_the_section(tmp_path, base, model_dir):
     base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "finetune": {"steps": 5, "lr": 1e-5}}]
     cells = load_spec(write(tmp_path, base)).cells
