@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sentinel.contract import Contract, SpecError, checked, integer, number
-from sentinel.models import HeadMask, get_adapter, head_layout
+from sentinel.contract import Contract, SpecError, checked, integer, number, one_of
+from sentinel.models import HeadMask, get_adapter, head_layout, is_causal_lm
 from sentinel.models.device import autocast, mean_pool, model_device
 from sentinel.models.heads import blocks, head_slices, slice_parameters
 
@@ -50,10 +50,29 @@ class FinetuneConfig(Contract):
     batch_size: int = checked(8, integer(minimum=1))
     eval_every: int = checked(50, integer(minimum=1))
     seed: int = checked(0, integer(minimum=0))
+    # "full": every parameter trains; "lora": low-rank adapters (peft, the extra `lora`) on `lora_targets`, merged
+    # into the weights after the last step, so the result is a plain model of the same shape
+    method: str = checked("full", one_of(("full", "lora")))
+    lora_rank: int = checked(8, integer(minimum=1, maximum=4096))
+    lora_alpha: float = checked(16.0, number(above=0))
+    # module names (suffixes of full names, peft's rule); empty: the attention projections of the family's adapter
+    lora_targets: tuple[str, ...] = checked((), lambda value, name: _names(value, name))
+
+    # fields added after results were published: left out of a trial's id while at their default
+    LATE_DEFAULTS = {"method": "full", "lora_rank": 8, "lora_alpha": 16.0, "lora_targets": []}
 
     def check_together(self) -> None:
         if self.warmup_steps > self.steps:
             raise SpecError(f"warmup_steps: {self.warmup_steps} must be in [0, steps={self.steps}]")
+        if self.method == "full" and self.lora_targets:
+            raise SpecError("lora_targets: set with method 'full'; LoRA targets apply to method 'lora'")
+
+
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or \
+            not all(isinstance(v, str) and v for v in value):
+        raise SpecError(f"{name}: {value!r} is not a list of module names")
+    return tuple(value)
 
 
 def lr_factor(step: int, config: FinetuneConfig) -> float:
@@ -78,11 +97,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- objectives
-
-
-def is_causal_lm(model: nn.Module) -> bool:
-    """A causal family (per its adapter) with an LM head."""
-    return get_adapter(model).causal and model.get_output_embeddings() is not None
 
 
 def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -110,6 +124,36 @@ def _objective(model: nn.Module, teacher: nn.Module | None) -> Callable[[Batch],
             f"teacher: {type(model).__name__} has no LM head, so it is distilled; pass the dense model as teacher"
         )
     return lambda batch: distillation_loss(model, teacher, batch)
+
+
+# ---------------------------------------------------------------------------- LoRA
+
+
+def lora_targets(model: nn.Module, config: FinetuneConfig) -> list[str]:
+    """The modules LoRA adapts: config.lora_targets, or the family's attention projections (q/k/v or the fused qkv,
+    and o), as module-name suffixes; a ValueError naming a target that matches no module."""
+    adapter = get_adapter(model)
+    targets = list(config.lora_targets) or [*adapter.projections(), adapter.o]
+    names = [name for name, _ in model.named_modules()]
+    for target in targets:
+        if not any(name == target or name.endswith("." + target) for name in names):
+            examples = sorted({name.split(".")[-1] for name in names if name and not name.split(".")[-1].isdigit()})[:12]
+            raise ValueError(f"finetune.lora_targets: {target!r} matches no module of this "
+                             f"{model.config.model_type} model (module names end in e.g. {', '.join(examples)})")
+    return targets
+
+
+def attach_lora(model: nn.Module, config: FinetuneConfig):
+    """LoRA adapters (peft) injected into `model` on its targets; every other parameter frozen. Returns the peft
+    wrapper, whose merge_and_unload() folds the adapters into the weights."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("finetune.method: 'lora' needs peft; install the extra: pip install 'sentinel-bench[lora]'") from None
+    targets = lora_targets(model, config)
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets, lora_dropout=0.0,
+                      bias="none")
+    return get_peft_model(model, lora)
 
 
 # ---------------------------------------------------------------------------- masked heads
@@ -221,6 +265,11 @@ def finetune(
         teacher.to(device).eval()
     loss_fn = _objective(model, teacher)
     mask = mask if mask is not None else getattr(model, "sentinel_mask", None)
+    if config.method == "lora" and mask is not None:
+        raise ValueError("finetune.method: 'lora' on a masked model would train adapters that read the masked heads; "
+                         "use method 'remove' (physical removal) with LoRA")
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    peft_model = attach_lora(model, config) if config.method == "lora" else None
     frozen = _snapshot(masked_slices(model, mask)) if mask is not None else []
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
@@ -251,5 +300,9 @@ def finetune(
             metric = _evaluate(model, evaluate) if due else None
             curve.append({"step": step, "train_loss": loss.item(), "eval_metric": metric, "lr": lr})
     optimizer.zero_grad(set_to_none=True)
+    if peft_model is not None:  # the adapters folded into the weights: `model` is a plain model again
+        peft_model.merge_and_unload()
+        for p, flag in flags:
+            p.requires_grad_(flag)
     model.eval()
     return curve

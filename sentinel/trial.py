@@ -29,6 +29,7 @@ from sentinel.contract import (
     text,
 )
 from sentinel.finetune import FinetuneConfig
+from sentinel.models.adapters import ADAPTERS
 from sentinel.pruning import STRATEGIES
 from sentinel.result import TrialResult, digest, identity  # noqa: F401  (TrialResult: re-exported with the contract)
 from sentinel.tasks import TASKS
@@ -145,6 +146,13 @@ def model_name(value: Any, name: str) -> str:
             raise SpecError(f"{name}: {str(exc).splitlines()[0]} (registered: "
                             f"{', '.join(sorted(supported_model_types()))})") from None
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _module_names(model: str) -> tuple[str, ...] | None:
+    from sentinel.models import loading
+
+    return loading.local_module_names(model)
 
 
 @functools.lru_cache(maxsize=64)
@@ -314,6 +322,8 @@ class TrialSpec(Contract):
             strategy.resolve(self.strategy_options)
         except ValueError as exc:
             raise SpecError(f"strategy_options.{str(exc).removeprefix('options: ')}".splitlines()[0]) from None
+        if self.finetune is not None and self.finetune.method == "lora":
+            self._check_lora()
         if self.compensate and self.method != "remove":
             raise SpecError(f"compensate: bias compensation is part of physical removal (method: remove); got method "
                             f"{self.method!r}")
@@ -330,6 +340,22 @@ class TrialSpec(Contract):
             raise SpecError(f"data.seq_len: {self.data.seq_len} is longer than {self.model!r} accepts "
                             f"({limit} positions); use at most {limit}")
 
+    def _check_lora(self) -> None:
+        """LoRA recovery: physical removal only, and (for a local model) every target names one of its modules."""
+        if self.method != "remove":
+            raise SpecError("finetune.method: 'lora' needs method 'remove' (adapters on a masked model would read the "
+                            "masked heads)")
+        model_type, _ = _local_model(self.model)
+        names = _module_names(self.model) if model_type is not None else None
+        if names is None:
+            return  # a hub model: checked when the trial loads it
+        adapter = ADAPTERS.get(model_type) if model_type in ADAPTERS else None
+        targets = list(self.finetune.lora_targets) or ([*adapter.projections(), adapter.o] if adapter else [])
+        for target in targets:
+            if not any(name == target or name.endswith("." + target) for name in names):
+                raise SpecError(f"finetune.lora_targets: {target!r} matches no module of {self.model!r} (module names "
+                                f"end in e.g. {', '.join(sorted({n.split('.')[-1] for n in names if n and not n.split('.')[-1].isdigit()})[:12])})")
+
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
 
@@ -338,6 +364,10 @@ class TrialSpec(Contract):
         for name, default in self.LATE_DEFAULTS.items():
             if spec.get(name) == default:
                 del spec[name]
+        if isinstance(spec.get("finetune"), dict):
+            for name, default in FinetuneConfig.LATE_DEFAULTS.items():
+                if spec["finetune"].get(name) == default:
+                    del spec["finetune"][name]
         return digest(spec)
 
 

@@ -275,6 +275,23 @@ def check_fallback(name: str) -> None:
     verified_for(cls, config)  # FallbackError is a ValueError
 
 
+@functools.lru_cache(maxsize=32)
+def local_module_names(name: str) -> tuple[str, ...] | None:
+    """The module names of a shipped or local model, from its architecture built on the meta device (no weights
+    read); None for a hub name."""
+    if local_model_type(name) is None:
+        return None
+    source = Path(resolve_source(name))
+    if source.suffix == ".gguf":
+        config = transformers.AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+    else:
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
+    mapping = transformers.MODEL_FOR_CAUSAL_LM_MAPPING if _is_causal(config) else transformers.MODEL_MAPPING
+    with torch.device("meta"):
+        model = mapping[type(config)](config)
+    return tuple(name for name, _ in model.named_modules())
+
+
 def _is_causal(config: transformers.PretrainedConfig) -> bool:
     archs = config.architectures or []
     return bool(getattr(config, "is_decoder", False)) or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)

@@ -225,3 +225,59 @@ def test_finetuning_lowers_loss_of_the_reference_tiny_gpt2_on_bundled_text():
     curve = finetune(model, batches, FinetuneConfig(steps=12, lr=1e-3, warmup_steps=2, batch_size=4),
                      evaluate=mean_lm_loss(batches))
     assert curve[-1]["eval_metric"] < curve[0]["eval_metric"]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_lora_trains_the_attention_projections_only_and_merges_into_the_same_modules(model_type):
+    model = prune_heads(tiny_model(model_type), {0: [0, 1]} if model_type == "llama" else {0: [0, 2]})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    config = FinetuneConfig(steps=3, lr=1e-2, warmup_steps=0, eval_every=3, batch_size=3, method="lora", lora_rank=4)
+    curve = finetune(model, [padded_batch(s) for s in range(3)], config, evaluate=lambda m: 0.0)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(dict(model.named_modules())[n] is m for n, m in modules.items())
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    attention = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj") \
+        if model_type == "llama" else ("attn.c_attn", "attn.c_proj")
+    assert changed and all(any(a + ".weight" in k for a in attention) for k in changed), changed
+    assert head_layout(model).heads[0] == 2 and len(curve) == 4  # pruned heads stay pruned
+    assert all(p.requires_grad for p in model.parameters())  # flags back after the merge
+
+
+def test_merged_lora_model_computes_what_the_adapted_one_did():
+    from sentinel.finetune import attach_lora
+
+    model, batch = tiny_model("llama"), padded_batch()
+    wrapped = attach_lora(model, FinetuneConfig(method="lora", lora_rank=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # trained adapters are not zero
+        adapted = model(**batch).logits
+    wrapped.merge_and_unload()
+    with torch.no_grad():
+        assert (model(**batch).logits - adapted).abs().max() < 1e-4
+
+
+def test_lora_errors_name_the_field():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match=r"^finetune.lora_targets: 'query' matches no module of this llama model"):
+        finetune(model, [padded_batch()], FinetuneConfig(steps=1, warmup_steps=0, method="lora", lora_targets=["query"]),
+                 evaluate=lambda m: 0.0)
+    mask_heads(model, {0: [0, 1]})
+    with pytest.raises(ValueError, match=r"^finetune.method: 'lora' on a masked model"):
+        finetune(model, [padded_batch()], FinetuneConfig(steps=1, warmup_steps=0, method="lora"), evaluate=lambda m: 0.0,
+                 mask=mask_heads(model, {0: [0, 1]}))
+
+
+def test_without_peft_the_error_names_the_extra_to_install():
+    import subprocess
+    import sys
+
+    probe = ("import sys; sys.modules['peft'] = None\n"
+             "from sentinel.finetune import FinetuneConfig, attach_lora\n"
+             "from tests.tiny_models import tiny_model\n"
+             "try:\n    attach_lora(tiny_model('gpt2'), FinetuneConfig(method='lora'))\n"
+             "except ValueError as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "finetune.method: 'lora' needs peft; install the extra: pip install 'sentinel-bench[lora]'"

@@ -130,6 +130,7 @@ def test_compensated_removal_is_its_own_model_recorded_in_the_row(shared):
     # a field added later stays out of the trial id at its default: earlier results keep their ids
     assert plain.spec.trial_id() != compensated.spec.trial_id()
     legacy = {k: v for k, v in plain.spec.to_dict().items() if k not in TrialSpec.LATE_DEFAULTS}
+    assert legacy["finetune"] is None  # (with a finetune section its late fields are left out the same way)
     from sentinel.trial import digest
     assert plain.spec.trial_id() == digest(legacy)
 
@@ -173,6 +174,22 @@ def test_extra_tasks_are_measured_at_every_stage_beside_the_primary_metric(share
     assert first.timings["extra"] > 0 and "metrics" in first.payload()
 
 
+def test_lora_recovery_is_merged_into_a_plain_model_of_the_pruned_shape(shared):
+    lora = FinetuneConfig(steps=2, lr=1e-3, warmup_steps=0, batch_size=8, eval_every=2, method="lora", lora_rank=4)
+    result = run_trial(spec(strategy="magnitude", level=0.5, measure_speed=False, finetune=lora), shared)
+    full = run_trial(spec(strategy="magnitude", level=0.5, measure_speed=False), shared)
+    assert result.status == "ok", result.error
+    assert result.params_after == full.params_after  # merged: no adapter parameters left
+    assert result.recovered != result.pruned and result.recovered != full.recovered
+    ids = {s.trial_id() for s in (result.spec, full.spec)}
+    assert len(ids) == 2  # the recipe is part of the cell
+    default = spec(strategy="magnitude", level=0.5).to_dict()
+    from sentinel.trial import digest
+    legacy = {k: v for k, v in default.items() if k not in TrialSpec.LATE_DEFAULTS}
+    legacy["finetune"] = {k: v for k, v in legacy["finetune"].items() if k not in FinetuneConfig.LATE_DEFAULTS}
+    assert spec(strategy="magnitude", level=0.5).trial_id() == digest(legacy)  # full recovery keeps its old id
+
+
 def test_encoder_trial_distills_and_leaves_cached_dense_model_trainable(shared):
     result = run_trial(spec(model="sentinel/all-MiniLM-L6-v2", strategy="gradient", level=0.5, data=WHOLE), shared)
     assert result.status == "ok", result.error
@@ -203,6 +220,10 @@ def test_what_only_a_run_can_find_becomes_a_failed_row_not_an_exception(monkeypa
     ("extra_tasks", ["lm_eval:nope"], "extra_tasks[0]: 'lm_eval:nope' is not an lm-eval task"),
     ("extra_tasks", ["bleu"], "extra_tasks[0]: 'bleu' is not a registered task (perplexity, stsb) or lm_eval:<task>"),
     ("extra_tasks", ["perplexity", "perplexity"], "extra_tasks: ['perplexity', 'perplexity'] names a task twice"),
+    ("finetune", {"method": "lora", "lora_targets": ["q_proj"]},
+     "finetune.lora_targets: 'q_proj' matches no module of 'sentinel/tiny-gpt2' (module names end in e.g."),
+    ("finetune", {"method": "adapters"}, "finetune.method: 'adapters' is not one of full, lora"),
+    ("finetune", {"lora_targets": ["attn.c_attn"]}, "finetune.lora_targets: set with method 'full'"),
 ])
 def test_what_files_can_tell_is_refused_when_the_spec_is_built(field, value, message):
     with pytest.raises(SpecError, match=re.escape(message)):
