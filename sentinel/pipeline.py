@@ -31,7 +31,8 @@ from torch import nn
 from sentinel.eval import Stopwatch, autocast, compare_throughput, count_parameters, forward_flops, resolve_device
 from sentinel.models.device import model_device
 from sentinel.finetune import finetune
-from sentinel.models import check_compensable, head_layout, is_causal_lm, load_model, mask_heads, prune_heads
+from sentinel.models import (HeadMask, check_compensable, head_layout, is_causal_lm, load_model, mask_heads,
+                             prune_heads)
 from sentinel.pruning import STRATEGIES, Selection, score_heads, select_heads
 from sentinel.tasks import Prepared, prepare_task
 from sentinel.result import digest
@@ -166,7 +167,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
     layout = (*model_id, spec.method, result.pruned_heads, calibration.key if spec.compensate else "plain")
 
     with stage("prune"):
-        _prune(result, model, dense, selection, spec, calibration)
+        mask = _prune(result, model, dense, selection, spec, calibration)
     with stage("eval_pruned"), autocast(device, spec.bf16):  # one number per distinct pruned model
         result.pruned, result.reused["pruned_eval"] = shared.get_or_compute(
             work_key("pruned", *layout, task.key, result.device), lambda: task.evaluate(model).value)
@@ -201,8 +202,8 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         with stage("finetune"):
             result.curve = finetune(
                 model, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
-                evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, device=device, bf16=spec.bf16,
-                initial_metric=result.pruned,
+                evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, mask=mask, device=device,
+                bf16=spec.bf16, initial_metric=result.pruned,
             )
         result.recovered = result.curve[-1]["eval_metric"]
     else:
@@ -261,15 +262,18 @@ def _scores(result: TrialResult, shared: SharedWork, dense: nn.Module, model: nn
 
 
 def _prune(result: TrialResult, model: nn.Module, dense: nn.Module, selection: Selection, spec: TrialSpec,
-           calibration) -> None:
-    """Removes (or masks) the selected heads of `model` and records its size and FLOPs beside the dense model's."""
+           calibration) -> HeadMask | None:
+    """Removes (or masks) the selected heads of `model` and records its size and FLOPs beside the dense model's.
+    Returns the mask (method mask), which fine-tuning is then given."""
+    mask = None
     if selection.heads and spec.method == "remove":
         prune_heads(model, selection.heads, compensate=calibration.batches if spec.compensate else None)
     elif selection.heads:
-        model.sentinel_mask = mask_heads(model, selection.heads)
+        mask = mask_heads(model, selection.heads)
     result.params_after = count_parameters(model)
     result.flops_before = forward_flops(dense, spec.data.seq_len)
     result.flops_after = forward_flops(model, spec.data.seq_len) if spec.method == "remove" else result.flops_before
+    return mask
 
 
 def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, dense_metric: float,
@@ -280,13 +284,13 @@ def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, d
     from sentinel.pruning.dynamic import DynamicPruner
 
     trained = copy.deepcopy(dense)
-    trained.sentinel_mask = mask = mask_heads(trained, None)
+    mask = mask_heads(trained, None)
     pruner = DynamicPruner(trained, mask, task.calibration(spec.seed).batches, level=spec.level, steps=spec.finetune.steps,
                            policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer,
                            generator=torch.Generator().manual_seed(spec.seed), **spec.strategy_options)
     curve = finetune(trained, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
-                     evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, device=device, bf16=spec.bf16,
-                     initial_metric=dense_metric, on_step=pruner)
+                     evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, mask=mask, device=device,
+                     bf16=spec.bf16, initial_metric=dense_metric, on_step=pruner)
     heads = mask.masked()
     selected = sum(len(h) for h in heads.values())
     return Selection(heads=heads, requested=pruner.requested, selected=selected, notes=pruner.notes), curve

@@ -15,6 +15,7 @@ from sentinel.models.heads import (
     pruned_heads_v4,
     validate_request,
 )
+from sentinel.models import fallback, t5  # noqa: F401,E402  (the generic fallback for get_adapter; T5's adapter)
 from sentinel.models.io import is_pruned_checkpoint, load_pruned, save_pruned
 from sentinel.models.loading import load_model
 

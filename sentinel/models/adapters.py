@@ -136,32 +136,6 @@ ADAPTERS.register("gpt_neox")(
 )
 
 
-def _t5_after_prune(model: nn.Module) -> None:
-    from sentinel.models.t5 import keep_full_position_bias  # heads-level code; imports this module
-
-    keep_full_position_bias(model)
-
-
-# T5: three stacks, indexed one after the other: encoder self-attention (layers 0..L-1), decoder
-# self-attention (L..2L-1), decoder cross-attention (2L..3L-1); docs/MIGRATION.md ("T5") has the indexing.
-ADAPTERS.register("t5")(
-    AttentionAdapter(
-        name="t5",
-        layers="",
-        stacks=(("encoder.block", "layer.0.SelfAttention"), ("decoder.block", "layer.0.SelfAttention"),
-                ("decoder.block", "layer.1.EncDecAttention")),
-        attention="",
-        q="q",
-        k="k",
-        v="v",
-        o="o",
-        head_dim_attr="key_value_proj_dim",
-        attrs={"n_heads": lambda h, kv, d: h, "inner_dim": lambda h, kv, d: h * d},
-        after_prune=_t5_after_prune,
-    )
-)
-
-
 def is_causal_lm(model: nn.Module) -> bool:
     """A causal family with an LM head: what has a next-token loss, a perplexity and generates text."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -179,15 +153,23 @@ def get_adapter(model: nn.Module) -> AttentionAdapter:
         )
     if model_type in ADAPTERS:
         return ADAPTERS.get(model_type)
-    adapter = getattr(model, "sentinel_adapter", None)  # set by the fallback on the models it verifies with
-    if adapter is not None:
-        return adapter
-    from sentinel.models.fallback import FallbackError, verified_adapter  # imports this module
-
+    if _FALLBACK is None:
+        raise ValueError(f"model_type: {model_type!r} has no adapter; registered: {', '.join(ADAPTERS.names())}")
     try:
-        return verified_adapter(model)
-    except FallbackError as exc:
+        return _FALLBACK(model)
+    except ValueError as exc:
         raise ValueError(f"{exc}; registered: {', '.join(ADAPTERS.names())}") from None
+
+
+# model -> the generic adapter verified on its class (a one-line ValueError if none): installed by
+# sentinel.models.fallback, which builds and runs models with heads.py, so this module never imports it
+_FALLBACK: Callable[[nn.Module], AttentionAdapter] | None = None
+
+
+def set_fallback(resolve: Callable[[nn.Module], AttentionAdapter]) -> None:
+    """Installs the resolver get_adapter asks for a model_type no adapter is registered for."""
+    global _FALLBACK
+    _FALLBACK = resolve
 
 
 def supported_model_types() -> list[str]:

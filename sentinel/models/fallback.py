@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from sentinel.models.adapters import AttentionAdapter
+from sentinel.models import heads as H
+from sentinel.models.adapters import AttentionAdapter, set_fallback
 
 NAMES = {
     "q": r"q|q_proj|query|q_lin|wq",
@@ -165,21 +166,20 @@ def _small_model(cls: type, config: Any) -> nn.Module:
 
 
 def _verify(small: nn.Module, adapter: AttentionAdapter) -> str | None:
-    from sentinel.models import heads as H  # heads imports adapters; import it here, at call time
-
+    """None if masking and removing heads through `adapter` agree on `small` (the candidate is passed to every
+    heads function explicitly: it is not registered until it passes); else what went wrong, in one line."""
     config = small.config
-    small.sentinel_adapter = adapter  # get_adapter reads it first: the candidate is used on this model only
     try:
-        layout = H.head_layout(small)
+        layout = H.head_layout(small, adapter)
         group = layout.group_size(0)
         remove = {0: list(range(group)), 1: list(range(layout.heads[1] - group, layout.heads[1]))}
         ids = torch.randint(0, min(int(config.vocab_size), 1000), (2, 8), generator=torch.Generator().manual_seed(0))
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         with torch.no_grad():
             dense = _output(small, batch)
-            with H.mask_heads(small, remove):
+            with H.mask_heads(small, remove, adapter=adapter):
                 masked = _output(small, batch)
-            pruned_model = H.prune_heads(copy.deepcopy(small), remove)
+            pruned_model = H.prune_heads(copy.deepcopy(small), remove, adapter=adapter)
             pruned = _output(pruned_model, batch)
     except Exception as exc:  # any failure of the inferred adapter is a refusal, in one line
         return f"{type(exc).__name__} while checking it: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -194,3 +194,6 @@ def _verify(small: nn.Module, adapter: AttentionAdapter) -> str | None:
 def _output(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     out = model(**batch)
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+set_fallback(verified_adapter)  # get_adapter asks it for a model_type no adapter is registered for

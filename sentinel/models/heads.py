@@ -60,14 +60,14 @@ def blocks(model: nn.Module, adapter: AttentionAdapter | None = None) -> list[nn
     return [block.get_submodule(suffix) for path, suffix in adapter.stacks for block in model.base_model.get_submodule(path)]
 
 
-def attention_modules(model: nn.Module) -> list[nn.Module]:
+def attention_modules(model: nn.Module, adapter: AttentionAdapter | None = None) -> list[nn.Module]:
     """The per-layer attention modules (what returns attention probabilities under eager attention)."""
-    adapter = get_adapter(model)
+    adapter = adapter or get_adapter(model)
     return [block.get_submodule(adapter.attention) for block in blocks(model, adapter)]
 
 
-def output_projections(model: nn.Module) -> list[nn.Module]:
-    adapter = get_adapter(model)
+def output_projections(model: nn.Module, adapter: AttentionAdapter | None = None) -> list[nn.Module]:
+    adapter = adapter or get_adapter(model)
     return [block.get_submodule(adapter.o) for block in blocks(model, adapter)]
 
 
@@ -125,9 +125,11 @@ def _layer_layout(block: nn.Module, adapter: AttentionAdapter) -> tuple[int, int
     return heads, kv_heads, head_dim
 
 
-def head_layout(model: nn.Module) -> HeadLayout:
-    """Number of layers, query heads and KV heads per layer (as the model is now), and head_dim."""
-    adapter = get_adapter(model)
+def head_layout(model: nn.Module, adapter: AttentionAdapter | None = None) -> HeadLayout:
+    """Number of layers, query heads and KV heads per layer (as the model is now), and head_dim. Every function here
+    takes the model's adapter as an optional last argument (default: get_adapter(model)), as the fallback passes
+    the candidate it verifies."""
+    adapter = adapter or get_adapter(model)
     per_layer = [_layer_layout(block, adapter) for block in blocks(model, adapter)]
     return HeadLayout(
         num_layers=len(per_layer),
@@ -210,11 +212,11 @@ class HeadMask:
     """
 
     def __init__(self, model: nn.Module, gates: dict[int, torch.Tensor], head_dim: int,
-                 fills: Sequence[torch.Tensor] | None = None) -> None:
+                 fills: Sequence[torch.Tensor] | None = None, adapter: AttentionAdapter | None = None) -> None:
         self.gates = gates
         self.fills = fills
         self._handles = []
-        for layer, proj in enumerate(output_projections(model)):
+        for layer, proj in enumerate(output_projections(model, adapter)):
             self._handles.append(proj.register_forward_pre_hook(self._hook(layer, head_dim)))
 
     def _hook(self, layer: int, head_dim: int):
@@ -245,7 +247,8 @@ class HeadMask:
 
 
 def mask_heads(model: nn.Module, heads: HeadRequest | torch.Tensor | None = None, *, requires_grad: bool = False,
-               ids: str = "original", compensate: Sequence[Batch] | None = None) -> HeadMask:
+               ids: str = "original", compensate: Sequence[Batch] | None = None,
+               adapter: AttentionAdapter | None = None) -> HeadMask:
     """Masks heads without changing any weight. `heads=None` installs all-ones gates (for gradients).
 
     Args:
@@ -259,20 +262,21 @@ def mask_heads(model: nn.Module, heads: HeadRequest | torch.Tensor | None = None
             as `prune_heads(..., compensate=)`; masked and pruned then agree).
     Masking every head of a layer is allowed here (it ablates the attention block); removal is not.
     """
-    layout = head_layout(model)
+    adapter = adapter or get_adapter(model)
+    layout = head_layout(model, adapter)
     if compensate is not None:
         check_compensable(model)
     fills = None if compensate is None else output_means(model, compensate)
     if isinstance(heads, torch.Tensor):
-        return HeadMask(model, _tensor_gates(layout, heads), layout.head_dim, fills)
-    request = {} if heads is None else _checked(layout, heads, _to_current(model, layout, heads, ids), True)
+        return HeadMask(model, _tensor_gates(layout, heads), layout.head_dim, fills, adapter)
+    request = {} if heads is None else _checked(layout, heads, _to_current(model, layout, heads, ids, adapter), True)
     device = next(model.parameters()).device
     gates = {}
     for layer, n in enumerate(layout.heads):
         gate = torch.ones(n, device=device)
         gate[request.get(layer, [])] = 0.0
         gates[layer] = gate.requires_grad_(requires_grad)
-    return HeadMask(model, gates, layout.head_dim, fills)
+    return HeadMask(model, gates, layout.head_dim, fills, adapter)
 
 
 def _tensor_gates(layout: HeadLayout, gates: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -299,14 +303,15 @@ def _original_heads(model: nn.Module, layer: int, attention: nn.Module, current:
     return max(int(getattr(model.config, "num_attention_heads", 0) or 0), max(provenance) + 1)
 
 
-def _to_current(model: nn.Module, layout: HeadLayout, heads: HeadRequest, ids: str) -> dict[int, list[int]]:
+def _to_current(model: nn.Module, layout: HeadLayout, heads: HeadRequest, ids: str,
+                adapter: AttentionAdapter) -> dict[int, list[int]]:
     """A request in original ids as positions in the current layout; already-removed heads are dropped with a
     warning (as transformers 4 did). Shape errors are left to validate_request, which names them."""
     if ids not in ("original", "current"):
         raise ValueError(f"ids: {ids!r} is not one of original, current")
     if ids == "current" or not isinstance(heads, Mapping):
         return heads  # type: ignore[return-value]
-    modules = attention_modules(model)
+    modules = attention_modules(model, adapter)
     out, gone = {}, []
     for layer, wanted in heads.items():
         if not _is_index(layer) or not 0 <= layer < layout.num_layers or isinstance(wanted, (str, bytes)) \
@@ -458,15 +463,15 @@ def check_compensable(model: nn.Module) -> None:
                              "a bias; bias compensation needs nn.Linear or Conv1D")
 
 
-def _ensure_provenance(model: nn.Module, layout: HeadLayout) -> None:
-    for layer, attention in enumerate(attention_modules(model)):
+def _ensure_provenance(model: nn.Module, layout: HeadLayout, adapter: AttentionAdapter) -> None:
+    for layer, attention in enumerate(attention_modules(model, adapter)):
         if getattr(attention, "sentinel_heads", None) is None:
             attention.sentinel_heads = list(range(layout.heads[layer]))
             attention.sentinel_kv_heads = list(range(layout.kv_heads[layer]))
 
 
 def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original",
-                compensate: Sequence[Batch] | None = None) -> nn.Module:
+                compensate: Sequence[Batch] | None = None, adapter: AttentionAdapter | None = None) -> nn.Module:
     """Physically removes heads in place and returns the model.
 
     Slices q/k/v output rows (and biases) and the output projection's input columns, then updates the
@@ -484,9 +489,9 @@ def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original",
     Returns:
         The same model object, smaller.
     """
-    adapter = get_adapter(model)
-    layout = head_layout(model)
-    request = _checked(layout, heads, _to_current(model, layout, heads, ids), False)
+    adapter = adapter or get_adapter(model)
+    layout = head_layout(model, adapter)
+    request = _checked(layout, heads, _to_current(model, layout, heads, ids, adapter), False)
     if not request:
         return model  # every requested head was already gone (warned)
     plan = {layer: _kept_groups(layout, layer, removed) for layer, removed in request.items()}
@@ -494,23 +499,23 @@ def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original",
     if compensate is not None:
         check_compensable(model)
         means = output_means(model, compensate)  # of the model as it is, before anything is removed
-    _ensure_provenance(model, layout)
+    _ensure_provenance(model, layout, adapter)
     layer_blocks = blocks(model, adapter)
     for layer, (kept, kept_kv) in plan.items():
         if means is not None:
             removed = [h for h in range(layout.heads[layer]) if h not in set(kept)]
             _compensate(layer_blocks[layer], adapter, layout, removed, means[layer])
         _prune_block(layer_blocks[layer], adapter, layout, layer, kept, kept_kv)
-    model.config.pruned_heads = pruned_heads_v4(model)
+    model.config.pruned_heads = pruned_heads_v4(model, adapter)
     if adapter.after_prune is not None:
         adapter.after_prune(model)
     return model
 
 
-def pruned_heads_v4(model: nn.Module) -> dict[int, list[int]]:
+def pruned_heads_v4(model: nn.Module, adapter: AttentionAdapter | None = None) -> dict[int, list[int]]:
     """{layer: [original head, ...]} removed so far: transformers 4's `config.pruned_heads`."""
     out = {}
-    for layer, attention in enumerate(attention_modules(model)):
+    for layer, attention in enumerate(attention_modules(model, adapter)):
         kept = getattr(attention, "sentinel_heads", None)
         if kept is not None:
             n = _original_heads(model, layer, attention, len(kept))

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sentinel.models.adapters import ADAPTERS, AttentionAdapter
 from sentinel.models.heads import attention_modules
 
 
@@ -63,3 +64,23 @@ def _pass_full_bias(module: nn.Module, args: tuple, output: tuple) -> tuple:
 
 def _own_zeros(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
     return args, {**kwargs, "position_bias": None}
+
+
+# T5: three stacks, indexed one after the other: encoder self-attention (layers 0..L-1), decoder
+# self-attention (L..2L-1), decoder cross-attention (2L..3L-1); docs/MIGRATION.md ("T5") has the indexing.
+ADAPTERS.register("t5")(
+    AttentionAdapter(
+        name="t5",
+        layers="",
+        stacks=(("encoder.block", "layer.0.SelfAttention"), ("decoder.block", "layer.0.SelfAttention"),
+                ("decoder.block", "layer.1.EncDecAttention")),
+        attention="",
+        q="q",
+        k="k",
+        v="v",
+        o="o",
+        head_dim_attr="key_value_proj_dim",
+        attrs={"n_heads": lambda h, kv, d: h, "inner_dim": lambda h, kv, d: h * d},
+        after_prune=lambda model: keep_full_position_bias(model),
+    )
+)

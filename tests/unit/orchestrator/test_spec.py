@@ -210,7 +210,7 @@ def test_device_is_the_trials_rule_and_a_grid_refuses_one_pinned_gpu(tmp_path, b
     assert ("pins one GPU" in err) if device == "cuda:1" else ("device: 'gpu' is not one of auto, cpu, cuda, cuda:N" in err)
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "seed-distilgpt2"])
+@pytest.mark.parametrize("name", ["default", "smoke", "seed-distilgpt2", "comparison", "zero_shot"])
 def test_shipped_configs_validate(name):
     spec = load_spec(CONFIGS / f"{name}.yaml")
     assert spec.experiment == name and spec.cells
