@@ -42,6 +42,7 @@ from orchestrator.config_file import read_config
 from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join, unwritable
 from sentinel.contract import SpecError, boolean, integer, number
 from sentinel.finetune import FinetuneConfig
+from sentinel.pruning import STRATEGIES
 from sentinel.trial import (LEVEL, SEED, DataSpec, TrialSpec, device_name, extra_task_names, model_name, model_options,
                             strategy_name)
 
@@ -230,6 +231,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         gpu_dry_run=boolean(raw.get("gpu_dry_run", False), "gpu_dry_run"),
         pending_report_s=number(above=0)(raw.get("pending_report_s", 300), "pending_report_s"),
     )
+    for j, strategy in enumerate(spec.strategies):  # options named as the YAML has them, before the grid
+        STRATEGIES.get(strategy.name).resolve(strategy.options, where=f"strategies[{j}].options")
     spec.cells  # every cell through the trial contract (per-model finetune, strategy options, context length)
     _same_model_once(spec.models)
     device = spec.trial["device"]

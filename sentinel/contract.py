@@ -105,8 +105,9 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Rule:
     return rule
 
 
-def number(minimum: float | None = None, *, above: float | None = None, below: float | None = None) -> Rule:
-    """A float; `minimum` inclusive, `above`/`below` exclusive bounds."""
+def number(minimum: float | None = None, *, above: float | None = None, below: float | None = None,
+           maximum: float | None = None) -> Rule:
+    """A float; `minimum`/`maximum` inclusive, `above`/`below` exclusive bounds."""
 
     def rule(value: Any, name: str) -> float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string: accept the numbers people write
@@ -122,6 +123,8 @@ def number(minimum: float | None = None, *, above: float | None = None, below: f
             raise SpecError(f"{name}: {value!r} must be > {above:g}")
         if below is not None and not value < below:
             raise SpecError(f"{name}: {value!r} must be < {below:g}")
+        if maximum is not None and value > maximum:
+            raise SpecError(f"{name}: {value!r} must be <= {maximum:g}")
         return float(value)
 
     return rule

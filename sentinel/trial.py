@@ -318,10 +318,7 @@ class TrialSpec(Contract):
 
     def check_together(self) -> None:
         strategy = STRATEGIES.get(self.strategy)
-        try:
-            strategy.resolve(self.strategy_options)
-        except ValueError as exc:
-            raise SpecError(f"strategy_options.{str(exc).removeprefix('options: ')}".splitlines()[0]) from None
+        strategy.resolve(self.strategy_options, where="strategy_options")  # the strategy's own rules, field paths
         if self.finetune is not None and self.finetune.method == "lora":
             self._check_lora()
         if self.compensate and self.method != "remove":

@@ -23,8 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sentinel.contract import boolean
 from sentinel.models import head_layout
-from sentinel.pruning.base import Batch, HeadScores, check_bool, register_strategy, score_grid, visit_output_inputs
+from sentinel.pruning.base import Batch, HeadScores, register_strategy, score_grid, visit_output_inputs
 from sentinel.pruning.weights import layer_head_weights
 
 
@@ -63,7 +64,7 @@ def wanda_sp_scores(model: nn.Module, batches: list[Batch], *, generator: torch.
                       meta={"forward_passes": len(batches), "backward_passes": 0, "tokens_seen": tokens})
 
 
-@register_strategy("flap", defaults={"standardize": True}, checks={"standardize": check_bool}, uses_seed=False)
+@register_strategy("flap", defaults={"standardize": True}, checks={"standardize": boolean}, uses_seed=False)
 def flap_scores(model: nn.Module, batches: list[Batch], *, generator: torch.Generator,
                 standardize: bool = True) -> HeadScores:
     """FLAP: fluctuation (variance over tokens) of each channel x squared norm of its W_O column, summed per head;

@@ -20,11 +20,12 @@ from torch import nn
 from sentinel.models.device import eval_mode, model_device, to_device  # noqa: F401  (re-exported for the strategies)
 from sentinel.models.heads import visit_output_inputs  # noqa: F401  (re-exported for the strategies)
 from sentinel.models import get_adapter, head_layout
+from sentinel.contract import Rule, SpecError
 from sentinel.registry import Registry
 
 Batch = Mapping[str, torch.Tensor]  # {"input_ids": [B, T], "attention_mask": [B, T]}
 ScoreFn = Callable[..., "HeadScores"]
-OptionCheck = Callable[[str, Any], None]  # raises ValueError for a bad value
+OptionRule = Rule  # the trial contract's rules (sentinel.contract): (value, field path) -> value, or a SpecError
 SeedUse = Callable[[nn.Module], bool]  # model -> whether the strategy's scores on it depend on the seed
 
 
@@ -51,7 +52,7 @@ class Strategy:
     name: str
     fn: ScoreFn
     defaults: Mapping[str, Any]
-    checks: Mapping[str, OptionCheck] = field(default_factory=dict)
+    checks: Mapping[str, OptionRule] = field(default_factory=dict)
     summary: str = ""
     uses_seed: bool | SeedUse = False
     # True: the strategy removes heads while the model fine-tunes (it owns the schedule; see pruning/dynamic.py),
@@ -66,22 +67,23 @@ class Strategy:
     def __call__(self, model: nn.Module, batches: list[Batch], *, generator: torch.Generator, **options) -> HeadScores:
         return self.fn(model, batches, generator=generator, **options)
 
-    def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults overlaid with `options`; a ValueError for an unknown name or a bad value."""
+    def resolve(self, options: Mapping[str, Any], where: str = "options") -> dict[str, Any]:
+        """Defaults overlaid with `options`, each checked by its rule; a SpecError (a ValueError) naming the field
+        (`<where>.<option>`) for an unknown name or a bad value."""
+        resolved = dict(self.defaults)
         for name, value in options.items():
             if name not in self.defaults:
                 allowed = ", ".join(sorted(self.defaults)) or "none"
-                raise ValueError(f"options: {name!r} is not an option of strategy {self.name!r}; allowed: {allowed}")
-            if name in self.checks:
-                self.checks[name](name, value)
-        return {**self.defaults, **options}
+                raise SpecError(f"{where}.{name}: not an option of strategy {self.name!r}; allowed: {allowed}")
+            resolved[name] = self.checks[name](value, f"{where}.{name}") if name in self.checks else value
+        return resolved
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def register_strategy(
-    name: str, *, defaults: Mapping[str, Any] | None = None, checks: Mapping[str, OptionCheck] | None = None,
+    name: str, *, defaults: Mapping[str, Any] | None = None, checks: Mapping[str, OptionRule] | None = None,
     uses_seed: bool | SeedUse = False, during_finetune: bool = False, uses_data: bool = True,
 ) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: registers `fn` as strategy `name` accepting the options in `defaults`.
@@ -98,30 +100,6 @@ def register_strategy(
         return fn
 
     return decorate
-
-
-# ---------------------------------------------------------------------------- option checks
-
-
-def check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: {value!r} is not a bool; allowed: True or False")
-
-
-def check_choice(choices: tuple[str, ...]) -> OptionCheck:
-    """A check accepting one of `choices` (strings)."""
-
-    def check(name: str, value: Any) -> None:
-        if not isinstance(value, str) or value not in choices:
-            raise ValueError(f"{name}: {value!r} is not one of {', '.join(choices)}")
-
-    return check
-
-
-def check_unit_interval(name: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
-    if not ok:
-        raise ValueError(f"{name}: {value!r} is not a number in [0, 1]")
 
 
 # ---------------------------------------------------------------------------- input checks

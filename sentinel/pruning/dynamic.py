@@ -29,23 +29,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from sentinel.contract import boolean, fraction, integer
 from sentinel.models import HeadMask, is_causal_lm
 from sentinel.pruning.base import (
-    Batch, HeadScores, check_bool, register_strategy, round_half_up, score_grid, uniform_group_size,
+    Batch, HeadScores, register_strategy, round_half_up, score_grid, uniform_group_size,
 )
 from sentinel.pruning.gradient import gate_importance, l2_normalized
-from sentinel.pruning.iterative import check_step
 from sentinel.pruning.selection import select_heads
-
-
-def _check_updates(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: {value!r} is not an integer >= 1")
 
 
 @register_strategy(
     "dynamic", defaults={"updates": 5, "end": 0.75, "normalize_per_layer": True},
-    checks={"updates": _check_updates, "end": check_step, "normalize_per_layer": check_bool},
+    checks={"updates": integer(minimum=1), "end": fraction(zero=False), "normalize_per_layer": boolean},
     uses_seed=lambda model: not is_causal_lm(model), during_finetune=True,
 )
 def dynamic_scores(

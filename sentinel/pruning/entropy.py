@@ -13,11 +13,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from sentinel.contract import boolean
 from sentinel.models import attention_modules, get_adapter, head_layout
 from sentinel.pruning.base import (
     Batch,
     HeadScores,
-    check_bool,
     eval_mode,
     model_device,
     register_strategy,
@@ -135,7 +135,7 @@ def collect_stats(model: nn.Module, batches: list[Batch]) -> AttentionStats:
     return stats
 
 
-@register_strategy("entropy", defaults={"normalize": False}, checks={"normalize": check_bool})
+@register_strategy("entropy", defaults={"normalize": False}, checks={"normalize": boolean})
 def entropy_scores(model: nn.Module, batches: list[Batch], *, generator: torch.Generator, normalize: bool = False) -> HeadScores:
     """Minus the mean attention entropy per head (sharp heads score high).
 

@@ -21,12 +21,12 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from sentinel.contract import boolean
 from sentinel.models.device import mean_pool
 from sentinel.models import head_layout, is_causal_lm, mask_heads
 from sentinel.pruning.base import (
     Batch,
     HeadScores,
-    check_bool,
     eval_mode,
     model_device,
     register_strategy,
@@ -111,7 +111,7 @@ def l2_normalized(importance: list[torch.Tensor], removed: Mapping[int, Sequence
 
 
 @register_strategy(
-    "gradient", defaults={"normalize_per_layer": False}, checks={"normalize_per_layer": check_bool},
+    "gradient", defaults={"normalize_per_layer": False}, checks={"normalize_per_layer": boolean},
     uses_seed=lambda model: not is_causal_lm(model),  # the encoder proxy loss draws seeded directions
 )
 def gradient_scores(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sentinel.pruning.base import Batch, HeadScores, check_bool, check_unit_interval, register_strategy
+from sentinel.contract import boolean, number
+from sentinel.pruning.base import Batch, HeadScores, register_strategy
 from sentinel.pruning.entropy import collect_stats
 from sentinel.pruning.magnitude import magnitude_matrix
 
@@ -31,7 +32,7 @@ def normalized_rank(scores: torch.Tensor) -> torch.Tensor:
 @register_strategy(
     "hybrid",
     defaults={"alpha": 0.5, "normalize": False},
-    checks={"alpha": check_unit_interval, "normalize": check_bool},
+    checks={"alpha": number(minimum=0, maximum=1), "normalize": boolean},
 )
 def hybrid_scores(
     model: nn.Module, batches: list[Batch], *, generator: torch.Generator, alpha: float = 0.5, normalize: bool = False

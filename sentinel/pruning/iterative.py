@@ -22,20 +22,16 @@ import math
 import torch
 from torch import nn
 
+from sentinel.contract import boolean, fraction
 from sentinel.models import head_layout, is_causal_lm
-from sentinel.pruning.base import Batch, HeadScores, check_bool, register_strategy, score_grid, uniform_group_size
+from sentinel.pruning.base import Batch, HeadScores, register_strategy, score_grid, uniform_group_size
 from sentinel.pruning.gradient import gate_importance, l2_normalized
 from sentinel.pruning.selection import select_heads
 
 
-def check_step(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 1:
-        raise ValueError(f"{name}: {value!r} is not a fraction in (0, 1)")
-
-
 @register_strategy(
     "iterative", defaults={"step": 0.1, "max_level": 0.5, "normalize_per_layer": True},
-    checks={"step": check_step, "max_level": check_step, "normalize_per_layer": check_bool},
+    checks={"step": fraction(zero=False), "max_level": fraction(zero=False), "normalize_per_layer": boolean},
     uses_seed=lambda model: not is_causal_lm(model),
 )
 def iterative_scores(

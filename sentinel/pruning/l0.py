@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sentinel.contract import integer, number, optional
 from sentinel.models import HeadMask, head_layout, is_causal_lm
 from sentinel.models.device import mean_pool
 from sentinel.pruning.base import (
@@ -51,29 +52,9 @@ def open_logit(log_alpha: torch.Tensor) -> torch.Tensor:
     return log_alpha - LOGIT_SHIFT
 
 
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: {value!r} is not an integer >= 1")
-
-
-def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}: {value!r} is not a number > 0")
-
-
-def _auto_or_positive(name: str, value: object) -> None:
-    if value is not None:
-        _positive(name, value)
-
-
-def _number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}: {value!r} is not a finite number")
-
-
 @register_strategy(
     "l0", defaults={"steps": 60, "lr": 0.1, "penalty": None, "init": 3.0},
-    checks={"steps": _positive_int, "lr": _positive, "penalty": _auto_or_positive, "init": _number}, uses_seed=True,
+    checks={"steps": integer(minimum=1), "lr": number(above=0), "penalty": optional(number(above=0)), "init": number()}, uses_seed=True,
 )
 def l0_scores(
     model: nn.Module, batches: list[Batch], *, generator: torch.Generator, steps: int = 60, lr: float = 0.1,

@@ -25,9 +25,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sentinel.contract import one_of
 from sentinel.models import get_adapter, head_layout, is_causal_lm
 from sentinel.models.heads import blocks, head_slices, slice_parameters
-from sentinel.pruning.base import (Batch, HeadScores, check_choice, eval_mode, model_device, register_strategy,
+from sentinel.pruning.base import (Batch, HeadScores, eval_mode, model_device, register_strategy,
                                    score_grid, to_device)
 from sentinel.pruning.gradient import embedding_projection_loss, frozen_parameters, lm_loss, lm_targets
 
@@ -68,7 +69,7 @@ def mean_gradients(model: nn.Module, batches: list[Batch], generator: torch.Gene
     return {key: g / used for key, g in total.items()}, used
 
 
-@register_strategy("taylor", defaults={"form": "element"}, checks={"form": check_choice(FORMS)},
+@register_strategy("taylor", defaults={"form": "element"}, checks={"form": one_of(FORMS)},
                    uses_seed=lambda model: not is_causal_lm(model))  # the encoder proxy loss draws seeded directions
 def taylor_scores(model: nn.Module, batches: list[Batch], *, generator: torch.Generator,
                   form: str = "element") -> HeadScores:

@@ -212,7 +212,7 @@ def test_what_only_a_run_can_find_becomes_a_failed_row_not_an_exception(monkeypa
 
 @pytest.mark.parametrize("field, value, message", [
     ("model", "/nonexistent/model", "model: '/nonexistent/model' is not a model folder"),
-    ("strategy_options", {"normalise": True}, "strategy_options.'normalise' is not an option of strategy 'entropy'"),
+    ("strategy_options", {"normalise": True}, "strategy_options.normalise: not an option of strategy 'entropy'; allowed: normalize"),
     ("min_heads_per_layer", 0, "min_heads_per_layer: 0 must be >= 1"),
     ("device", "gpu", "device: 'gpu' is not one of auto, cpu, cuda, cuda:N"),
     ("model_options", {"revision": "x"}, "model_options.revision: not an option of load_model"),

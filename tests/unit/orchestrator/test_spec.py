@@ -274,6 +274,15 @@ def test_an_lm_eval_task_that_needs_the_hub_is_refused_offline_before_ray(tmp_pa
         tmp_path, {**base, "models": [{"name": base["models"][0], "extra_tasks": ["lm_eval:x"]}]}, capsys)
 
 
+@pytest.mark.parametrize("entry, expect", [
+    ({"name": "hybrid", "options": {"alpha": 2}}, "strategies[1].options.alpha: 2 must be <= 1"),
+    ({"name": "taylor", "options": {"form": "fisher"}}, "strategies[1].options.form: 'fisher' is not one of element, vector"),
+    ({"name": "l0", "options": {"warmup": 3}}, "strategies[1].options.warmup: not an option of strategy 'l0'; allowed:"),
+])
+def test_strategy_options_are_checked_by_the_contracts_rules_with_their_yaml_path(tmp_path, base, capsys, entry, expect):
+    assert expect in run_cli(tmp_path, {**base, "strategies": ["random", entry]}, capsys)
+
+
 def test_per_model_finetune_overrides_the_section(tmp_path, base, model_dir):
     base["models"] = [str(model_dir), {"name": "sentinel/tiny-llama", "finetune": {"steps": 5, "lr": 1e-5}}]
     cells = load_spec(write(tmp_path, base)).cells

@@ -80,7 +80,7 @@ def test_standardised_flap_ranks_useless_heads_lowest_within_their_layer(model_t
 
 def test_registered_with_their_options_and_refuse_others():
     assert STRATEGIES.get("flap").defaults == {"standardize": True} and STRATEGIES.get("flap").uses_data
-    with pytest.raises(ValueError, match=r"^options: 'alpha' is not an option of strategy 'wanda_sp'"):
+    with pytest.raises(ValueError, match=r"^options.alpha: not an option of strategy 'wanda_sp'"):
         score_heads("wanda_sp", tiny_model("gpt2"), data(), alpha=1)
-    with pytest.raises(ValueError, match=r"^standardize: 'yes' is not a bool"):
+    with pytest.raises(ValueError, match=r"^options.standardize: 'yes' is not true or false"):
         score_heads("flap", tiny_model("gpt2"), data(), standardize="yes")

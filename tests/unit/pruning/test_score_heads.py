@@ -42,10 +42,10 @@ def test_duplicate_strategy_name_is_an_error():
 @pytest.mark.parametrize(
     "strategy, options, message",
     [
-        ("entropy", {"normalise": True}, "options: 'normalise' is not an option of strategy 'entropy'; allowed: normalize"),
-        ("magnitude", {"normalize": True}, "options: 'normalize' is not an option of strategy 'magnitude'; allowed: none"),
-        ("entropy", {"normalize": "yes"}, "normalize: 'yes' is not a bool"),
-        ("hybrid", {"alpha": 1.5}, r"alpha: 1.5 is not a number in \[0, 1\]"),
+        ("entropy", {"normalise": True}, "options.normalise: not an option of strategy 'entropy'; allowed: normalize"),
+        ("magnitude", {"normalize": True}, "options.normalize: not an option of strategy 'magnitude'; allowed: none"),
+        ("entropy", {"normalize": "yes"}, "options.normalize: 'yes' is not true or false"),
+        ("hybrid", {"alpha": 1.5}, r"options.alpha: 1.5 must be <= 1"),
     ],
 )
 def test_bad_options_are_rejected_before_work(counted, strategy, options, message):

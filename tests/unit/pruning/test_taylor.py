@@ -89,9 +89,9 @@ def test_registered_with_its_options_and_refuses_others():
     taylor = STRATEGIES.get("taylor")
     assert taylor.defaults == {"form": "element"} and taylor.uses_data
     assert not taylor.depends_on_seed(tiny_model("llama")) and taylor.depends_on_seed(tiny_model("bert"))
-    with pytest.raises(ValueError, match=r"^form: 'hessian' is not one of element, vector"):
+    with pytest.raises(ValueError, match=r"^options.form: 'hessian' is not one of element, vector"):
         score_heads("taylor", tiny_model("gpt2"), data(), form="hessian")
-    with pytest.raises(ValueError, match=r"^options: 'order' is not an option of strategy 'taylor'"):
+    with pytest.raises(ValueError, match=r"^options.order: not an option of strategy 'taylor'"):
         score_heads("taylor", tiny_model("gpt2"), data(), order=2)
 
 
