@@ -19,6 +19,8 @@ Views (NAME is a folder of docs/data, MODEL a model name as in the results):
     NAME/dense                  per model: the dense metric on the sampled protocol and on the whole split
     NAME/facts                  the run: trials, seeds, wall time, config
     NAME/cost MODEL             seconds per strategy: scoring (where computed), fine-tuning, all stages
+    NAME/generation MODEL       KV cache kept, prefill / decode speedups beside their ideal ratios (runs with generation)
+    NAME/extra MODEL            the extra evaluations (extra_tasks) per cell and stage, mean [95% CI]
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]+?) -->\n)(?P<body>.*?)(<!-- /tab
 sys.path.insert(0, str(REPO))
 
 from orchestrator.analyze import stats  # noqa: E402
-from orchestrator.analyze.report import effect, markdown_table, mean_ci  # noqa: E402
+from orchestrator.analyze.load import strategy_label  # noqa: E402
+from orchestrator.analyze.report import effect, extra_display, generation_display, markdown_table, mean_ci  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ publish
@@ -46,8 +49,9 @@ def publish(results: Path, name: str) -> Path:
     """Copies a finished run's analysis tables (and facts read from its trials) to docs/data/NAME/."""
     target = DATA / name
     target.mkdir(parents=True, exist_ok=True)
-    for table in ("summary.csv", "pairwise.csv"):
-        shutil.copyfile(results / "analysis" / table, target / table)
+    for table in ("summary.csv", "pairwise.csv", "generation.csv", "extra.csv"):  # the last two when measured
+        if (results / "analysis" / table).is_file():
+            shutil.copyfile(results / "analysis" / table, target / table)
     trials = pd.read_parquet(results / "trials.parquet")
     started, finished = pd.to_datetime(trials["started_at"]).min(), pd.to_datetime(trials["finished_at"]).max()
     facts = {
@@ -61,8 +65,8 @@ def publish(results: Path, name: str) -> Path:
                      if f"version_{k}" in trials and trials[f"version_{k}"].notna().any()},
     }
     (target / "facts.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
-    label = trials["strategy"] + trials["strategy_options"].map(
-        lambda o: "" if o in (None, "{}") else " (" + ", ".join(f"{k}={v}" for k, v in json.loads(o).items()) + ")")
+    compensate = trials["compensate"] if "compensate" in trials else [False] * len(trials)
+    label = [strategy_label(s, o, c is True) for s, o, c in zip(trials["strategy"], trials["strategy_options"], compensate)]
     costs = trials.assign(label=label).groupby(["model", "label"]).agg(
         trials=("trial_id", "count"), scoring_s=("time_score", "sum"), finetune_s=("time_finetune", "sum"),
         total_s=("time_total", "sum")).round(1).reset_index()
@@ -171,8 +175,12 @@ def render_view(spec: str) -> str:
         table = run_facts(facts)
     elif view == "cost":
         table = cost(name, args[0])
+    elif view in ("generation", "extra"):  # stats.generation_table / extra_table as the report shows them
+        rows = pd.read_csv(DATA / name / f"{view}.csv")
+        rows = rows[rows["model"].eq(args[0])].reset_index(drop=True)
+        table = (generation_display(rows) if view == "generation" else extra_display(rows)).drop(columns="model")
     else:
-        raise ValueError(f"view: {view!r} is not one of verdicts, best, pairs, dense, facts")
+        raise ValueError(f"view: {view!r} is not one of verdicts, best, pairs, dense, facts, cost, generation, extra")
     return (markdown_table(table) if len(table) else "(none)") + "\n"
 
 

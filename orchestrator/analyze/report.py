@@ -329,6 +329,9 @@ def write_report(results: Results, out: str) -> str:
     write_bytes(f"{out}/pairwise.csv", pairs.to_csv(index=False).encode())
     table = display_table(summary)
     write_bytes(f"{out}/summary.md", (markdown_table(table) + "\n").encode())
+    for name, extra in (("generation", stats.generation_table(results.trials)), ("extra", stats.extra_table(results.metrics))):
+        if not extra.empty:
+            write_bytes(f"{out}/{name}.csv", extra.to_csv(index=False).encode())
 
     images = []
     for alt, stem, build in figures(results):

@@ -13,7 +13,7 @@ early): prefill = a generation of 1 token, decode = (a generation of 1 + N token
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -93,8 +93,12 @@ def compare_generation(dense: nn.Module, pruned: nn.Module, *, prompt_tokens: in
         for name, model in (("dense", dense), ("pruned", pruned)):
             runs[name].append(generation_speed(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                                                batch_size=batch_size))
-    best = lambda speeds: GenerationSpeed(*(max(getattr(s, f) for s in speeds) for f in GenerationSpeed.__dataclass_fields__))  # noqa: E731
-    return best(runs["dense"]), best(runs["pruned"])
+    return _best(runs["dense"]), _best(runs["pruned"])
+
+
+def _best(speeds: list[GenerationSpeed]) -> GenerationSpeed:
+    """Each number's best round."""
+    return GenerationSpeed(*(max(getattr(s, f.name) for s in speeds) for f in fields(GenerationSpeed)))
 
 
 def ideal_generation_ratios(dense: nn.Module, pruned: nn.Module, *, prompt_tokens: int, new_tokens: int,
