@@ -130,8 +130,9 @@ class RayHead:
                                    headers={"Authorization": f"Bearer {token}"} if token else None)
 
     def stop(self) -> None:
-        """SIGTERM to the process group, SIGKILL whatever is left after 10 s."""
-        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        """SIGTERM to the process group, SIGKILL whatever is left after 2 s (a test head holds nothing to save; its
+        dashboard took 10 s to honour SIGTERM)."""
+        for sig, wait_s in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
