@@ -324,6 +324,10 @@ class TrialSpec(Contract):
         if self.compensate and self.method != "remove":
             raise SpecError(f"compensate: bias compensation is part of physical removal (method: remove); got method "
                             f"{self.method!r}")
+        model_type, _ = _local_model(self.model)
+        if self.compensate and model_type in ADAPTERS and ADAPTERS.get(model_type).stacks:
+            raise SpecError(f"compensate: {self.model!r} is a {model_type} encoder-decoder, whose decoder layers do not "
+                            "see the calibration tokens; bias compensation needs an encoder or a decoder")
         if self.compensate and strategy.during_finetune:
             raise SpecError(f"compensate: strategy {self.strategy!r} removes heads while fine-tuning; compensation "
                             "applies to a removal done at once (any other strategy)")

@@ -240,7 +240,13 @@ def test_the_same_rule_runs_from_a_dict_with_the_fields_path():
     assert TrialSpec.from_dict(spec().to_dict()) == spec()  # a worker rebuilds exactly the cell it was given
 
 
-def test_compensation_is_refused_where_it_cannot_apply():
+def test_compensation_is_refused_where_it_cannot_apply(tmp_path):
+    import transformers
+
+    t5 = tmp_path / "t5"
+    transformers.T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4).save_pretrained(t5)
+    with pytest.raises(SpecError, match=r"^compensate: '.*t5' is a t5 encoder-decoder"):
+        spec(compensate=True, model=str(t5))
     with pytest.raises(SpecError, match=r"^compensate: bias compensation is part of physical removal \(method: remove\); "
                                         "got method 'mask'"):
         spec(compensate=True, method="mask")
