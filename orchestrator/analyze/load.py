@@ -34,7 +34,10 @@ REQUIRED = {
 
 # columns that must hold numbers (or booleans) where present: a string there is refused, never blanked
 _METRICS = ("dense", "pruned", "recovered", "params_before", "params_after", "speed_before", "speed_after",
-            "flops_before", "flops_after", "ideal_speedup", "heads_total", "heads_pruned")
+            "flops_before", "flops_after", "ideal_speedup", "heads_total", "heads_pruned",
+            *(f"{kind}_{when}" for kind in ("kv_bytes_per_token", "prefill_tps", "decode_tps", "decode_batch_tps")
+              for when in ("before", "after")),
+            "generation_batch_size", "ideal_prefill_speedup", "ideal_decode_speedup", "ideal_decode_batch_speedup")
 TYPED = {
     "trials": {"level": "numeric", "seed": "numeric", **{c: "numeric" for c in _METRICS}, "higher_is_better": "boolean"},
     "curves": {"step": "numeric", "eval_metric": "numeric", "train_loss": "numeric", "level": "numeric",

@@ -156,7 +156,8 @@ def extra_table(metrics: pd.DataFrame) -> pd.DataFrame:
     ok = metrics[metrics["status"].eq("ok") & metrics["value"].notna()]
     rows = []
     for (model, task, metric), group in ok.groupby(["model", "task", "metric"], sort=True):
-        lower_better = not bool(group["higher_is_better"].iloc[0])
+        direction = group["higher_is_better"].dropna()
+        lower_better = not bool(direction.iloc[0]) if len(direction) else False  # unknown: no log scale
         scale = "log" if lower_better and (group["value"] > 0).all() else "identity"
         dense = group[group["stage"].eq("dense")]["value"]
         for (label, level), cell in group[~group["stage"].eq("dense")].groupby(["label", "level"], sort=True):

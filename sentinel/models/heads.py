@@ -102,7 +102,8 @@ def output_means(model: nn.Module, batches: Sequence[Batch]) -> list[torch.Tenso
     it removes)."""
     if not batches or not any(int(b["attention_mask"].sum()) for b in batches):
         raise ValueError("compensate: the calibration batches hold no non-padding token; there is no mean to compensate with")
-    sums = [torch.zeros(n * head_layout(model).head_dim, dtype=torch.float64) for n in head_layout(model).heads]
+    layout = head_layout(model)
+    sums = [torch.zeros(n * layout.head_dim, dtype=torch.float64) for n in layout.heads]
 
     def accumulate(layer: int, x: torch.Tensor) -> None:
         sums[layer] += x.double().sum(0).cpu()

@@ -148,7 +148,10 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
             prune_heads(model, removed, ids="original")  # a fresh dense model: original ids are positions
 
     projections = output_projections(model)
-    for layer in (sidecar or {}).get("output_bias_added", []):  # bias compensation gave these layers a bias
+    added = (sidecar or {}).get("output_bias_added", [])
+    if not isinstance(added, list):
+        raise ValueError(f"{path / SIDECAR}: output_bias_added is a {type(added).__name__}, not a list of layers")
+    for layer in added:  # bias compensation gave these layers a bias
         if not isinstance(layer, int) or not 0 <= layer < len(projections) or not isinstance(projections[layer], nn.Linear):
             raise ValueError(f"{path / SIDECAR}: output_bias_added holds {layer!r}, not a layer whose nn.Linear output "
                              f"projection can take a bias (layers 0-{len(projections) - 1})")

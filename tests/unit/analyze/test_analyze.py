@@ -325,3 +325,14 @@ def test_metrics_table_and_its_report_section_repeat_the_primary_numbers(results
         assert row.recovered_mean == pytest.approx(summary.loc[(row.label, row.level), "recovered_mean"])
     text = report.read_text()
     assert "## Extra evaluations" in text and (report.parent / "extra_metrics.png").stat().st_size > 10_000
+
+
+def test_a_generation_column_holding_text_is_refused_and_a_null_direction_does_not_crash(results_dir, tmp_path):
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    bad = tmp_path / "bad.parquet"
+    trials.assign(decode_tps_after="fast").to_parquet(bad)
+    with pytest.raises(AnalyzeError, match="decode_tps_after"):
+        load([str(bad)])
+    metrics = load(str(results_dir)).metrics.assign(higher_is_better=None)
+    table = analysis_stats.extra_table(metrics)
+    assert len(table) and set(table["scale"]) == {"identity"}

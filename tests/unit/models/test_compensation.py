@@ -111,3 +111,15 @@ def test_calibration_without_tokens_is_refused():
     empty = {"input_ids": torch.ones(1, 4, dtype=torch.long), "attention_mask": torch.zeros(1, 4, dtype=torch.long)}
     with pytest.raises(ValueError, match="^compensate: the calibration batches hold no non-padding token"):
         sentinel.prune_heads(tiny_model("gpt2"), {0: [0]}, compensate=[empty])
+
+
+@pytest.mark.parametrize("value", ["1", 1, [7], ["1"]])
+def test_a_hostile_output_bias_list_in_the_sidecar_is_refused_in_one_line(tmp_path, value):
+    import json
+
+    model = sentinel.prune_heads(tiny_model("llama"), layer_request("llama", 1), compensate=calibration())
+    sentinel.save_pruned(model, tmp_path / "pruned")
+    sidecar = tmp_path / "pruned" / "sentinel_heads.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "output_bias_added": value}))
+    with pytest.raises(ValueError, match="output_bias_added"):
+        sentinel.load_pruned(tmp_path / "pruned")
