@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
+import pandas as pd
 import torch
 import transformers
 
 import sentinel
+from orchestrator.analyze.stats import rounds_spread
 from sentinel.eval import compare_throughput
 
 LEVELS = (0.25, 0.5, 0.75)
@@ -72,14 +75,18 @@ def run(seq: int, iters: int) -> list[dict]:
             sentinel.prune_heads(model, removal(model, level))
             for part in ("stack", "full"):
                 pick = (lambda m: m.base_model) if part == "stack" else (lambda m: m)
-                before, after = compare_throughput(pick(dense), pick(model), seq_len=seq, rounds=iters, iters=2)
+                rounds = compare_throughput(pick(dense), pick(model), seq_len=seq, rounds=iters, iters=2)
+                before, after = statistics.median(d for d, _ in rounds), statistics.median(p for _, p in rounds)
                 ideal = flops(dense, seq, part == "stack") / flops(model, seq, part == "stack")
+                speedup, low, high, share, share_low, share_high = rounds_spread(
+                    pd.Series([[p / d for d, p in rounds]]), pd.Series([ideal]))
                 rows.append({
                     "model": name, "part": part, "level": level, "seq_len": seq,
                     "heads": sentinel.head_layout(model).total_heads,
                     "dense_tokens_per_s": round(before, 1), "pruned_tokens_per_s": round(after, 1),
-                    "measured_speedup": round(after / before, 3), "ideal_speedup": round(ideal, 3),
-                    "measured_over_ideal": round(after / before / ideal, 3),
+                    "measured_speedup": round(speedup, 3), "speedup_min": round(low, 3), "speedup_max": round(high, 3),
+                    "ideal_speedup": round(ideal, 3), "share_of_ideal_gain": round(share, 3),
+                    "share_min": round(share_low, 3), "share_max": round(share_high, 3),
                 })
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -89,14 +96,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Physically pruned vs dense: forward tokens/s (CPU)", "",
         f"`python benchmarks/prune_speed.py` — torch {meta['torch']}, {meta['threads']} threads, seq {meta['seq_len']}, "
-        f"batch 1, `sentinel.eval.compare_throughput`: {meta['iters']} alternating rounds of dense and pruned (1 warm-up + 2 timed forwards each), best round kept.", "",
-        "| model | part | heads removed | heads left | dense tok/s | pruned tok/s | measured speedup | FLOP-ideal | measured/ideal |",
+        f"batch 1, `sentinel.eval.compare_throughput`: {meta['iters']} alternating rounds of dense and pruned (1 warm-up + "
+        "2 timed forwards each); tok/s are the rounds' medians, the speedup the median [min, max] of the rounds' ratios, "
+        "and the share of the ideal gain (measured - 1) / (ideal - 1) with its median [min, max].", "",
+        "| model | part | heads removed | heads left | dense tok/s | pruned tok/s | measured speedup [min, max] | FLOP-ideal | share of the ideal gain [min, max] |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['part']} | {r['level']:.0%} | {r['heads']} | {r['dense_tokens_per_s']} | "
-            f"{r['pruned_tokens_per_s']} | {r['measured_speedup']} | {r['ideal_speedup']} | {r['measured_over_ideal']} |"
+            f"{r['pruned_tokens_per_s']} | {r['measured_speedup']} [{r['speedup_min']}, {r['speedup_max']}] | "
+            f"{r['ideal_speedup']} | {r['share_of_ideal_gain']:.0%} [{r['share_min']:.0%}, {r['share_max']:.0%}] |"
         )
     return "\n".join(lines) + "\n"
 

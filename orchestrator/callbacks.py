@@ -201,6 +201,8 @@ class CellQueue(Searcher):
 
 def _cell_name(trial) -> str:
     cell = trial.config["cell"]
+    if cell.get("reference") is True:
+        return f"{cell['model']} random reference level={cell['level']} draw={cell['seed']}"
     label = strategy_label(cell["strategy"], cell.get("strategy_options") or {}, cell.get("compensate") is True)
     return f"{cell['model']} {label} level={cell['level']} seed={cell['seed']}"
 

@@ -21,6 +21,7 @@ reported as one `SpecError` line that names the field, the value and what is all
     max_concurrent_trials: 2
     max_failures: 1                # retries of a failing trial
     storage_path: null             # Tune state: local folder, NFS path or s3://bucket/prefix
+    random_reference: {layouts: 100, recovered: 10}   # K random layouts per (model, level), K_r also recovered
     output: results                # Parquet tables go to <output>/<experiment>/
 """
 from __future__ import annotations
@@ -40,11 +41,11 @@ import yaml
 
 from orchestrator.config_file import read_config
 from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join, unwritable
-from sentinel.contract import SpecError, boolean, integer, number
+from sentinel.contract import Contract, SpecError, boolean, checked, integer, number
 from sentinel.finetune import FinetuneConfig
 from sentinel.pruning import STRATEGIES
-from sentinel.trial import (LEVEL, SEED, DataSpec, TrialSpec, device_name, extra_task_names, model_name, model_options,
-                            strategy_name)
+from sentinel.trial import (LEVEL, REFERENCE_STRATEGY, SEED, DataSpec, TrialSpec, device_name, extra_task_names,
+                            model_name, model_options, strategy_name)
 
 __all__ = ["SpecError", "ExperimentSpec", "load_spec", "parse_spec", "apply_overrides", "check_local_run"]
 
@@ -64,6 +65,29 @@ class Entry:
     def key(self) -> str:
         return json.dumps([self.name, dict(self.options), dict(self.finetune), self.compensate], sort_keys=True,
                           default=str)
+
+
+@dataclass(frozen=True)
+class RandomReference(Contract):
+    """The random reference: `layouts` random layouts per (model, level), drawn by strategy random under the grid's
+    selection rules, evaluated after pruning; the first `recovered` of them also fine-tuned with the model's recipe.
+    Every strategy is tested against them (orchestrator.analyze.reference)."""
+
+    layouts: int = checked(100, integer(minimum=0))
+    recovered: int = checked(10, integer(minimum=0))
+
+    def check_together(self) -> None:
+        from orchestrator.analyze.reference import MIN_LAYOUTS, MIN_RECOVERED
+
+        if self.layouts < MIN_LAYOUTS:
+            raise SpecError(f"layouts: {self.layouts} is fewer than a test needs; use at least "
+                            f"{MIN_LAYOUTS} (or random_reference: null for none)")
+        if self.recovered > self.layouts:
+            raise SpecError(f"recovered: {self.recovered} is more than the {self.layouts} layouts; "
+                            f"use 0 to {self.layouts}")
+        if 0 < self.recovered < MIN_RECOVERED:
+            raise SpecError(f"recovered: {self.recovered} is fewer than a test needs; use 0 (no "
+                            f"recovered verdicts) or at least {MIN_RECOVERED}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +122,7 @@ class ExperimentSpec:
     # trial would have used, instead of failing the trial.
     gpu_dry_run: bool = False
     pending_report_s: float = 300.0  # a trial waiting this long for resources is reported (a cluster short of them)
+    random_reference: RandomReference | None = None  # None: strategies are paired by seed with `random` trials
 
     @functools.cached_property
     def cells(self) -> list[TrialSpec]:
@@ -122,12 +147,27 @@ class ExperimentSpec:
                             cells.append(TrialSpec.from_dict({**shared, "seed": seed, "level": level}))
                         except SpecError as exc:
                             raise SpecError(f"{exc} (models[{i}] {model.name!r}, strategies {strategy.name!r})") from None
+            cells += self._reference_cells(model, finetune)
         return cells
+
+    def _reference_cells(self, model: Entry, finetune: Mapping[str, Any] | None) -> list[TrialSpec]:
+        """The random reference's layouts of one model: draw d at each level is a cell of strategy random with seed d
+        (its heads from reference_seed(d)), recovered with the model's recipe for the first `recovered` draws; no
+        speed, generation or extra evaluations (a property of the strategies' layouts, not of the reference)."""
+        if self.random_reference is None:
+            return []
+        base = {**self.trial, "model": model.name, "model_options": dict(model.options), "strategy": REFERENCE_STRATEGY,
+                "strategy_options": {}, "reference": True, "compensate": False, "measure_speed": False,
+                "generation": None, "extra_tasks": []}
+        return [TrialSpec.from_dict({**base, "seed": draw, "level": level,
+                                     "finetune": finetune if draw < self.random_reference.recovered else None})
+                for level in model.levels or self.levels for draw in range(self.random_reference.layouts)]
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data, in the config's own shape (written next to the results as config.yaml)."""
         d = dataclasses.asdict(self)
         d.update(d.pop("trial"))
+        d["random_reference"] = None if self.random_reference is None else self.random_reference.to_dict()
         d["models"] = [{"name": e.name, "options": dict(e.options), "finetune": dict(e.finetune),
                         "levels": list(e.levels), "seeds": list(e.seeds),
                         **({} if e.extra_tasks is None else {"extra_tasks": list(e.extra_tasks)})} for e in self.models]
@@ -230,6 +270,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         output=_path(raw.get("output", "results"), "output"),
         gpu_dry_run=boolean(raw.get("gpu_dry_run", False), "gpu_dry_run"),
         pending_report_s=number(above=0)(raw.get("pending_report_s", 300), "pending_report_s"),
+        random_reference=None if raw.get("random_reference") is None
+        else RandomReference.from_dict(raw["random_reference"], "random_reference"),
     )
     for j, strategy in enumerate(spec.strategies):  # options named as the YAML has them, before the grid
         STRATEGIES.get(strategy.name).resolve(strategy.options, where=f"strategies[{j}].options")

@@ -21,6 +21,7 @@ import copy
 import json
 import math
 import platform
+import statistics
 import traceback
 from dataclasses import asdict, replace
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol
@@ -36,7 +37,7 @@ from sentinel.models import (HeadMask, check_compensable, head_layout, is_causal
 from sentinel.pruning import STRATEGIES, Selection, score_heads, select_heads
 from sentinel.tasks import Prepared, prepare_task
 from sentinel.result import digest
-from sentinel.trial import DataSpec, TrialResult, TrialSpec  # noqa: F401  (the contract, re-exported)
+from sentinel.trial import DataSpec, TrialResult, TrialSpec, reference_seed  # noqa: F401  (the contract, re-exported)
 
 class SharedWork(Protocol):
     def get_or_compute(self, key: str, fn: Callable[[], Any]) -> tuple[Any, bool]: ...
@@ -176,7 +177,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
             speed, result.reused["speed"] = shared.get_or_compute(
                 work_key("speed", *layout, result.device, spec.data.seq_len, spec.data.batch_size),
                 lambda: _quiet_speed(dense, model, spec, device, shared))
-        result.speed_before, result.speed_after, result.speed_quiet = speed
+        result.speed_before, result.speed_after, result.speed_quiet, result.speedup_rounds = speed
     if spec.generation is not None and is_causal_lm(model):  # encoders: nothing to generate, nothing recorded
         with timings("generation"):  # once per layout, with the node to itself
             numbers, result.reused["generation"] = shared.get_or_compute(
@@ -252,11 +253,12 @@ def _scores(result: TrialResult, shared: SharedWork, dense: nn.Module, model: nn
     """Head scores, shared per (model, strategy, options, seed if the strategy uses it, calibration draw if it reads
     data)."""
     strategy = STRATEGIES.get(spec.strategy)
-    seed = spec.seed if strategy.depends_on_seed(dense) else "any"
+    drawn_with = reference_seed(spec.seed) if spec.reference else spec.seed
+    seed = drawn_with if strategy.depends_on_seed(dense) else "any"
     data = calibration.key if strategy.uses_data else "no-data"
     scores, result.reused["scores"] = shared.get_or_compute(
         work_key("scores", *model_id, spec.strategy, dict(spec.strategy_options), seed, data),
-        lambda: score_heads(spec.strategy, model, calibration.batches, seed=spec.seed, **spec.strategy_options))
+        lambda: score_heads(spec.strategy, model, calibration.batches, seed=drawn_with, **spec.strategy_options))
     result.scores = scores.scores.tolist()
     return scores
 
@@ -296,36 +298,44 @@ def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, d
     return Selection(heads=heads, requested=pruner.requested, selected=selected, notes=pruner.notes), curve
 
 
-def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork) -> tuple[float, float, bool]:
-    """(dense tokens/s, pruned tokens/s, whether the node was quiet), dense and pruned timed alternately."""
+SPEED_ROUNDS = 3  # alternating dense / pruned timings per layout: a median and a spread, never one timing
+
+
+def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork) -> tuple[float, float, bool, list[float]]:
+    """(dense tokens/s, pruned tokens/s: medians over the rounds, whether the node was quiet, pruned / dense per
+    round), dense and pruned timed alternately."""
     with shared.exclusive() as quiet:
-        before, after = compare_throughput(dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
-                                           rounds=2, iters=1, device=device)
-    return before, after, quiet
+        rounds = compare_throughput(dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
+                                    rounds=SPEED_ROUNDS, iters=1, device=device)
+    return (statistics.median(d for d, _ in rounds), statistics.median(p for _, p in rounds), quiet,
+            [p / d for d, p in rounds])
 
 
 def _quiet_generation(dense, model, spec: TrialSpec, shared: SharedWork) -> dict[str, Any]:
-    """KV cache per token, prefill and decode tokens/s (dense and pruned, alternately) and their ideal ratios: the
-    TrialResult fields they fill."""
+    """KV cache per token, prefill and decode tokens/s (dense and pruned, alternately: medians over the rounds, and
+    each round's ratio) and their ideal ratios: the TrialResult fields they fill."""
     from sentinel.eval.generation import compare_generation, ideal_generation_ratios, kv_cache_bytes_per_token
 
     g = spec.generation
     with shared.exclusive() as quiet:
-        before, after = compare_generation(dense, model, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
-                                           batch_size=g.batch_size, rounds=g.rounds)
+        rounds = compare_generation(dense, model, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
+                                    batch_size=g.batch_size, rounds=g.rounds)
     ideal = ideal_generation_ratios(dense, model, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
                                     batch_size=g.batch_size)
-    return {
+    out: dict[str, Any] = {
         "kv_bytes_per_token_before": float(kv_cache_bytes_per_token(dense)),
         "kv_bytes_per_token_after": float(kv_cache_bytes_per_token(model)),
-        "prefill_tps_before": before.prefill_tokens_per_s, "prefill_tps_after": after.prefill_tokens_per_s,
-        "decode_tps_before": before.decode_tokens_per_s, "decode_tps_after": after.decode_tokens_per_s,
-        "decode_batch_tps_before": before.decode_batch_tokens_per_s,
-        "decode_batch_tps_after": after.decode_batch_tokens_per_s,
         "generation_batch_size": g.batch_size, "generation_quiet": quiet,
         "ideal_prefill_speedup": ideal["prefill"], "ideal_decode_speedup": ideal["decode"],
         "ideal_decode_batch_speedup": ideal["decode_batch"],
     }
+    for kind in ("prefill", "decode", "decode_batch"):
+        field_name = f"{kind}_tokens_per_s"
+        dense_tps = [getattr(d, field_name) for d, _ in rounds]
+        pruned_tps = [getattr(p, field_name) for _, p in rounds]
+        out[f"{kind}_tps_before"], out[f"{kind}_tps_after"] = statistics.median(dense_tps), statistics.median(pruned_tps)
+        out[f"{kind}_speedup_rounds"] = [p / d for d, p in zip(dense_tps, pruned_tps)]
+    return out
 
 
 _TASKS: dict[tuple, Prepared] = {}  # prepared tasks (tokenised data) per (model, task, data spec), in this worker

@@ -53,6 +53,8 @@ class TrialResult:
     speed_before: float = math.nan  # forward tokens/s
     speed_after: float = math.nan
     speed_quiet: bool | None = None  # no other trial computed on the node while speed was measured
+    # pruned / dense tokens/s of each alternating round (speed_before/after are the rounds' medians): the spread
+    speedup_rounds: list[float] = field(default_factory=list)
     # generation (TrialSpec.generation; causal LMs): KV cache per token and tokens/s of greedy generation with the
     # cache, dense (before) and pruned (after); prefill and decode at batch 1, decode_batch at generation_batch_size
     kv_bytes_per_token_before: float = math.nan
@@ -64,6 +66,9 @@ class TrialResult:
     decode_batch_tps_before: float = math.nan
     decode_batch_tps_after: float = math.nan
     generation_batch_size: int | None = None
+    prefill_speedup_rounds: list[float] = field(default_factory=list)  # pruned / dense per alternating round
+    decode_speedup_rounds: list[float] = field(default_factory=list)
+    decode_batch_speedup_rounds: list[float] = field(default_factory=list)
     generation_quiet: bool | None = None
     ideal_prefill_speedup: float = math.nan  # FLOPs of the prompt, dense / pruned
     ideal_decode_speedup: float = math.nan  # bytes read per decode step (weights + KV cache), dense / pruned, batch 1
@@ -77,13 +82,14 @@ class TrialResult:
     scores: list = field(default_factory=list)  # [layers][heads] head scores (higher = more important)
     metrics: list = field(default_factory=list)  # extra evaluations: rows of METRIC_COLUMNS (the metrics table)
 
+    ROUNDS = ("speedup_rounds", "prefill_speedup_rounds", "decode_speedup_rounds", "decode_batch_speedup_rounds")
     NESTED = ("spec", "curve", "scores", "metrics", "timings", "reused", "versions", "protocol")
     REUSED = ("baseline", "scores", "pruned_eval", "speed", "generation")  # what may come from another cell (pipeline's shared keys)
     VERSIONS = ("sentinel_bench", "torch", "transformers", "python")
     # what row() adds to the scalar fields above: identity (identity()), the protocol as JSON, and flattened stages
     EXTRA_COLUMNS: ClassVar[dict[str, Any]] = {
         "trial_id": str, "model": str, "strategy": str, "strategy_options": str, "level": float, "seed": int,
-        "method": str, "compensate": bool, "policy": str, "spec": str, "protocol": str, "ideal_speedup": float,
+        "method": str, "compensate": bool, "reference": bool, "recovery_steps": int, "policy": str, "spec": str, "protocol": str, "ideal_speedup": float,
         "time_total": float, **{f"time_{stage}": float for stage in STAGES}, **{f"reused_{k}": bool for k in REUSED},
         **{f"version_{k}": str for k in VERSIONS},
     }
@@ -112,6 +118,7 @@ class TrialResult:
             protocol=json.dumps(self.protocol, sort_keys=True, default=str),
             pruned_heads=[[int(l), int(h)] for l, h in self.pruned_heads],
             selection_notes=[str(n) for n in self.selection_notes],
+            **{name: [float(v) for v in getattr(self, name)] for name in self.ROUNDS},
             ideal_speedup=_ratio(self.flops_before, self.flops_after),
             time_total=sum(self.timings.values()) if self.timings else None,
         )
@@ -130,9 +137,17 @@ def identity(spec: dict[str, Any], trial_id: str) -> dict[str, Any]:
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         "method": str(spec.get("method") or ""), "policy": str(spec.get("policy") or ""),
         "compensate": spec.get("compensate") is True,
+        "reference": spec.get("reference") is True,  # a layout of the random reference (analysis: not a strategy)
+        "recovery_steps": _recovery_steps(spec.get("finetune")),
         "strategy_options": json.dumps(dict(spec.get("strategy_options") or {}), sort_keys=True, default=str),
         "spec": json.dumps(spec, sort_keys=True, default=str),
     }
+
+
+def _recovery_steps(finetune: Any) -> int:
+    """Fine-tuning steps of a cell's recovery (0: none, its recovered value is its pruned one)."""
+    steps = finetune.get("steps") if isinstance(finetune, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else 0
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -38,6 +38,14 @@ METHODS = ("remove", "mask")
 POLICIES = ("global", "per_layer")
 LEVEL = fraction(zero=True)  # 0 is allowed: a control cell that prunes nothing and only fine-tunes
 SEED = integer(minimum=0, maximum=2**63 - 1)  # the rows' int64 column holds it (and torch, numpy accept it)
+REFERENCE_STRATEGY = "random"  # what draws the layouts of the random reference
+
+
+def reference_seed(draw: int) -> int:
+    """The seed of reference layout `draw`: a stream apart from the grid's seeds (a digest, not draw + offset), so
+    the `random` strategy's seed s and reference draw s are different layouts and a test of one against the other
+    never compares a layout with itself."""
+    return int(digest(["random_reference", draw]), 16)
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -279,12 +287,12 @@ class DataSpec(Contract):
 class GenerationSpec(Contract):
     """Generation speed and KV-cache memory, dense beside pruned, once per distinct pruned layout (causal LMs with an
     LM head; other models record none): greedy generation of `new_tokens` after random prompts of `prompt_tokens`,
-    at batch 1 and `batch_size`, the better of `rounds` alternating measurements (sentinel.eval.generation)."""
+    at batch 1 and `batch_size`, `rounds` alternating measurements (the median ratio and its spread are reported)."""
 
     prompt_tokens: int = checked(64, integer(minimum=1, maximum=8192))
     new_tokens: int = checked(32, integer(minimum=1, maximum=4096))
     batch_size: int = checked(8, integer(minimum=1, maximum=1024))
-    rounds: int = checked(2, integer(minimum=1, maximum=20))
+    rounds: int = checked(3, integer(minimum=3, maximum=20))  # a spread needs at least 3 timings
 
 
 @dataclass(frozen=True)
@@ -311,14 +319,20 @@ class TrialSpec(Contract):
     generation: GenerationSpec | None = nested(GenerationSpec, None, optional=True)  # None: not measured
     # evaluations beside the primary task, at every stage, into metrics.parquet (verdicts stay on the primary)
     extra_tasks: tuple[str, ...] = checked((), extra_task_names)
+    # a layout of the random reference (strategy random): `seed` is the draw's index, and its heads come from a
+    # stream of their own (reference_seed), so no grid seed of `random` repeats a reference layout
+    reference: bool = checked(False, boolean)
 
     # fields added after results were published, left out of the trial id while at their default, so the ids of
     # earlier cells (and resuming their runs) do not change
-    LATE_DEFAULTS = {"compensate": False, "generation": None, "extra_tasks": []}
+    LATE_DEFAULTS = {"compensate": False, "generation": None, "extra_tasks": [], "reference": False}
 
     def check_together(self) -> None:
         strategy = STRATEGIES.get(self.strategy)
         strategy.resolve(self.strategy_options, where="strategy_options")  # the strategy's own rules, field paths
+        if self.reference and self.strategy != REFERENCE_STRATEGY:
+            raise SpecError(f"reference: a reference layout is drawn by strategy {REFERENCE_STRATEGY!r}, not "
+                            f"{self.strategy!r}")
         if self.finetune is not None and self.finetune.method == "lora":
             self._check_lora()
         if self.compensate and self.method != "remove":

@@ -78,6 +78,9 @@ class Results:
     curves: pd.DataFrame
     heads: pd.DataFrame
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # extra evaluations (runs with extra_tasks)
+    # the random reference's layouts (trial rows with `reference` true): what every strategy is tested against;
+    # kept apart from `trials`, which holds the strategy cells
+    reference: pd.DataFrame = field(default_factory=pd.DataFrame)
     sources: list[str] = field(default_factory=list)  # every file read
     configs: list[dict] = field(default_factory=list)  # config.yaml of each folder that had one
     notes: list[str] = field(default_factory=list)  # partial results, duplicates, missing tables
@@ -237,6 +240,12 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     trials["seed"] = trials["seed"].astype("int64")
     compensate = trials["compensate"] if "compensate" in trials else [False] * len(trials)
     trials["compensate"] = [c is True or c == 1 for c in compensate]  # older tables: none was compensated
+    reference = trials["reference"] if "reference" in trials else [False] * len(trials)
+    trials["reference"] = [r is True or r == 1 for r in reference]  # older tables: no random reference
+    if "recovery_steps" not in trials:
+        trials["recovery_steps"] = pd.NA
+    if "pruned_heads" not in trials:
+        trials["pruned_heads"] = None
     trials["label"] = [strategy_label(s, o, c) for s, o, c in zip(trials["strategy"], trials["strategy_options"],
                                                                   trials["compensate"])]
     return trials
@@ -274,8 +283,11 @@ def load(paths: list[str] | str) -> Results:
         _read_path(str(path), tables, results)
     if not tables["trials"]:
         raise AnalyzeError(f"{', '.join(map(str, paths))}: no trials table among the inputs (only curves/heads)")
-    trials = _dedupe_trials(_concat(tables["trials"], "trials"), results.notes)
-    results.trials = _normalise_trials(trials)
+    trials = _normalise_trials(_dedupe_trials(_concat(tables["trials"], "trials"), results.notes))
+    results.reference = trials[trials["reference"]].reset_index(drop=True)
+    results.trials = trials = trials[~trials["reference"]].reset_index(drop=True)
+    if results.trials.empty:
+        raise AnalyzeError(f"{', '.join(map(str, paths))}: only random-reference layouts, no strategy trial")
     results.curves = _with_trial_columns(_matching(_concat(tables["curves"], "curves"), trials), results.trials)
     results.heads = _with_trial_columns(_matching(_concat(tables["heads"], "heads"), trials), results.trials)
     metrics = _matching(_concat(tables["metrics"], "metrics"), trials)

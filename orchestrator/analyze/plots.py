@@ -327,7 +327,9 @@ def plot_generation(table: pd.DataFrame) -> Figure:
         rows = table[table["model"].eq(model)].reset_index(drop=True)
         x = np.arange(len(rows))
         for i, (kind, name) in enumerate(kinds):
-            ax.bar(x + i * width, rows[kind], width, label=f"{name}: measured", color=PALETTE[i], alpha=0.8)
+            spread = np.vstack([rows[kind] - rows[f"{kind}_min"], rows[f"{kind}_max"] - rows[kind]])
+            ax.bar(x + i * width, rows[kind], width, yerr=spread, capsize=2, color=PALETTE[i], alpha=0.8,
+                   label=f"{name}: measured (median, min-max of rounds)")
             ax.scatter(x + i * width, rows[f"{kind}_ideal"], marker="_", s=160, color="black",
                        label="ideal ratio" if i == 0 else None, zorder=3)
         ax.bar(x + len(kinds) * width, 1 / rows["kv_cache"], width, label="KV cache: dense / pruned bytes",

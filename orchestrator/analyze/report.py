@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from orchestrator.analyze import plots, stats
 from orchestrator.analyze.load import Results
+from orchestrator.analyze.reference import reference_notes, seed_percentiles, stability_table
 from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
 from orchestrator.storage import write_bytes
 
@@ -82,12 +83,17 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         cols = [summary[f"vs_random_{value}_{c}"] for c in ("effect", "effect_low", "effect_high")]
         cols += [log_scale] + [summary[f"vs_random_{value}_{c}"] for c in ("p", "p_adj", "n_pairs", "verdict")]
         out[f"{value} vs random"] = [versus(*v) for v in zip(*cols)]
+        if summary[f"{value}_percentile"].notna().any():
+            out[f"{value} percentile"] = [
+                "" if pd.isna(m) else f"{m:.0%} [{lo:.0%}, {hi:.0%}]" for m, lo, hi in
+                zip(*(summary[f"{value}_{c}"] for c in ("percentile", "percentile_min", "percentile_max")))]
     out["params before → after"] = [f"{b:,.0f} → {a:,.0f}" if pd.notna(b) else ""
                                     for b, a in zip(summary["params_before"], summary["params_after"])]
     out["tokens/s before → after"] = [f"{fmt(b)} → {fmt(a)}" if pd.notna(b) else "not measured"
                                       for b, a in zip(summary["speed_before"], summary["speed_after"])]
-    out["speedup (ideal)"] = [f"{fmt(m, 3)}x ({fmt(i, 3)}x)" if pd.notna(m) else (f"({fmt(i, 3)}x)" if pd.notna(i) else "")
-                              for m, i in zip(summary["speedup"], summary["ideal_speedup"])]
+    out["speedup [rounds] of ideal: share of the ideal gain"] = [
+        speed_text(*values) for values in
+        zip(*(summary[f"speedup{suffix}"] for suffix in stats.SPREAD_COLUMNS), summary["ideal_speedup"])]
     out["note"] = summary["note"]
     return out
 
@@ -209,6 +215,7 @@ def verdicts(summary: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
     items = []
     rows = summary[summary["n_seeds"].gt(0)]
     for (model, level), cell in rows.groupby(["model", "level"], sort=True):
+        strategies = cell[~cell["label"].eq(BASELINE)]  # random is judged against the reference, never "best"
         log_scale = bool(cell["scale"].eq("log").any())
         for value in ("pruned", "recovered"):
             verdict = f"vs_random_{value}_verdict"
@@ -216,7 +223,7 @@ def verdicts(summary: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
                 continue
             higher = bool(cell["higher_is_better"].dropna().iloc[0]) if cell["higher_is_better"].notna().any() else False
             winner = stats.best(pairs, model, level, value)
-            by_mean = cell.sort_values(f"{value}_mean", ascending=not higher).iloc[0]
+            by_mean = (strategies if len(strategies) else cell).sort_values(f"{value}_mean", ascending=not higher).iloc[0]
             if winner is not None:
                 row = cell[cell["label"].eq(winner)].iloc[0]
                 parts = [f"best **{md_text(winner)}** ({md_text(row['metric_name'])} {fmt(row[f'{value}_mean'])}; "
@@ -230,13 +237,42 @@ def verdicts(summary: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
                 d = r._asdict()
                 e = effect(d[f"vs_random_{value}_effect"], d[f"vs_random_{value}_effect_low"],
                            d[f"vs_random_{value}_effect_high"], log_scale)
+                share = d.get(f"{value}_percentile")
+                beats = "" if share is None or pd.isna(share) else f", beats {share:.0%} of random layouts"
                 parts.append(f"{md_text(r.label)} {d[verdict]} than random ({e}, Holm p={d[f'vs_random_{value}_p_adj']:.2g}, "
-                             f"n={int(d[f'vs_random_{value}_n_pairs'])})")
+                             f"n={int(d[f'vs_random_{value}_n_pairs'])}{beats})")
             if not cell[verdict].isin(["better", "worse"]).any():
                 parts.append(f"no strategy differs from random after Holm adjustment (p < {ALPHA})")
             items.append(f"{code(model)} level {level:g}, {value}: " + "; ".join(parts))
     return items or [f"No strategy differs from random after Holm adjustment (p < {ALPHA}) in any cell: none can "
                      "be called better than random on these seeds."]
+
+
+def _versus_text(results: Results) -> str:
+    if results.reference.empty:
+        return (f"`vs random` compares each strategy with {BASELINE} over trials paired by seed at the same model and "
+                "level, with a paired t test (scipy.stats.ttest_rel) on the metric's scale. The effect comes with "
+                "its 95% interval: for perplexity the ratio of geometric means to random (0.2x [0.1x, 0.4x] = a "
+                "fifth of random's perplexity), otherwise the mean difference in metric units; then the raw p, the "
+                "Holm-adjusted p (over every strategy and level of that model and stage) and the number of pairs.")
+    return ("`vs random` tests each strategy against the random reference: random layouts of the same model and level "
+            "drawn under the same selection rules (see the notes for how many), unpaired, by a permutation test of "
+            "the difference in means on the metric's scale (log perplexity, Fisher's z). The unit is the distinct "
+            "layout (n): seeds that prune the same heads count once. The effect is the ratio of geometric means to "
+            "random for perplexity (0.2x = a fifth of random's), otherwise the difference, with Welch's 95% interval "
+            "on the same scale; then the raw p, the Holm-adjusted p (over every strategy and level of that model and "
+            "stage). `percentile`: the share of random layouts a seed's layout beats (mean over seeds, [min, max]); "
+            "for a strategy whose layout does not change with the seed it is the honest number.")
+
+
+def stability_display(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "model": table["model"], "strategy": table["label"], "level": table["level"].map(lambda v: f"{v:g}"),
+        "seeds": table["n_seeds"], "distinct layouts": table["distinct_layouts"],
+        "Jaccard across seeds": table["jaccard"].map(lambda v: fmt(v, 3)),
+        "random's Jaccard": table["random_jaccard"].map(lambda v: fmt(v, 3)),
+        "score Spearman across seeds": table["score_spearman"].map(lambda v: fmt(v, 3)),
+    })
 
 
 def pairwise_display(pairs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
@@ -297,11 +333,24 @@ def extra_display(table: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def speed_text(median: float, low: float, high: float, share: float, share_low: float, share_high: float,
+               ideal: float) -> str:
+    """'1.04x [1.03, 1.05] of ideal 1.10x: 42% [31%, 50%] of the ideal gain': a speedup with the spread of its timed
+    rounds and the realised share of the ideal gain, (measured - 1) / (ideal - 1)."""
+    if pd.isna(median):
+        return "not measured" if pd.isna(ideal) else f"(ideal {fmt(ideal, 3)}x)"
+    text = f"{fmt(median, 3)}x [{fmt(low, 3)}, {fmt(high, 3)}]"
+    if pd.isna(ideal):
+        return text
+    text += f" of ideal {fmt(ideal, 3)}x"
+    return text + ("" if pd.isna(share) else f": {share:.0%} [{share_low:.0%}, {share_high:.0%}] of the ideal gain")
+
+
 def generation_display(table: pd.DataFrame) -> pd.DataFrame:
     """The generation table for the report: per cell, the KV cache kept and each speedup beside its ideal ratio."""
     def speed(kind: str) -> list[str]:
-        return [f"{fmt(m, 3)}x (ideal {fmt(i, 3)}x, {fmt(100 * r, 3)}%)" for m, i, r in
-                zip(table[kind], table[f"{kind}_ideal"], table[f"{kind}_vs_ideal"])]
+        return [speed_text(*values) for values in
+                zip(*(table[f"{kind}{suffix}"] for suffix in stats.SPREAD_COLUMNS), table[f"{kind}_ideal"])]
 
     return pd.DataFrame({
         "model": table["model"], "strategy": table["label"], "level": table["level"].map(lambda v: f"{v:g}"),
@@ -323,8 +372,13 @@ def write_report(results: Results, out: str) -> str:
         The path of report.md.
     """
     out = out.rstrip("/")
-    summary = summary_table(results.trials)
+    summary = summary_table(results.trials, results.reference)
     write_bytes(f"{out}/summary.csv", summary.to_csv(index=False).encode())
+    stability = stability_table(results.trials, results.heads, results.reference)
+    write_bytes(f"{out}/stability.csv", stability.to_csv(index=False).encode())
+    if not results.reference.empty:
+        write_bytes(f"{out}/percentiles.csv",
+                    seed_percentiles(results.trials, results.reference).to_csv(index=False).encode())
     pairs = stats.pairwise(results.trials)
     write_bytes(f"{out}/pairwise.csv", pairs.to_csv(index=False).encode())
     table = display_table(summary)
@@ -340,7 +394,7 @@ def write_report(results: Results, out: str) -> str:
             write_bytes(f"{out}/{stem}.{kind}", figure_bytes(fig, kind))
         images.append(Block("image", (alt, stem)))
 
-    blocks = _blocks(results, summary, table, images, pairs)
+    blocks = _blocks(results, summary, table, images, pairs, stability)
     title = f"sentinel-bench analysis: {_unique(results.trials.get('experiment'))}"
     report = f"{out}/report.md"
     markdown = render_markdown(md_text(title), blocks)
@@ -350,7 +404,7 @@ def write_report(results: Results, out: str) -> str:
 
 
 def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images: list[Block],
-            pairs: pd.DataFrame) -> list[Block]:
+            pairs: pd.DataFrame, stability: pd.DataFrame) -> list[Block]:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks = [Block("p", f"Generated {generated}."), Block("h2", "Run"), Block("ul", run_metadata(results)),
               Block("h2", "How to read this"),
@@ -362,19 +416,16 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                   f"{MIN_SEEDS_FOR_CI} seeds no interval is given.",
                   "`pruned` is measured right after pruning, `recovered` after recovery fine-tuning, `dense` is the "
                   "unpruned model on the same data and protocol.",
-                  f"`vs random` compares each strategy with {BASELINE} over trials paired by seed at the same model and "
-                  "level, with a paired t test (scipy.stats.ttest_rel) on the metric's scale. The effect comes with "
-                  "its 95% interval: for perplexity the ratio of geometric means to random (0.2x [0.1x, 0.4x] = a "
-                  "fifth of random's perplexity), otherwise the mean difference in metric units; then the raw p, the "
-                  "Holm-adjusted p (over every strategy and level of that model and stage) and the number of pairs.",
+                  _versus_text(results),
                   "Calibration (the text heads are scored on) is drawn per seed from documents spread over the score "
                   "split unless the protocol says `fixed`; a value identical in every seed is marked `no spread` "
                   "(a strategy that reads no data and no seed, or a fixed calibration).",
-                  "`speedup (ideal)`: measured tokens/s after / before (one quiet measurement per distinct pruned "
-                  "layout), and in brackets the FLOP ratio dense / pruned that removing those heads allows.",
+                  "Speed: the measured speedup (pruned / dense forward tokens/s, the median of alternating timed "
+                  "rounds per distinct pruned layout, the node quiet, [min, max] of the rounds), the ideal speedup "
+                  "(the FLOP ratio dense / pruned that removing those heads allows), and the realised share of the "
+                  "ideal gain, (measured - 1) / (ideal - 1), with its median and [min, max] over the rounds.",
                   f"A strategy is called **better than random** only where it beats {BASELINE} with Holm-adjusted "
-                  f"p < {ALPHA}, in the metric's direction (lower perplexity, higher Spearman), with at least "
-                  f"{MIN_SEEDS_FOR_CI} paired seeds. A strategy is named **best** only where it beats every other one "
+                  f"p < {ALPHA}, in the metric's direction (lower perplexity, higher Spearman). A strategy is named **best** only where it beats every other one "
                   "after adjustment (head to head below); otherwise the report gives the best by mean and the "
                   "strategies it is not separated from.",
               ]),
@@ -387,7 +438,13 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                          "(a ratio of geometric means for perplexity, a difference otherwise) with its 95% interval; "
                          "Holm's adjustment over every pair and level of one model and stage. Also as "
                          "[pairwise.csv](pairwise.csv)."),
-              Block("table", pairwise_display(pairs, summary)) if len(pairs) else Block("p", "No pairs.")]
+              Block("table", pairwise_display(pairs, summary)) if len(pairs) else Block("p", "No pairs."),
+              Block("h2", "Which heads, how stable"),
+              Block("p", "Per cell: how many distinct layouts its seeds chose, the mean pairwise Jaccard overlap of "
+                         "the pruned head sets across seeds (each seed scores on its own calibration draw), the same "
+                         "overlap between random layouts (what chance gives), and the mean pairwise Spearman "
+                         "correlation of the head scores across seeds. Also as [stability.csv](stability.csv)."),
+              Block("table", stability_display(stability))]
     generation = stats.generation_table(results.trials)
     if not generation.empty:
         blocks += [Block("h2", "Generation: KV cache and tokens/s"),
@@ -395,7 +452,8 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                               "alternately (once per distinct pruned layout, the node quiet). Prefill's ideal ratio is "
                               "the FLOP ratio of the prompt; decode's is the ratio of bytes read per step (every "
                               "linear weight plus each sequence's KV cache at the mean context), which is what a "
-                              "memory-bound decode step can gain. Percentages: measured / ideal."),
+                              "memory-bound decode step can gain. Each speedup: median [min, max] of the timed rounds, "
+                              "and the realised share of the ideal gain, (measured - 1) / (ideal - 1)."),
                    Block("table", generation_display(generation))]
     extra = stats.extra_table(results.metrics)
     if not extra.empty:
@@ -411,7 +469,7 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
     failed = failed_table(results.trials)
     blocks.append(Block("h2", f"Failed trials ({len(failed)})"))
     blocks.append(Block("table", failed) if len(failed) else Block("p", "None."))
-    notes = list(results.notes)
+    notes = list(results.notes) + reference_notes(results.reference)
     single = summary[summary["n_seeds"].eq(1)]
     if len(single):
         notes.append(f"{len(single)} cell(s) have a single seed: no CI and no paired test "

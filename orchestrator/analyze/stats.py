@@ -110,9 +110,35 @@ def cell_stats(trials: pd.DataFrame) -> pd.DataFrame:
     table = table.merge(failed, on=CELL, how="outer").fillna({"n_failed": 0, "n_seeds": 0})
     table[["n_failed", "n_seeds"]] = table[["n_failed", "n_seeds"]].astype(int)
     table["speedup"] = table["speed_after"] / table["speed_before"]
-    table["speedup_vs_ideal"] = table["speedup"] / table["ideal_speedup"]
+    speed = _speed_spread(ok, "speedup_rounds", "ideal_speedup", "speed_after", "speed_before")
+    table = table.drop(columns=["speedup"]).merge(speed, on=CELL, how="left") if not speed.empty else table.assign(
+        **{f"speedup{c}": float("nan") for c in SPREAD_COLUMNS[1:]})
     table["params_kept"] = table["params_after"] / table["params_before"]
     return table.sort_values(CELL, ignore_index=True)
+
+
+SPREAD_COLUMNS = ("", "_min", "_max", "_share", "_share_min", "_share_max")  # suffixes of a speedup's columns
+
+
+def _speed_spread(ok: pd.DataFrame, rounds: str, ideal: str, after: str, before: str, name: str = "speedup",
+                  ) -> pd.DataFrame:
+    """Per cell: the speedup (median of every round of its distinct layouts; after / before in tables without rounds)
+    and its min-max, and the realised share of the ideal gain with its median and min-max (`name` + SPREAD_COLUMNS).
+    """
+    from orchestrator.analyze.reference import layout_keys
+
+    rows = []
+    for key, group in ok.groupby(CELL, sort=True):
+        layouts = group.assign(_layout=layout_keys(group)).drop_duplicates("_layout")
+        timed = layouts[rounds] if rounds in layouts else pd.Series([None] * len(layouts), index=layouts.index)
+        if not any(isinstance(v, (list, np.ndarray)) and len(v) for v in timed):  # older tables: one ratio per trial
+            ratio = (pd.to_numeric(layouts[after]) / pd.to_numeric(layouts[before]) if {after, before} <= set(layouts)
+                     else pd.Series(float("nan"), index=layouts.index))
+            timed = ratio.map(lambda v: [v] if pd.notna(v) else [])
+        best = pd.to_numeric(layouts[ideal]) if ideal in layouts else pd.Series(float("nan"), index=layouts.index)
+        values = rounds_spread(timed, best)
+        rows.append([*key, *values])
+    return pd.DataFrame(rows, columns=CELL + [name + suffix for suffix in SPREAD_COLUMNS])
 
 
 GENERATION = {  # ratio name -> (after column, before column, ideal column or None): pruned / dense
@@ -123,27 +149,47 @@ GENERATION = {  # ratio name -> (after column, before column, ideal column or No
 }
 
 
+def realised_share(measured: float | np.ndarray, ideal: float) -> float | np.ndarray:
+    """The realised share of the ideal gain, (measured - 1) / (ideal - 1): 1 = every FLOP or byte removed became
+    time saved, 0 = no gain at all, negative = slower. NaN where the ideal gain is nil (ideal within 0.1% of 1)."""
+    if not ideal > 1.001:  # also NaN
+        return np.full_like(np.asarray(measured, float), np.nan) if np.ndim(measured) else float("nan")
+    return (np.asarray(measured, float) - 1) / (ideal - 1) if np.ndim(measured) else (float(measured) - 1) / (ideal - 1)
+
+
+def rounds_spread(rounds: pd.Series, ideal: pd.Series) -> tuple[float, float, float, float, float, float]:
+    """(median, min, max) of the per-round speedups of every layout in `rounds` (lists), and the same of their realised
+    shares of the layouts' ideal gains; NaNs where nothing was timed."""
+    ratios, shares = [], []
+    for values, best in zip(rounds, ideal):
+        values = [float(v) for v in (values if values is not None else []) if v is not None]
+        ratios += values
+        shares += [float(realised_share(v, float(best))) for v in values] if pd.notna(best) else []
+    shares = [v for v in shares if np.isfinite(v)]
+    describe = lambda v: (float(np.median(v)), float(np.min(v)), float(np.max(v))) if v else (float("nan"),) * 3  # noqa: E731
+    return (*describe(ratios), *describe(shares))  # type: ignore[return-value]
+
+
 def generation_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per cell with generation measured (means over seeds): KV-cache bytes per token kept (pruned / dense), and the
-    measured prefill, decode and batched-decode speedups (pruned / dense tokens/s) beside their ideal ratios and
-    measured / ideal. Empty when no trial measured generation."""
+    """Per cell with generation measured: KV-cache bytes per token (means over seeds) and, for prefill, decode and
+    batched decode, the measured speedup (median of every alternating round of the cell's distinct layouts, with
+    min-max), its ideal ratio, and the realised share of the ideal gain with its median and min-max. Empty when no
+    trial measured generation."""
     ok = ok_trials(trials)
     if "decode_tps_after" not in ok or not ok["decode_tps_after"].notna().any():
         return pd.DataFrame()
     ok = ok[ok["decode_tps_after"].notna()].copy()
-    for name, (after, before, ideal) in GENERATION.items():
-        ok[name] = pd.to_numeric(ok[after]) / pd.to_numeric(ok[before])
-        if ideal is not None:
-            ok[f"{name}_ideal"] = pd.to_numeric(ok[ideal])
-    columns = [c for name, (_, _, ideal) in GENERATION.items() for c in ([name, f"{name}_ideal"] if ideal else [name])]
     table = ok.groupby(CELL, sort=True).agg(
         n_seeds=("seed", "nunique"), batch_size=("generation_batch_size", "first"),
         kv_bytes_per_token_before=("kv_bytes_per_token_before", "mean"),
-        kv_bytes_per_token_after=("kv_bytes_per_token_after", "mean"), **{c: (c, "mean") for c in columns},
+        kv_bytes_per_token_after=("kv_bytes_per_token_after", "mean"),
+        **{f"{name}_ideal": (ideal, "mean") for name, (_, _, ideal) in GENERATION.items() if ideal},
     ).reset_index()
-    for name, (_, _, ideal) in GENERATION.items():
+    table["kv_cache"] = table["kv_bytes_per_token_after"] / table["kv_bytes_per_token_before"]
+    for name, (after, before, ideal) in GENERATION.items():
         if ideal is not None:
-            table[f"{name}_vs_ideal"] = table[name] / table[f"{name}_ideal"]
+            spread = _speed_spread(ok, f"{name}_speedup_rounds", ideal, after, before, name)
+            table = table.merge(spread, on=CELL, how="left")
     return table
 
 
@@ -175,9 +221,9 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, value: str) -> dict:
     """Strategy `a` against `b` on trials paired by seed (same model and level), on the metric's scale.
 
     Returns:
-        `n_pairs`; `effect` with its 95% t interval `effect_low`/`effect_high`: for log-scale metrics the ratio of
-        geometric means a / b (exp of the mean paired log difference and its interval), otherwise the mean paired
-        difference a - b in metric units; `diff` (mean a - b in metric units); `p` (ttest_rel on the metric's
+        `n_pairs`; `effect` with its 95% t interval `effect_low`/`effect_high`, both on the tested scale and mapped
+        back (back_difference): for log-scale metrics the ratio of geometric means a / b, for Fisher's z the
+        difference of correlations at b's mean, otherwise the mean paired difference a - b in metric units; `diff` (mean a - b in metric units); `p` (ttest_rel on the metric's
         scale, two-sided; NaN below MIN_SEEDS_FOR_CI pairs or when every difference is equal); `direction` (the
         tested mean on the metric's scale: > 0 means a's metric is higher); `spread` False when every paired
         difference is the same (no interval is given then).
@@ -193,19 +239,30 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, value: str) -> dict:
            "spread": True}
     if not n:
         return out
-    d = forward(x) - forward(y) if scale == "log" else x - y  # what the effect and its interval are built from
-    z = forward(x) - forward(y)  # what is tested
+    z = forward(x) - forward(y)  # what is tested, and what the effect and its interval are built from
+    base = float(np.mean(forward(y)))
     out["direction"] = float(np.mean(z))
-    out["effect"] = float(np.exp(np.mean(d))) if scale == "log" else float(np.mean(d))
+    out["effect"] = back_difference(float(np.mean(z)), float("nan"), float("nan"), base, scale)[0]
     out["spread"] = bool(np.ptp(z) > 0)
     if n >= MIN_SEEDS_FOR_CI and out["spread"]:
-        half = float(stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * stats.sem(d))
-        low, high = float(np.mean(d)) - half, float(np.mean(d)) + half
-        out["effect_low"], out["effect_high"] = (float(np.exp(low)), float(np.exp(high))) if scale == "log" else (low, high)
+        half = float(stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * stats.sem(z))
+        _, out["effect_low"], out["effect_high"] = back_difference(
+            float(np.mean(z)), float(np.mean(z)) - half, float(np.mean(z)) + half, base, scale)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out["p"] = float(stats.ttest_rel(forward(x), forward(y)).pvalue)
     return out
+
+
+def back_difference(d: float, low: float, high: float, base: float, scale: str) -> tuple[float, float, float]:
+    """A difference (and its interval) on a metric's test scale, mapped back to what a reader compares: a ratio of
+    geometric means (log), a difference of correlations at `base`, the other side's mean z (atanh), or the
+    difference itself (identity). One scale for the test and its interval: they cannot disagree."""
+    if scale == "log":
+        return float(np.exp(d)), float(np.exp(low)), float(np.exp(high))
+    if scale == "atanh":
+        return tuple(float(np.tanh(base + v) - np.tanh(base)) for v in (d, low, high))  # type: ignore[return-value]
+    return d, low, high
 
 
 def holm(p: pd.Series) -> pd.Series:
@@ -264,7 +321,9 @@ def paired_vs_random(trials: pd.DataFrame, value: str) -> pd.DataFrame:
 
 
 def pairwise(trials: pd.DataFrame) -> pd.DataFrame:
-    """Head-to-head: every pair of strategies at each (model, level, stage), paired by seed, random included.
+    """Head-to-head: every pair of strategies at each (model, level, stage), paired by seed. `random` is not in it:
+    its verdicts come from one computation (against the random reference, or paired against the random trials in
+    older runs), so a comparison never appears with two verdicts.
 
     Holm's adjustment runs over every pair and level of one (model, stage): the family of "which is best" tests.
     Returns:
@@ -273,6 +332,7 @@ def pairwise(trials: pd.DataFrame) -> pd.DataFrame:
         significant difference / too few seeds), spread.
     """
     ok = ok_trials(trials)
+    ok = ok[~ok["label"].eq(BASELINE)]
     rows = []
     for stage in ("pruned", "recovered"):
         for (model, level), cell in ok.groupby(["model", "level"], sort=True):
@@ -314,25 +374,40 @@ def not_separated(pairs: pd.DataFrame, model: str, level: float, stage: str, lab
     return sorted(out)
 
 
-def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """The comparison table: cell statistics joined with the paired comparison to random, pruned and recovered.
+def summary_table(trials: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The comparison table: cell statistics joined with the comparison to random, pruned and recovered.
 
     Args:
-        trials: the merged trials table.
+        trials: the merged trials table (strategy cells).
+        reference: the random reference's rows (Results.reference); when it holds layouts, every strategy is tested
+            against them (orchestrator.analyze.reference.vs_reference); without one (older runs), each strategy is
+            paired by seed with the `random` trials (paired_vs_random).
     Returns:
         cell_stats columns plus `vs_random_<value>_{diff,ratio,effect,effect_low,effect_high,p,p_adj,n_pairs,
-        verdict}` for pruned and recovered, and a `note` ("single seed", "k failed", "no spread", ...).
+        verdict,test}` for pruned and recovered (`n_pairs`: the strategy's distinct layouts against a reference),
+        `<value>_percentile` (mean share of reference layouts beaten; NaN without a reference), and a `note`.
     """
+    from orchestrator.analyze.reference import vs_reference
+
     table = cell_stats(trials)
+    with_reference = reference is not None and not ok_trials(reference).empty
     for value in ("pruned", "recovered"):
-        paired = paired_vs_random(trials, value).drop(columns=["spread"])
-        paired = paired.rename(columns={c: f"vs_random_{value}_{c}" for c in paired.columns if c not in CELL})
-        table = table.merge(paired, on=CELL, how="left")
-    table["note"] = [_note(row, trials) for row in table.itertuples(index=False)]
+        if with_reference:
+            versus = vs_reference(trials, reference, value).rename(columns={"n_layouts": "n_pairs"})
+            table = table.merge(versus[CELL + ["percentile", "percentile_min", "percentile_max", "n_reference"]]
+                                .rename(columns=lambda c: c if c in CELL else f"{value}_{c}"), on=CELL, how="left")
+            versus = versus.drop(columns=["percentile", "percentile_min", "percentile_max", "n_reference", "direction"])
+        else:
+            versus = paired_vs_random(trials, value).drop(columns=["spread"])
+            versus["test"] = "paired t by seed vs random"
+            table[f"{value}_percentile"] = float("nan")
+        versus = versus.rename(columns={c: f"vs_random_{value}_{c}" for c in versus.columns if c not in CELL})
+        table = table.merge(versus, on=CELL, how="left")
+    table["note"] = [_note(row, trials, with_reference) for row in table.itertuples(index=False)]
     return table
 
 
-def _note(row, trials: pd.DataFrame) -> str:
+def _note(row, trials: pd.DataFrame, with_reference: bool = False) -> str:
     notes = []
     if row.n_seeds == 1:
         notes.append("single seed: no CI")
@@ -347,7 +422,7 @@ def _note(row, trials: pd.DataFrame) -> str:
         notes.append(f"{' and '.join(flat)}: no spread (identical in every seed)")
     has_random = ((trials["label"] == BASELINE) & (trials["model"] == row.model) & (trials["level"] == row.level)
                   & trials["status"].eq("ok")).any()
-    if row.label != BASELINE and not has_random:
+    if row.label != BASELINE and not has_random and not with_reference:
         notes.append("no random baseline at this level")
     return "; ".join(notes)
 

@@ -13,7 +13,7 @@ early): prefill = a generation of 1 token, decode = (a generation of 1 + N token
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -86,19 +86,11 @@ def generation_speed(model: nn.Module, *, prompt_tokens: int, new_tokens: int, b
 
 
 def compare_generation(dense: nn.Module, pruned: nn.Module, *, prompt_tokens: int = 64, new_tokens: int = 32,
-                       batch_size: int = 8, rounds: int = 2) -> tuple[GenerationSpeed, GenerationSpeed]:
-    """Both models measured alternately `rounds` times; each keeps its best round per number (the least disturbed)."""
-    runs: dict[str, list[GenerationSpeed]] = {"dense": [], "pruned": []}
-    for _ in range(rounds):
-        for name, model in (("dense", dense), ("pruned", pruned)):
-            runs[name].append(generation_speed(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                                               batch_size=batch_size))
-    return _best(runs["dense"]), _best(runs["pruned"])
-
-
-def _best(speeds: list[GenerationSpeed]) -> GenerationSpeed:
-    """Each number's best round."""
-    return GenerationSpeed(*(max(getattr(s, f.name) for s in speeds) for f in fields(GenerationSpeed)))
+                       batch_size: int = 8, rounds: int = 3) -> list[tuple[GenerationSpeed, GenerationSpeed]]:
+    """Both models measured alternately `rounds` times: (dense, pruned) per round, so each round's ratio compares
+    two timings under the same background load."""
+    return [tuple(generation_speed(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size)
+                  for model in (dense, pruned)) for _ in range(rounds)]  # type: ignore[misc]
 
 
 def ideal_generation_ratios(dense: nn.Module, pruned: nn.Module, *, prompt_tokens: int, new_tokens: int,

@@ -145,19 +145,15 @@ def timed(stage: str, into: dict[str, float]) -> Iterator[None]:
 def compare_throughput(
     dense: nn.Module, pruned: nn.Module, *, seq_len: int, batch_size: int = 1, rounds: int = 3, iters: int = 3,
     device: torch.device | str | None = None,
-) -> tuple[float, float]:
-    """Forward tokens/s of two models measured alternately; each one's best round is kept.
+) -> list[tuple[float, float]]:
+    """Forward tokens/s of two models measured alternately, `rounds` times: (dense, pruned) per round.
 
-    Alternating exposes both models to the same background load, and the best round is the least
-    disturbed one: on a shared machine a dense speed measured minutes earlier is not comparable.
-
-    Returns:
-        (dense tokens/s, pruned tokens/s).
+    Alternating exposes both models to the same background load, so the ratio within a round is the comparable
+    number; the spread of the rounds' ratios is what a speedup is reported with (median, min-max), never one timing.
     """
-    best = [0.0, 0.0]
+    out = []
     for round_ in range(rounds):
-        for k, model in enumerate((dense, pruned)):
-            warmup = 1 if round_ == 0 else 0  # later rounds run on warm caches and allocators
-            speed = throughput(model, seq_len=seq_len, batch_size=batch_size, warmup=warmup, iters=iters, device=device)
-            best[k] = max(best[k], speed["tokens_per_s"])
-    return best[0], best[1]
+        warmup = 1 if round_ == 0 else 0  # later rounds run on warm caches and allocators
+        out.append(tuple(throughput(model, seq_len=seq_len, batch_size=batch_size, warmup=warmup, iters=iters,
+                                    device=device)["tokens_per_s"] for model in (dense, pruned)))
+    return out  # type: ignore[return-value]

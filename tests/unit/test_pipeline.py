@@ -86,6 +86,7 @@ def test_cells_with_the_same_layout_share_one_pruned_metric_and_one_speed(shared
     assert not first.reused["pruned_eval"] and second.reused["pruned_eval"] and second.reused["scores"]
     assert not first.reused["speed"] and second.reused["speed"]
     assert (first.speed_before, first.speed_after) == (second.speed_before, second.speed_after)
+    assert len(first.speedup_rounds) == 3 and first.speedup_rounds == second.speedup_rounds  # 3 timed rounds, a spread
     assert first.speed_quiet is True and first.flops_after < first.flops_before
     other = run_trial(spec(strategy="random", level=0.5, seed=1), shared)
     assert other.pruned_heads != first.pruned_heads and not other.reused["pruned_eval"]
@@ -136,7 +137,7 @@ def test_compensated_removal_is_its_own_model_recorded_in_the_row(shared):
 
 
 def test_generation_speed_and_kv_cache_once_per_layout(shared):
-    generation = GenerationSpec(prompt_tokens=8, new_tokens=4, batch_size=2, rounds=1)
+    generation = GenerationSpec(prompt_tokens=8, new_tokens=4, batch_size=2, rounds=3)
     first, second = (run_trial(spec(strategy="magnitude", level=0.5, seed=s, finetune=None, measure_speed=False,
                                     generation=generation), shared) for s in (0, 1))
     assert first.status == "ok", first.error
@@ -147,6 +148,10 @@ def test_generation_speed_and_kv_cache_once_per_layout(shared):
         assert getattr(first, f"{name}_before") > 0 and getattr(first, f"{name}_after") > 0
     assert first.ideal_decode_batch_speedup > first.ideal_decode_speedup > 1 and first.generation_batch_size == 2
     assert second.reused["generation"] and second.decode_tps_after == first.decode_tps_after  # same layout
+    for name in ("prefill", "decode", "decode_batch"):  # every round's ratio kept, the medians in the row
+        ratios = getattr(first, f"{name}_speedup_rounds")
+        assert len(ratios) == 3 and all(r > 0 for r in ratios)
+        assert min(ratios) <= getattr(first, f"{name}_tps_after") / getattr(first, f"{name}_tps_before") * 1.5
     row = first.row()
     assert row["time_generation"] > 0 and row["reused_generation"] is False
     encoder = run_trial(spec(model="sentinel/all-MiniLM-L6-v2", strategy="magnitude", finetune=None,

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 EXPERIMENT = "analyze-test"
 DATA = {"seq_len": 32, "stride": 32, "batch_size": 4, "score_batches": 1, "eval_tokens": 128}  # + source
 FINETUNE = {"steps": 2, "warmup_steps": 0, "eval_every": 2, "batch_size": 2}  # evaluated at steps 0 and 2
-GENERATION = {"prompt_tokens": 8, "new_tokens": 4, "batch_size": 2, "rounds": 1}
+GENERATION = {"prompt_tokens": 8, "new_tokens": 4, "batch_size": 2, "rounds": 3}
 
 
 def tokenizer_source() -> Path:

@@ -1,0 +1,164 @@
+"""Every strategy against the random reference (orchestrator.analyze.reference): the test separates what differs,
+does not separate what is random, counts a layout once, and says how many layouts it had.
+
+Tables here are built by hand where a property needs a known distribution (power, false positives); the end-to-end
+path (a grid with a reference through Ray into Parquet and the report) is tests/integration/test_reference_run.py.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator.analyze import reference as ref
+from orchestrator.analyze.stats import compare, pairwise, summary_table
+
+LEVEL = 0.3
+
+
+def rows(label: str, values, *, layouts=None, recovered=None, reference=False, scale="log", higher=False,
+         steps=3) -> pd.DataFrame:
+    """Trial rows of one model and level: one per value; `layouts` gives each row's pruned heads (default: a distinct
+    layout per row)."""
+    n = len(values)
+    layouts = layouts if layouts is not None else [[[i, 0], [i, 1]] for i in range(n)]
+    return pd.DataFrame({
+        "trial_id": [f"{label}-{reference}-{i}" for i in range(n)], "model": "m", "label": label,
+        "strategy": "random" if reference else label, "level": LEVEL, "seed": range(n), "status": "ok",
+        "pruned": values, "recovered": values if recovered is None else recovered, "dense": 10.0,
+        "pruned_heads": layouts, "recovery_steps": steps, "metric_scale": scale, "higher_is_better": higher,
+        "metric_name": "perplexity" if scale == "log" else "stsb_spearman", "reference": reference,
+    })
+
+
+def random_reference(k: int, rng: np.random.Generator, recovered: int = 10) -> pd.DataFrame:
+    """k reference layouts whose log perplexities spread like SmolLM2's random 30% prunings (sd ~2 in log space)."""
+    values = np.exp(rng.normal(6.5, 1.96, k))
+    table = rows("random", values, reference=True)
+    table["recovery_steps"] = [3 if i < recovered else 0 for i in range(k)]
+    return table
+
+
+def test_a_clearly_better_and_a_clearly_worse_strategy_are_separated_with_five_seeds():
+    rng = np.random.default_rng(0)
+    base = random_reference(60, rng)
+    good = rows("gradient", np.exp(rng.normal(4.3, 0.15, 5)))  # ~0.1x random's geometric mean
+    bad = rows("entropy", np.exp(rng.normal(9.0, 0.3, 5)))
+    table = ref.vs_reference(pd.concat([good, bad]), base, "pruned").set_index("label")
+    assert table.loc["gradient", "verdict"] == "better" and table.loc["entropy", "verdict"] == "worse"
+    assert table.loc["gradient", "percentile"] > 0.8 and table.loc["entropy", "percentile"] < 0.2
+    assert table.loc["gradient", "effect"] < 0.3 < 3 < table.loc["entropy", "effect"]  # ratios of geometric means
+    # the interval is on the tested (log) scale, mapped back: it brackets the ratio and excludes 1 here
+    assert table.loc["gradient", "effect_low"] < table.loc["gradient", "effect"] < table.loc["gradient", "effect_high"] < 1
+    assert (table["n_reference"] == 60).all() and (table["n_layouts"] == 5).all()
+
+
+def test_random_layouts_as_a_strategy_are_rejected_at_most_at_the_nominal_rate():
+    """A test that separates everything is broken: 400 simulated runs in which the "strategy" is 5 more random
+    layouts; the permutation test rejects at alpha 0.05 in at most ~5% of them (binomial slack: 3 sd)."""
+    rng = np.random.default_rng(1)
+    rejected = 0
+    runs = 400
+    for _ in range(runs):
+        draws = np.exp(rng.normal(6.5, 1.96, 65))
+        p = ref.permutation_p(np.log(draws[:5]), np.log(draws[5:]))
+        rejected += p < 0.05
+    limit = 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
+    assert rejected / runs <= limit
+    assert rejected > 0  # and it is a test: it does reject sometimes
+
+
+def test_one_layout_is_the_rank_test_and_cannot_claim_more_than_its_rank():
+    """A strategy that prunes the same heads for every seed (magnitude) is one layout: its seeds are not five
+    pieces of evidence. Its p is the exact rank test within the reference."""
+    rng = np.random.default_rng(2)
+    base = random_reference(40, rng)
+    best_random = base["pruned"].min()
+    same = [[[0, 0], [9, 9]]] * 5
+    magnitude = rows("magnitude", [best_random * 0.9] * 5, layouts=same)
+    table = ref.vs_reference(magnitude, base, "pruned").iloc[0]
+    assert table["n_layouts"] == 1 and table["percentile"] == 1.0
+    assert table["p"] == pytest.approx(2 / 41)  # below every one of 40 layouts: rank 1 of 41, two-sided
+    assert math.isnan(table["effect_low"])  # one value: no interval
+    # the same five values as five distinct layouts would be (wrongly, for magnitude) far stronger evidence
+    distinct = ref.vs_reference(rows("magnitude", [best_random * 0.9] * 5), base, "pruned").iloc[0]
+    assert distinct["p"] < table["p"] / 10
+
+
+def test_recovered_verdicts_use_only_the_recovered_reference_layouts():
+    rng = np.random.default_rng(3)
+    base = random_reference(30, rng, recovered=6)
+    strategy = rows("gradient", np.exp(rng.normal(4.0, 0.1, 5)))
+    table = ref.vs_reference(strategy, base, "recovered").iloc[0]
+    assert table["n_reference"] == 6
+    few = ref.vs_reference(strategy, random_reference(30, rng, recovered=3), "recovered").iloc[0]
+    assert few["verdict"] == "too few reference layouts" and math.isnan(few["p"])
+
+
+def test_a_layout_drawn_twice_counts_once_and_the_notes_say_so():
+    rng = np.random.default_rng(4)
+    base = random_reference(25, rng)
+    base.loc[base.index[-3:], "pruned_heads"] = pd.Series([base["pruned_heads"].iloc[0]] * 3, index=base.index[-3:])
+    base.loc[base.index[-3:], "pruned"] = base["pruned"].iloc[0]
+    assert len(ref.reference_values(base, "m", LEVEL, "pruned")) == 22
+    note = ref.reference_notes(base)[0]
+    assert "25 draws, 22 distinct layouts" in note and "3 draws repeated a layout and count once" in note
+
+
+def test_summary_table_reads_the_reference_when_there_is_one():
+    rng = np.random.default_rng(5)
+    base = random_reference(40, rng)
+    trials = pd.concat([rows("gradient", np.exp(rng.normal(4.3, 0.15, 5))), rows("random", np.exp(rng.normal(6.5, 1.96, 5)))])
+    summary = summary_table(trials, base).set_index("label")
+    assert summary.loc["gradient", "vs_random_pruned_verdict"] == "better"
+    assert summary.loc["gradient", "vs_random_pruned_test"].startswith("permutation, 5 layout(s) vs 40 random")
+    assert 0 <= summary.loc["random", "pruned_percentile"] <= 1
+    assert "pruned_percentile" in summary and "recovered_percentile" in summary
+    # without a reference, the older paired comparison (and no percentile)
+    paired = summary_table(trials).set_index("label")
+    assert paired.loc["gradient", "vs_random_pruned_test"] == "paired t by seed vs random"
+    assert paired["pruned_percentile"].isna().all()
+
+
+def test_head_to_head_leaves_random_out_so_one_comparison_has_one_verdict():
+    rng = np.random.default_rng(6)
+    trials = pd.concat([rows(name, np.exp(rng.normal(mu, 0.2, 5)))
+                        for name, mu in (("gradient", 4.0), ("entropy", 8.0), ("random", 6.0))])
+    pairs = pairwise(trials)
+    assert not (pairs["a"].eq("random") | pairs["b"].eq("random")).any()
+    assert set(zip(pairs["a"], pairs["b"])) == {("entropy", "gradient")}
+
+
+def test_a_correlation_interval_is_on_fishers_z_like_its_test():
+    """Spearman near 0.8: the paired t test runs on z; its interval, mapped back, must exclude 0 exactly when the
+    test's p < 0.05 (before, the interval was in Spearman units and 6 published rows disagreed with their p)."""
+    rng = np.random.default_rng(7)
+    for shift in np.linspace(0.0, 0.03, 12):
+        x = np.clip(0.8 + shift + rng.normal(0, 0.01, 5), -1, 1)
+        y = np.clip(0.8 + rng.normal(0, 0.01, 5), -1, 1)
+        a = rows("a", x, scale="atanh", higher=True)
+        b = rows("b", y, scale="atanh", higher=True)
+        result = compare(a, b, "pruned")
+        excludes_zero = result["effect_low"] > 0 or result["effect_high"] < 0
+        assert excludes_zero == (result["p"] < 0.05)
+        assert result["effect_low"] <= result["effect"] <= result["effect_high"]
+
+
+def test_stability_table_measures_overlap_against_random():
+    rng = np.random.default_rng(8)
+    same = [[[0, 0], [1, 1]]] * 4
+    stable = rows("magnitude", [5.0] * 4, layouts=same)
+    layouts = [[[int(l), int(h)] for l, h in zip(rng.integers(0, 6, 2), rng.integers(0, 12, 2))] for _ in range(30)]
+    base = rows("random", np.exp(rng.normal(6, 1, 30)), layouts=layouts, reference=True)
+    heads = pd.DataFrame([{"trial_id": t, "layer": l, "head": h, "score": float(l * 10 + h)}
+                          for t in stable["trial_id"] for l in range(2) for h in range(2)])
+    table = ref.stability_table(stable, heads, base).iloc[0]
+    assert table["jaccard"] == 1.0 and table["distinct_layouts"] == 1 and table["score_spearman"] == pytest.approx(1.0)
+    assert 0 <= table["random_jaccard"] < 0.3  # two of 72 heads: random layouts rarely share one
+
+
+def test_percentile_counts_ties_as_half():
+    assert ref.percentile(5.0, np.array([4.0, 5.0, 6.0, 7.0]), higher_is_better=False) == pytest.approx(0.625)
+    assert ref.percentile(5.0, np.array([4.0, 5.0, 6.0, 7.0]), higher_is_better=True) == pytest.approx(0.375)
