@@ -174,8 +174,9 @@ def reference_notes(reference: pd.DataFrame) -> list[str]:
         ok = ok_trials(rows)
         distinct = layout_keys(ok).nunique()
         recovered = len(reference_values(reference, model, level, "recovered"))
+        fine_tuned = int(pd.to_numeric(ok["recovery_steps"], errors="coerce").fillna(0).gt(0).sum())
         text = (f"random reference for {model} at level {level:g}: {len(rows)} draws, {distinct} distinct layouts "
-                f"after pruning, {recovered} also recovered")
+                f"after pruning; {fine_tuned} draws also recovered ({recovered} distinct layouts)")
         if distinct < len(ok):
             text += (f" ({len(ok) - distinct} draws repeated a layout and count once: this model has few layouts at "
                      "this level)")

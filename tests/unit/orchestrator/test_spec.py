@@ -357,3 +357,39 @@ def test_seq_len_beyond_the_models_context_is_refused_before_ray(tmp_path, base,
     base["models"] = [model]
     err = run_cli(tmp_path, base, capsys, f"data.seq_len={limit + 1}")
     assert f"data.seq_len: {limit + 1} is longer than {model!r} accepts ({limit} positions)" in err and "models[0]" in err
+
+
+def test_random_reference_adds_layout_cells_per_model_and_level(tmp_path, base):
+    from sentinel.trial import reference_seed
+
+    spec = load_spec(write(tmp_path, {**base, "random_reference": {"layouts": 20, "recovered": 5}}))
+    reference = [c for c in spec.cells if c.reference]
+    assert len(spec.cells) == 8 + 2 * 20 and len(reference) == 40
+    assert {(c.level, c.seed) for c in reference} == {(l, d) for l in (0.25, 0.5) for d in range(20)}
+    assert all(c.strategy == "random" and not c.measure_speed and c.generation is None for c in reference)
+    recovered = [c for c in reference if c.finetune is not None]
+    assert sorted({c.seed for c in recovered}) == [0, 1, 2, 3, 4] and len(recovered) == 10
+    assert recovered[0].finetune == spec.cells[0].finetune  # the model's own recovery recipe
+    # draw d is not the random strategy's seed d: its heads come from a stream of their own
+    assert reference_seed(0) != 0 and len({reference_seed(d) for d in range(20)}) == 20
+    strategy_ids = {c.trial_id() for c in spec.cells if not c.reference}
+    assert strategy_ids == {c.trial_id() for c in load_spec(write(tmp_path, base)).cells}  # strategy cells unchanged
+    assert load_spec(write(tmp_path, base)).to_dict()["random_reference"] is None
+    assert spec.to_dict()["random_reference"] == {"layouts": 20, "recovered": 5}
+
+
+@pytest.mark.parametrize("value, expect", [
+    ({"layouts": 5}, "random_reference.layouts: 5 is fewer than a test needs; use at least 20"),
+    ({"layouts": -1}, "random_reference.layouts: -1 must be >= 0"),
+    ({"layouts": 30, "recovered": 31}, "random_reference.recovered: 31 is more than the 30 layouts; use 0 to 30"),
+    ({"layouts": 30, "recovered": 2}, "random_reference.recovered: 2 is fewer than a test needs; use 0"),
+    ({"layouts": 30, "draws": 2}, "random_reference.draws: unknown key in random_reference; allowed: layouts, recovered"),
+    ([30], "random_reference: [30] is not a mapping"),
+])
+def test_bad_random_reference_is_one_line_before_ray(tmp_path, base, capsys, value, expect):
+    assert expect in run_cli(tmp_path, {**base, "random_reference": value}, capsys)
+
+
+def test_a_reference_layout_is_drawn_by_random_only():
+    with pytest.raises(SpecError, match="^reference: a reference layout is drawn by strategy 'random', not 'entropy'"):
+        TrialSpec.from_dict({"model": "sentinel/tiny-gpt2", "strategy": "entropy", "level": 0.3, "reference": True})
