@@ -1,7 +1,7 @@
 """Numbers in docs come from tables a run wrote, never typed: publish a run's analysis under docs/data/, then
 render every marked table of docs/*.md from it.
 
-    python scripts/doc_tables.py publish results/default default   # analysis/summary.csv + pairwise.csv + run facts
+    python scripts/doc_tables.py publish results/default default   # the analysis' tables, the run's Parquet tables, facts
     python scripts/doc_tables.py render                            # rewrite the marked tables of docs/*.md
     python scripts/doc_tables.py check                             # exit 1 where a doc's table differs (a test runs it)
 
@@ -19,6 +19,8 @@ Views (NAME is a folder of docs/data, MODEL a model name as in the results):
     NAME/dense                  per model: the dense metric on the sampled protocol and on the whole split
     NAME/facts                  the run: trials, seeds, wall time, config
     NAME/cost MODEL             seconds per strategy: scoring (where computed), fine-tuning, all stages
+    NAME/stability MODEL        which heads, how stable: Jaccard overlap and score correlation across seeds, random's
+    NAME/power                  the test against the random reference simulated from the run's spreads (power.csv)
     NAME/generation MODEL       KV cache kept, prefill / decode speedups beside their ideal ratios (runs with generation)
     NAME/extra MODEL            the extra evaluations (extra_tasks) per cell and stage, mean [95% CI]
 """
@@ -39,7 +41,9 @@ sys.path.insert(0, str(REPO))
 
 from orchestrator.analyze import stats  # noqa: E402
 from orchestrator.analyze.load import strategy_label  # noqa: E402
-from orchestrator.analyze.report import effect, extra_display, generation_display, markdown_table, mean_ci  # noqa: E402
+from orchestrator.analyze.report import (effect, extra_display, generation_display, markdown_table, mean_ci,  # noqa: E402
+                                         stability_display)
+from orchestrator.results import TABLE_NAMES  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ publish
@@ -49,14 +53,19 @@ def publish(results: Path, name: str) -> Path:
     """Copies a finished run's analysis tables (and facts read from its trials) to docs/data/NAME/."""
     target = DATA / name
     target.mkdir(parents=True, exist_ok=True)
-    for table in ("summary.csv", "pairwise.csv", "generation.csv", "extra.csv"):  # the last two when measured
-        if (results / "analysis" / table).is_file():
+    for table in ("summary.csv", "pairwise.csv", "stability.csv", "percentiles.csv", "generation.csv", "extra.csv"):
+        if (results / "analysis" / table).is_file():  # percentiles with a random reference, the last two when measured
             shutil.copyfile(results / "analysis" / table, target / table)
+    for table in TABLE_NAMES:  # the run's own tables: every table of the docs can be recomputed from them
+        if (results / f"{table}.parquet").is_file():
+            shutil.copyfile(results / f"{table}.parquet", target / f"{table}.parquet")
     trials = pd.read_parquet(results / "trials.parquet")
+    reference = trials["reference"].fillna(False).astype(bool) if "reference" in trials else pd.Series(False, trials.index)
     started, finished = pd.to_datetime(trials["started_at"]).min(), pd.to_datetime(trials["finished_at"]).max()
     facts = {
         "trials": int(len(trials)), "ok": int(trials["status"].eq("ok").sum()),
-        "seeds": {m: int(g["seed"].nunique()) for m, g in trials.groupby("model")},
+        "seeds": {m: int(g["seed"].nunique()) for m, g in trials[~reference].groupby("model")},
+        "reference_layouts": {m: int(len(g)) for m, g in trials[reference].groupby("model")},
         "first_start_to_last_end_s": round((finished - started).total_seconds(), 1),
         "dense_full": {m: float(g["dense_full"].dropna().iloc[0]) if g["dense_full"].notna().any() else None
                        for m, g in trials.groupby("model")},
@@ -66,7 +75,8 @@ def publish(results: Path, name: str) -> Path:
     }
     (target / "facts.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
     compensate = trials["compensate"] if "compensate" in trials else [False] * len(trials)
-    label = [strategy_label(s, o, c is True) for s, o, c in zip(trials["strategy"], trials["strategy_options"], compensate)]
+    label = [strategy_label(s, o, c is True) + (" reference" if r else "")
+             for s, o, c, r in zip(trials["strategy"], trials["strategy_options"], compensate, reference)]
     costs = trials.assign(label=label).groupby(["model", "label"]).agg(
         trials=("trial_id", "count"), scoring_s=("time_score", "sum"), finetune_s=("time_finetune", "sum"),
         total_s=("time_total", "sum")).round(1).reset_index()
@@ -108,7 +118,22 @@ def verdicts(summary: pd.DataFrame, stage: str, model: str) -> pd.DataFrame:
                                    rows[f"vs_random_{stage}_effect_high"])],
         "p": rows[f"vs_random_{stage}_p"].map(_p), "Holm p": rows[f"vs_random_{stage}_p_adj"].map(_p),
         "verdict": rows[f"vs_random_{stage}_verdict"].fillna(""),
+        **({} if f"{stage}_percentile" not in rows or rows[f"{stage}_percentile"].isna().all() else {
+            "layouts": rows[f"vs_random_{stage}_n_pairs"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
+            "beats random layouts (seeds: mean [min, max])": [
+                "" if pd.isna(m) else f"{m:.0%} [{lo:.0%}, {hi:.0%}]" for m, lo, hi in
+                zip(*(rows[f"{stage}_percentile{c}"] for c in ("", "_min", "_max")))]}),
     })
+
+
+def stability(name: str, model: str) -> pd.DataFrame:
+    rows = pd.read_csv(DATA / name / "stability.csv")
+    return stability_display(rows[rows["model"].eq(model)].reset_index(drop=True)).drop(columns="model")
+
+
+def power(name: str) -> pd.DataFrame:
+    """benchmarks/reference_power.py's simulation of the test against the reference, from this run's spreads."""
+    return pd.read_csv(DATA / name / "power.csv")
 
 
 def best(summary: pd.DataFrame, pairs: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -118,7 +143,8 @@ def best(summary: pd.DataFrame, pairs: pd.DataFrame, model: str) -> pd.DataFrame
     for level in sorted(cells["level"].unique()):
         for stage in ("pruned", "recovered"):
             winner = stats.best(pairs, model, level, stage)
-            at = cells[cells["level"].eq(level)].sort_values(f"{stage}_mean", ascending=not higher)
+            at = cells[cells["level"].eq(level) & ~cells["label"].eq(stats.BASELINE)]  # random: judged apart
+            at = at.sort_values(f"{stage}_mean", ascending=not higher)
             top = at.iloc[0]["label"]
             tied = stats.not_separated(pairs, model, level, stage, top)
             out.append({"level": f"{level:g}", "stage": stage,
@@ -175,12 +201,17 @@ def render_view(spec: str) -> str:
         table = run_facts(facts)
     elif view == "cost":
         table = cost(name, args[0])
+    elif view == "stability":
+        table = stability(name, args[0])
+    elif view == "power":
+        table = power(name)
     elif view in ("generation", "extra"):  # stats.generation_table / extra_table as the report shows them
         rows = pd.read_csv(DATA / name / f"{view}.csv")
         rows = rows[rows["model"].eq(args[0])].reset_index(drop=True)
         table = (generation_display(rows) if view == "generation" else extra_display(rows)).drop(columns="model")
     else:
-        raise ValueError(f"view: {view!r} is not one of verdicts, best, pairs, dense, facts, cost, generation, extra")
+        raise ValueError(f"view: {view!r} is not one of verdicts, best, pairs, dense, facts, cost, stability, power, "
+                         "generation, extra")
     return (markdown_table(table) if len(table) else "(none)") + "\n"
 
 

@@ -349,8 +349,9 @@ def speed_text(median: float, low: float, high: float, share: float, share_low: 
 def generation_display(table: pd.DataFrame) -> pd.DataFrame:
     """The generation table for the report: per cell, the KV cache kept and each speedup beside its ideal ratio."""
     def speed(kind: str) -> list[str]:
+        missing = pd.Series(float("nan"), index=table.index)  # tables written before speed had rounds
         return [speed_text(*values) for values in
-                zip(*(table[f"{kind}{suffix}"] for suffix in stats.SPREAD_COLUMNS), table[f"{kind}_ideal"])]
+                zip(*(table.get(f"{kind}{suffix}", missing) for suffix in stats.SPREAD_COLUMNS), table[f"{kind}_ideal"])]
 
     return pd.DataFrame({
         "model": table["model"], "strategy": table["label"], "level": table["level"].map(lambda v: f"{v:g}"),
