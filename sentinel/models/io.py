@@ -125,11 +125,16 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
             f"{path / SIDECAR}: format_version {sidecar.get('format_version')!r} is not supported "
             f"(this sentinel reads {SIDECAR_VERSION})"
         )
-    config = transformers.AutoConfig.from_pretrained(path)
+    try:  # never the folder's own code (auto_map), and never a prompt asking whether to run it
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path / 'config.json'}: {str(exc).splitlines()[0]}") from None
     architecture = (config.architectures or [None])[0]
-    model_class = getattr(transformers, architecture or "", None)
-    if model_class is None:
-        raise ValueError(f"{path / 'config.json'}: architectures {config.architectures!r} is not a transformers class")
+    model_class = getattr(transformers, architecture, None) if isinstance(architecture, str) else None
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        # only a model class is built from a config: `architectures: ["pipeline"]` must not call transformers.pipeline
+        raise ValueError(f"{path / 'config.json'}: architectures {config.architectures!r} is not a transformers model "
+                         "class")
     model = model_class(config)
 
     layout = head_layout(model)  # freshly built: dense, or already pruned when saved with a plain config

@@ -264,7 +264,7 @@ def check_fallback(name: str) -> None:
     one on a 2-layer random model of the class the loader would use; a one-line ValueError otherwise."""
     from sentinel.models.fallback import verified_for
 
-    config = transformers.AutoConfig.from_pretrained(resolve_source(name), local_files_only=True)
+    config = transformers.AutoConfig.from_pretrained(resolve_source(name), local_files_only=True, trust_remote_code=False)
     causal = _is_causal(config)
     mapping = transformers.MODEL_FOR_CAUSAL_LM_MAPPING if causal else transformers.MODEL_MAPPING  # the Auto classes' own
     try:
@@ -283,9 +283,9 @@ def local_module_names(name: str) -> tuple[str, ...] | None:
         return None
     source = Path(resolve_source(name))
     if source.suffix == ".gguf":
-        config = transformers.AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+        config = transformers.AutoConfig.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
     else:
-        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
     mapping = transformers.MODEL_FOR_CAUSAL_LM_MAPPING if _is_causal(config) else transformers.MODEL_MAPPING
     with torch.device("meta"):
         model = mapping[type(config)](config)

@@ -113,3 +113,55 @@ def test_a_trial_whose_metric_is_not_finite_fails_with_the_reason():
     result = TrialResult(spec=None, metric_name="perplexity", dense=10.0, pruned=math.inf, recovered=math.nan)  # type: ignore[arg-type]
     with pytest.raises(ArithmeticError, match=r"^pruned: the perplexity is inf \(not finite\)"):
         _check_finite(result)
+
+
+@pytest.fixture
+def unknown_type_model(evil_model) -> tuple[Path, Path]:
+    """The evil folder with a model_type transformers does not know: transformers then *asks* whether to run the
+    folder's code, and a `y` on stdin used to run it (through `run` and through `load_pruned`)."""
+    folder, marker = evil_model
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "evil-llama"
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, marker
+
+
+def test_no_prompt_and_no_code_when_stdin_says_yes_through_run(tmp_path, unknown_type_model):
+    import subprocess
+    import sys
+
+    folder, marker = unknown_type_model
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(base(tmp_path, str(folder))))
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(config)], input="y\ny\ny\n",
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "models[0]" in done.stderr
+    assert "[y/N]" not in done.stdout + done.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_no_prompt_and_no_code_when_stdin_says_yes_through_load_pruned(unknown_type_model, monkeypatch):
+    import io
+
+    from sentinel.models.io import SIDECAR, SIDECAR_VERSION, load_pruned
+
+    folder, marker = unknown_type_model
+    (folder / SIDECAR).write_text(json.dumps({"format_version": SIDECAR_VERSION, "pruned_heads": {}}))
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 5))
+    with pytest.raises(ValueError, match="config.json"):
+        load_pruned(folder)
+    assert not marker.exists()
+
+
+def test_load_pruned_builds_only_model_classes(tmp_path):
+    from sentinel.models.io import SIDECAR, SIDECAR_VERSION, load_pruned
+
+    folder = tmp_path / "pipeline"
+    shutil.copytree(TINY_LLAMA, folder, ignore=shutil.ignore_patterns("v4"))
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["pipeline"]  # a top-level transformers callable, not a model class
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / SIDECAR).write_text(json.dumps({"format_version": SIDECAR_VERSION, "pruned_heads": {}}))
+    with pytest.raises(ValueError, match=r"architectures \['pipeline'\] is not a transformers model class"):
+        load_pruned(folder)
