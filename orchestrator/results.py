@@ -218,7 +218,20 @@ def compact(output_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
     written["config"] = path
     for fs, part in merged:  # only after every table is written: a kill before this leaves duplicates, never gaps
         fs.delete_file(part)
-    fs, inner = filesystem(output_dir.rstrip("/"))
-    if merged and not any(_files(output_dir, name)[1] for name in TABLE_NAMES):
-        fs.delete_dir(f"{inner}/parts")  # nothing left unmerged (a compaction runs while no trial streams)
+    if merged:
+        _remove_empty_parts_folders(output_dir)
     return written
+
+
+def _remove_empty_parts_folders(output_dir: str) -> None:
+    """Removes `parts/<table>/` folders that hold nothing now, then `parts/` if it holds nothing: never a folder
+    with anything in it (another experiment may live there: `parts` with output `out/a` beside experiment `a` in
+    `out`), so nothing this run did not write is deleted."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(output_dir.rstrip("/"))
+    for folder in [f"{inner}/parts/{name}" for name in TABLE_NAMES] + [f"{inner}/parts"]:
+        if fs.get_file_info(folder).type != pafs.FileType.Directory:
+            continue
+        if not fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
+            fs.delete_dir(folder)

@@ -177,8 +177,8 @@ def run_metadata(results: Results) -> list[str]:
     items = [f"experiment(s): {md_text(_unique(t.get('experiment')))}; run id(s): {md_text(_unique(t.get('run_id')))}",
              f"trials: {ok} ok, {failed} failed, {len(t)} in all" + _grid_size(results)]
     if "started_at" in t and t["started_at"].notna().any():
-        items.append(f"dates (UTC): first trial started {t['started_at'].min()}, last finished "
-                     f"{t['finished_at'].max() if 'finished_at' in t else 'unknown'}")
+        items.append(md_text(f"dates (UTC): first trial started {t['started_at'].min()}, last finished "
+                             f"{t['finished_at'].max() if 'finished_at' in t else 'unknown'}"))  # data: any string
     versions = [md_text(f"{c.removeprefix('version_')} {_unique(t[c])}") for c in t.columns if c.startswith("version_")]
     if versions:
         items.append("versions: " + "; ".join(versions))

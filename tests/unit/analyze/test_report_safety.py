@@ -37,6 +37,10 @@ def hostile_report(results_dir, tmp_path_factory) -> Path:
             versions = [HOSTILE[0]] * table.num_rows
             table = table.set_column(table.schema.get_field_index("version_torch"), "version_torch",
                                      pa.array(versions, pa.string()))
+            for column, text in (("started_at", "<a href=https://evil.example/a>x</a>"),  # a string where a date was
+                                 ("finished_at", "![x](https://evil.example/img.png)")):
+                table = table.set_column(table.schema.get_field_index(column), column,
+                                         pa.array([text] * table.num_rows, pa.string()))
         pq.write_table(table, folder / f"{name}.parquet")
     return analyze([str(folder)], out=str(folder / "analysis"))
 

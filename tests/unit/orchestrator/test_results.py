@@ -113,3 +113,20 @@ def test_parts_compact_into_one_row_per_trial_and_are_then_removed(tmp_path):
     assert not (tmp_path / "e" / "parts").exists()
     write_part(out, [ok_payload(0.25)], "e-3-000000")  # a later run's parts merge with the compacted table
     assert len(pd.read_parquet(compact(out, {"experiment": "e"})["trials"])) == 3
+
+
+def test_compaction_never_deletes_another_experiment_living_in_its_parts_folder(tmp_path):
+    """Experiment `parts` with output out/a, then experiment `a` in out: `a` compacting its own parts must leave
+    every file of `parts` (results, config, its own parts) where it was."""
+    other = str(tmp_path / "a" / "parts")
+    write_part(other, [ok_payload(0.25)], "parts-1-000000")
+    compact(other, {"experiment": "parts"})
+    write_part(other, [ok_payload(0.5)], "parts-2-000000")  # and parts of its own, not yet compacted
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "a" / "parts").rglob("*") if p.is_file())
+    assert len(before) >= 6
+    mine = str(tmp_path / "a")
+    write_part(mine, [ok_payload(0.5)], "a-1-000000")
+    compact(mine, {"experiment": "a"})
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "a" / "parts").rglob("*") if p.is_file())
+    mine_left = [p for p in after if p.name.startswith("a-1")]
+    assert not mine_left and set(before) <= set(after)
