@@ -26,6 +26,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -215,7 +216,17 @@ SECRET_FILES = (".env", ".env.*", "*.env", ".netrc", "_netrc", ".pypirc", ".npmr
                 "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key", "*.p12", "*.pfx", "*.kdbx",
                 "*.keystore", "*.jks", "auth_token", "credentials", "credentials.*", "*.tfstate", "*.tfstate.*",
                 "secrets.*", "service-account*.json")
-SECRET_DIRS = (".ssh", ".aws", ".ray", ".gnupg", ".docker", ".kube", ".azure", "gcloud", ".password-store")
+SECRET_DIRS = (".ssh", ".aws", ".ray", ".gnupg", ".docker", ".kube", ".azure", "gcloud", ".password-store",
+               ".git", ".cache", ".config")  # at any depth: a nested repo's config holds tokens; caches and user
+#                                               config hold hub tokens (huggingface/token) and CLI logins (gh/hosts.yml)
+SECRET_FILES += (".pgpass", ".s3cfg", "kubeconfig", "*.kubeconfig", ".bash_history", ".zsh_history", "*_history",
+                 ".htpasswd", "token", "hosts.yml")
+# what a file *is*, read from its first bytes: a private key or a token of a well-known service, whatever its name
+SECRET_CONTENT = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----|AKIA[0-9A-Z]{16}|(?:ghp|gho|ghu|ghs)_[A-Za-z0-9]{36}|"
+                            rb"github_pat_[A-Za-z0-9_]{40,}|hf_[A-Za-z0-9]{30,}|xox[baprs]-[A-Za-z0-9-]{10,}")
+SECRET_SCAN_BYTES = 64 * 1024
+MAX_FILE_BYTES = 100 * 2**20  # a file over this is withheld and said (a data set, a checkpoint, a sparse file)
+MAX_SHIPMENT_BYTES = 500 * 2**20  # Ray's own limit for a working_dir package
 IGNORE_FILES = (".gitignore", ".rayignore")  # at the working dir's root
 
 
@@ -297,13 +308,42 @@ def plan_shipment(source: Path) -> Shipment:
                 continue
             if path.is_symlink():
                 _check_link(path, source, rel)
+                target = path.resolve().relative_to(source).as_posix()
+                if _secret_path(target):  # innocent.txt -> .env: judged by what it points at, not by its name
+                    plan.withheld.append(f"{rel} (secret: a link to {target})")
+                    continue
             if not path.is_file():  # a fifo, a socket, a dangling link
                 plan.withheld.append(f"{rel} (not a regular file)")
                 continue
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                plan.withheld.append(f"{rel} (too large: {size / 2**20:,.0f} MiB, over {MAX_FILE_BYTES // 2**20} MiB)")
+                continue
+            if _secret_content(path):
+                plan.withheld.append(f"{rel} (secret: holds a private key or a token)")
+                continue
             plan.files.append(rel)
-            plan.size += path.stat().st_size
+            plan.size += size
+    if plan.size > MAX_SHIPMENT_BYTES:
+        raise SubmitError(f"--working-dir: {plan.size / 2**20:,.0f} MiB to ship, over the {MAX_SHIPMENT_BYTES // 2**20} "
+                          "MiB a job's working dir may hold; list large files in .rayignore")
     plan.files.sort()
     return plan
+
+
+def _secret_path(rel: str) -> bool:
+    """Whether a path inside the folder is a credential by name: its file name, or any folder on its way."""
+    parts = rel.split("/")
+    return _secret(rel, False) or any(part in SECRET_DIRS for part in parts[:-1])
+
+
+def _secret_content(path: Path) -> bool:
+    """Whether a file's first bytes hold a private key or a well-known service's token."""
+    try:
+        with open(path, "rb") as f:
+            return bool(SECRET_CONTENT.search(f.read(SECRET_SCAN_BYTES)))
+    except OSError:
+        return False
 
 
 def _check_link(path: Path, source: Path, rel: str) -> None:
@@ -373,9 +413,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         runtime_env["pip"] = list(args.pip)
     with tempfile.TemporaryDirectory(prefix="sentinel-submit-") as tmp:
         runtime_env["working_dir"] = str(stage_working_dir(working_dir, raw, Path(tmp) / "job", plan))
-        secrets = [w for w in plan.withheld if w.endswith("(secret)") or w.endswith("(secret)/")]
+        secrets = [w for w in plan.withheld if "(secret" in w]
+        large = [w for w in plan.withheld if "(too large" in w]
         print(f"shipping {len(plan.files) + 1} files ({plan.size / 1e6:.1f} MB) from {working_dir}"
               + (f"; withheld as credentials: {', '.join(secrets)}" if secrets else "")
+              + (f"; withheld as too large: {', '.join(large)}" if large else "")
               + " (--dry-run lists them)", file=sys.stderr)
         try:
             client.submit_job(entrypoint=entrypoint(args), submission_id=job_id, runtime_env=runtime_env,

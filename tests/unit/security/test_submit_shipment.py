@@ -70,3 +70,40 @@ def test_submit_dry_run_lists_the_shipment_and_sends_nothing(workdir, tmp_path, 
     assert captured.out.split() == sorted(plan_shipment(workdir).files) + ["sentinel-job.yaml"]
     assert "not shipped: .env (secret)" in captured.err and "dry run: nothing sent" in captured.err
     assert not (tmp_path / "shared").exists()
+
+
+def test_dry_run_withholds_credentials_by_link_by_nesting_by_content_and_by_size(workdir, tmp_path, capsys, monkeypatch):
+    """What a file *is* decides, not only its name: links to secrets, a nested repo's config, tokens in caches and
+    user config, history files, a key under an innocent name, and a 1 GB sparse file are not shipped, each said."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n")
+    os.symlink(workdir / ".env", workdir / "innocent.txt")  # inside, but a credential
+    os.symlink(workdir / ".ssh" / "id_ed25519", workdir / "data" / "notes.md")
+    for rel, text in [("vendor/lib/.git/config", "[remote]\nurl = https://user:tok@host/x"),
+                      (".cache/huggingface/token", "hf_" + "a" * 34), (".config/gh/hosts.yml", "oauth_token: x"),
+                      (".pgpass", "h:5432:*:u:pw"), (".s3cfg", "secret_key = x"), ("deploy/kubeconfig", "token: x"),
+                      (".bash_history", "export AWS_SECRET=x"), ("docs/readme.txt", "-----BEGIN RSA PRIVATE KEY-----"),
+                      ("data/keys.csv", "id,AKIA" + "A" * 16)]:
+        path = workdir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    with open(workdir / "data" / "huge.bin", "wb") as f:  # sparse: takes no disk, claims 1 GB
+        f.truncate(2**30)
+    config = workdir / "configs" / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "experiment": "x", "models": ["sentinel/tiny-gpt2"], "strategies": ["random"], "levels": [0.5],
+        "data": {"source": "data/corpus.txt"}, "output": str(tmp_path / "shared")}))
+    (workdir / "data" / "corpus.txt").write_text("".join(f"line {i} of a small corpus\n" for i in range(300)))
+    assert cli.main(["submit", str(config), "--working-dir", str(workdir), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    shipped = captured.out.split()
+    for rel in ("innocent.txt", "data/notes.md", "vendor/lib/.git/config", ".cache/huggingface/token",
+                ".config/gh/hosts.yml", ".pgpass", ".s3cfg", "deploy/kubeconfig", ".bash_history", "docs/readme.txt",
+                "data/keys.csv", "data/huge.bin"):
+        assert rel not in shipped, rel
+    for said in ("innocent.txt (secret: a link to .env)", "data/notes.md (secret: a link to .ssh/id_ed25519)",
+                 "vendor/lib/.git/ (secret)", ".cache/ (secret)", ".config/ (secret)", ".pgpass (secret)",
+                 "docs/readme.txt (secret: holds a private key or a token)", "data/keys.csv (secret: holds",
+                 "data/huge.bin (too large: 1,024 MiB, over 100 MiB)"):
+        assert said in captured.err, said
+    assert "data/corpus.txt" in shipped
