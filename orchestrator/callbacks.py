@@ -33,10 +33,18 @@ class Progress(Callback):
         self.stream = stream
         self.done = done  # cells finished by earlier runs of this experiment
         self.last: dict[str, dict] = {}
+        self.pending: dict[str, tuple[Any, str]] = {}  # Tune trial id -> (trial, note): ended, row not yet on disk
         self.started = time.time()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "stream": None, "last": {}}
+        return {**self.__dict__, "stream": None, "last": {}, "pending": {}}
+
+    def written(self, tune_trial_ids: list[str]) -> None:
+        """ResultStream wrote these trials' rows: their lines are printed now, never before (a driver killed after a
+        "done" line must find that row on disk)."""
+        for trial_id in tune_trial_ids:
+            if trial_id in self.pending:
+                self._line(*self.pending.pop(trial_id))
 
     def _write(self, text: str) -> None:
         stream = self.stream or sys.stdout
@@ -57,14 +65,14 @@ class Progress(Callback):
             arrow = f"{row['dense']:.4g} -> {row['pruned']:.4g} -> {row['recovered']:.4g}"
             reused = ",".join(k.removeprefix("reused_") for k, v in row.items() if k.startswith("reused_") and v) or "nothing"
             note = f"{row['metric_name']} dense -> pruned -> recovered {arrow} (reused {reused})"
-        self._line(trial, note)
+        self.pending[trial.trial_id] = (trial, note)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._write(f"[retry] {_cell_name(trial)}: {_error_line(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.last.pop(trial.trial_id, None)
-        self._line(trial, f"FAILED: {_error_line(trial)}")
+        self.pending[trial.trial_id] = (trial, f"FAILED: {_error_line(trial)}")
 
 
 def _payload(result: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -78,8 +86,9 @@ class ResultStream(Callback):
     at a few hundred files); `on_step_end` runs every loop of Tune's driver, so a buffered row waits no longer.
     """
 
-    def __init__(self, output_dir: str, run_id: str, flush_s: float = 0.5) -> None:
+    def __init__(self, output_dir: str, run_id: str, flush_s: float = 0.5, progress: Progress | None = None) -> None:
         self.output_dir, self.run_id, self.flush_s = output_dir, run_id, flush_s
+        self.progress = progress  # told which trials' rows are on disk after each write
         self.buffer: list[dict] = []
         self.parts = 0
         self.write_failed = False
@@ -96,6 +105,8 @@ class ResultStream(Callback):
         payload = _payload(self.last.pop(trial.trial_id, None))
         if payload:
             self._add(payload)
+        elif self.progress is not None:  # nothing reported, nothing to write: its line need not wait
+            self.progress.written([trial.trial_id])
         # Tune keeps (and checkpoints) every trial's last result until the run ends; the row is ours to keep now,
         # so a 10,000-cell grid does not hold every row twice in the driver
         (trial.last_result or {}).pop("payload", None)
@@ -106,7 +117,8 @@ class ResultStream(Callback):
         if not payload:  # died without reporting (a killed worker): a failed row from its config and Tune's error
             payload = {"row": failed_row(trial.config["cell"], f"TuneError: {tune_error(trial)}"),
                        "curve": [], "scores": [],
-                       "context": {"experiment": trial.config["run"]["experiment"], "run_id": self.run_id}}
+                       "context": {"experiment": trial.config["run"]["experiment"], "run_id": self.run_id,
+                                   "tune_trial_id": trial.trial_id}}
         self._add(payload)
 
     def on_step_end(self, iteration, trials, **info):
@@ -135,7 +147,9 @@ class ResultStream(Callback):
                 self.flushed_at = time.time()
                 return
             self.parts += 1
-            self.buffer = []
+            written, self.buffer = [p.get("context", {}).get("tune_trial_id") for p in self.buffer], []
+            if self.progress is not None:
+                self.progress.written(written)
         self.flushed_at = time.time()
 
 

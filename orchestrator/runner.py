@@ -136,14 +136,15 @@ def tune_cells(spec: ExperimentSpec, todo: list, total: int, run_id: str, stop: 
     from orchestrator.shared import start_store
 
     storage, name = spec.tune_location
-    results = ResultStream(spec.output_dir, run_id)
+    progress = Progress(total, stream, done=total - len(todo))
+    results = ResultStream(spec.output_dir, run_id, progress=progress)  # a trial's line once its row is on disk
     try:
         store = start_store(spec.experiment)  # noqa: F841  (the handle keeps the actor alive until the end)
         resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
         filesystem = None
         if is_uri(storage):
             filesystem, storage = pafs.FileSystem.from_uri(storage)
-        callbacks = [Progress(total, stream, done=total - len(todo)), results,
+        callbacks = [progress, results,
                      PendingReport(spec.pending_report_s, resources, stream)]
         run = {"experiment": spec.experiment, "run_id": run_id, "gpu_dry_run": spec.gpu_dry_run}
         # Tune keeps as many trials pending as a custom searcher's concurrency limit (1 without one: made for

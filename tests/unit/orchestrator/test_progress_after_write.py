@@ -1,0 +1,29 @@
+"""A trial's "done" line is printed only once its row is on disk: a driver killed right after the line must not lose
+the row (before, the line came while the row sat in the 0.5 s write buffer, and --resume recomputed it)."""
+from __future__ import annotations
+
+import io
+import json
+from types import SimpleNamespace
+
+from orchestrator.callbacks import Progress, ResultStream
+from tests.unit.orchestrator.test_results import ok_payload
+
+
+def test_the_done_line_waits_for_the_rows_part_file(tmp_path):
+    stream = io.StringIO()
+    progress = Progress(total=1, stream=stream)
+    results = ResultStream(str(tmp_path / "e"), "e-1", flush_s=3600, progress=progress)  # nothing flushes by time
+    payload = ok_payload(0.5)
+    payload["context"] = {**payload["context"], "tune_trial_id": "t1"}
+    trial = SimpleNamespace(trial_id="t1", config={"cell": json.loads(payload["row"]["spec"])}, last_result={})
+    result = {"payload": json.dumps(payload)}
+    for callback in (progress, results):  # Tune calls them in the runner's order
+        callback.on_trial_result(0, [], trial, result)
+    for callback in (progress, results):
+        callback.on_trial_complete(0, [], trial)
+    parts = tmp_path / "e" / "parts" / "trials"
+    assert stream.getvalue() == "" and not parts.exists()  # buffered: no line yet
+    results.flush()
+    assert list(parts.glob("*.parquet")) and stream.getvalue().startswith("[1/1] ")
+    assert "perplexity dense -> pruned -> recovered" in stream.getvalue()
