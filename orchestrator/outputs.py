@@ -103,6 +103,8 @@ def output_lock(out: str) -> Iterator[None]:
     created = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, LOCK_FILE)
+    if os.path.isdir(path) or os.path.islink(path):
+        raise SpecError(f"output: {path!r} is a folder or a link where this run's lock file goes; remove it")
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(2):
         try:
@@ -145,9 +147,11 @@ def _lock_holder(path: str) -> dict[str, Any] | None:
         return {"pid": "?", "host": "?", "since": "a moment ago"} if young else None
     if holder.get("host") != socket.gethostname():
         return holder  # another host's process: cannot tell, so it holds
+    if pid <= 0:  # os.kill(0, ...) signals our own process group: it would always look alive
+        return None
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a pid no process can have (10**12)
         return None
     except PermissionError:
         pass

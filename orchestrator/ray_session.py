@@ -2,10 +2,12 @@
 bound to the driver (a watchdog ends it if the driver dies), and SIGINT/SIGTERM turned into a clean stop."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Stopper
@@ -65,6 +67,8 @@ def start_ray(address: str | None = None, **init_kwargs: Any) -> bool:
     kwargs.update(init_kwargs)
     before = set(watchdog.children_of_this_process())
     ray.init(address=address, **kwargs)
+    if address is None:
+        _private_token()
     if address is None:  # a local Ray is this driver's: it stops with it, even after a SIGKILL
         global _WATCHDOG
         _WATCHDOG = watchdog.start([p for p in watchdog.children_of_this_process() if p not in before])
@@ -72,6 +76,14 @@ def start_ray(address: str | None = None, **init_kwargs: Any) -> bool:
 
 
 _WATCHDOG = None
+
+
+def _private_token() -> None:
+    """Ray writes a local cluster's auth token world-readable (0644); it is a credential: owner only (docs/SECURITY.md)."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    with contextlib.suppress(OSError):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o600)
 
 
 def stop_ray() -> None:

@@ -18,7 +18,9 @@ A result row per metric lm-eval reports (`acc`, `acc_norm`, `perplexity`, ...), 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -60,9 +62,18 @@ def cloze_items(limit: int = CLOZE_ITEMS) -> list[dict[str, str]]:
 
 @functools.lru_cache(maxsize=1)
 def _cloze_file() -> str:
-    """The items as a JSON-lines file (written once per process to a private temp folder)."""
-    path = Path(tempfile.mkdtemp(prefix="sentinel-cloze-")) / "gutenberg_cloze.jsonl"
-    path.write_text("\n".join(json.dumps(item) for item in cloze_items()) + "\n", encoding="utf-8")
+    """The items as a JSON-lines file, named by its content in one temp folder per user: every process of every run
+    shares it, so workers leave no folder each behind (the file is rewritten atomically, to the same bytes)."""
+    text = "\n".join(json.dumps(item) for item in cloze_items()) + "\n"
+    folder = Path(tempfile.gettempdir()) / f"sentinel-cloze-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.is_symlink() or folder.stat().st_uid != os.getuid():  # someone else's folder under our name
+        folder = Path(tempfile.mkdtemp(prefix="sentinel-cloze-"))
+    path = folder / f"gutenberg_cloze-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        partial = folder / f".{path.name}.{os.getpid()}"
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
     return str(path)
 
 

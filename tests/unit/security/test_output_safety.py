@@ -111,3 +111,49 @@ def test_result_files_take_the_umasks_mode_not_0600(tmp_path):
         os.umask(saved)
     assert stat.S_IMODE((tmp_path / "a.parquet").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b.parquet").stat().st_mode) == 0o660
+
+
+@pytest.mark.parametrize("pid", [0, -1, 10**12])
+def test_a_lock_naming_a_pid_no_process_can_have_is_stale(tmp_path, pid):
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": os.uname().nodename}))
+    with output_lock(str(out)):  # taken over, no traceback (pid 0 looked alive: os.kill(0, 0) hits our own group)
+        assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_that_is_a_folder_is_one_line_before_ray(tmp_path, capsys):
+    import ray
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw("x", tmp_path / "out")))
+    (tmp_path / "out" / "x" / LOCK_FILE).mkdir(parents=True)
+    assert cli.main(["run", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a folder or a link where this run's lock file goes" in err[0]
+    assert not ray.is_initialized()
+
+
+def test_a_local_ray_auth_token_is_readable_by_its_owner_only(tmp_path, monkeypatch):
+    from orchestrator import ray_session
+
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    token.chmod(0o644)  # as Ray writes it
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    ray_session._private_token()
+    assert token.stat().st_mode & 0o777 == 0o600
+
+
+def test_cloze_items_leave_no_folder_per_process(tmp_path, monkeypatch):
+    import tempfile
+
+    from sentinel import zero_shot
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    zero_shot._cloze_file.cache_clear()
+    first = zero_shot._cloze_file()
+    zero_shot._cloze_file.cache_clear()  # a second worker process
+    assert zero_shot._cloze_file() == first
+    assert [p.name for p in tmp_path.iterdir()] == [f"sentinel-cloze-{os.getuid()}"]
+    zero_shot._cloze_file.cache_clear()
