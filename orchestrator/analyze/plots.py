@@ -8,12 +8,14 @@ Every axis says the metric, its direction and the evaluation protocol, so a PNG 
 from __future__ import annotations
 
 import json
+import textwrap
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from orchestrator.analyze.stats import BASELINE, MIN_SEEDS_FOR_CI, interval, metric_scale, ok_trials, pareto_front
 
@@ -120,23 +122,40 @@ def plot_metric_vs_level(trials: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_strategy_comparison(trials: pd.DataFrame) -> Figure:
+def plot_strategy_comparison(trials: pd.DataFrame, reference: pd.DataFrame | None = None) -> Figure:
     """Every seed's value per strategy, after pruning and after recovery, one panel per model x level.
 
     The verdict's picture: each dot is one trial, the bar its strategy's mean on the metric's scale
     (geometric for perplexity) with the 95% CI where there are enough seeds; the dotted line is dense.
-    Random's spread is what another strategy has to beat.
+    With a random reference, its layouts come first as a grey distribution (every layout a dot, the band its
+    middle 90%): "better than random" is a strategy's dots below (or above) that band.
     """
+    from orchestrator.analyze.reference import reference_values
+
     ok = ok_trials(trials)
     panels = ok[["model", "level"]].drop_duplicates().sort_values(["model", "level"]).to_numpy().tolist()
     fig = Figure(figsize=(4.6 * max(1, len(panels)), 4.4), layout="constrained")
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     palette = colors(ok["label"])
+    has_reference = reference is not None and not ok_trials(reference).empty
     for ax, (model, level) in zip(axes, panels):
         rows = ok[ok["model"].eq(model) & ok["level"].eq(level)]
         first, scale = _first(rows), metric_scale(rows)
         labels = sorted(rows["label"].unique(), key=lambda l: (l != BASELINE, l))
-        for i, label in enumerate(labels):
+        shown = [rows["pruned"], rows["recovered"], rows["dense"]]
+        if has_reference:
+            labels = ["random reference", *labels]
+            for offset, value, marker in ((-0.17, "pruned", "o"), (0.17, "recovered", "s")):
+                values = reference_values(reference, model, level, value)
+                if values.empty:
+                    continue
+                jitter = np.random.default_rng(0).uniform(-0.1, 0.1, len(values))
+                ax.scatter(offset + jitter, values, color="grey", marker=marker, s=6, alpha=0.5, zorder=2)
+                low, high = np.quantile(values, [0.05, 0.95])
+                ax.add_patch(Rectangle((offset - 0.13, low), 0.26, high - low, color="grey", alpha=0.18, zorder=1))
+                shown.append(values)
+        start = 1 if has_reference else 0
+        for i, label in enumerate(labels[start:], start=start):
             group = rows[rows["label"].eq(label)]
             for offset, value, marker in ((-0.17, "pruned", "o"), (0.17, "recovered", "s")):
                 jitter = np.linspace(-0.06, 0.06, len(group)) if len(group) > 1 else np.zeros(1)
@@ -147,15 +166,17 @@ def plot_strategy_comparison(trials: pd.DataFrame) -> Figure:
                 if pd.notna(low):
                     ax.vlines(i + offset, low, high, color="black", linewidth=0.8, zorder=4)
         ax.axhline(rows["dense"].mean(), color="black", linewidth=1, linestyle=":", label="dense")
-        _log_if_wide(ax, pd.concat([rows["pruned"], rows["recovered"], rows["dense"]]), first.get("higher_is_better"))
-        ax.set_xticks(range(len(labels)), labels, fontsize=8)
-        ax.set_title(f"{model}, {level:g} of heads pruned\n{protocol_label(first)}", fontsize=8)
+        _log_if_wide(ax, pd.concat(shown), first.get("higher_is_better"))
+        ax.set_xticks(range(len(labels)), [textwrap.fill(label, 12) for label in labels], fontsize=7)
+        ax.set_title(f"{model}, {level:g} of heads pruned\n" + textwrap.fill(protocol_label(first), 60), fontsize=8)
         ax.set_ylabel(metric_label(first.get("metric_name"), first.get("higher_is_better")))
         ax.grid(alpha=0.3, axis="y")
         handles = [Line2D([], [], color="grey", marker="o", linestyle="", label="after pruning (one dot per seed)"),
                    Line2D([], [], color="grey", marker="s", linestyle="", label="after recovery"),
                    Line2D([], [], color="black", linewidth=1.5, label="mean, 95% CI"),
                    Line2D([], [], color="black", linestyle=":", label="dense")]
+        if has_reference:
+            handles.append(Rectangle((0, 0), 1, 1, color="grey", alpha=0.3, label="random layouts, middle 90%"))
         ax.legend(handles=handles, fontsize=6.5)
     fig.suptitle("Strategies against random, seed by seed (means on the metric's scale)", fontsize=11)
     return fig

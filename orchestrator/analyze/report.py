@@ -304,7 +304,7 @@ def figures(results: Results) -> list[tuple[str, str, Callable[[], Figure]]]:
     if ok_trials(results.trials).empty:
         return out
     out.append(("strategies against random, seed by seed", "strategies",
-                lambda: plots.plot_strategy_comparison(results.trials)))
+                lambda: plots.plot_strategy_comparison(results.trials, results.reference)))
     out.append(("metric vs pruning level", "metric_vs_level", lambda: plots.plot_metric_vs_level(results.trials)))
     if not results.curves.empty and results.curves["eval_metric"].notna().any():
         out.append(("recovery curves", "recovery_curves", lambda: plots.plot_recovery_curves(results.curves)))
