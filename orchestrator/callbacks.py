@@ -32,6 +32,7 @@ class Progress(Callback):
         self.total = total
         self.stream = stream
         self.done = done  # cells finished by earlier runs of this experiment
+        self.done_here = 0  # cells finished by this run: the pace the time left is estimated from
         self.last: dict[str, dict] = {}
         self.pending: dict[str, tuple[Any, str]] = {}  # Tune trial id -> (trial, note): ended, row not yet on disk
         self.started = time.time()
@@ -53,7 +54,11 @@ class Progress(Callback):
 
     def _line(self, trial, note: str) -> None:
         self.done += 1
-        self._write(f"[{self.done}/{self.total}] {_cell_name(trial)}: {note} ({time.time() - self.started:.0f}s)")
+        self.done_here += 1
+        elapsed = time.time() - self.started
+        left = (self.total - self.done) * elapsed / self.done_here  # at this run's pace so far
+        eta = f", about {_duration(left)} left" if self.done < self.total else ""
+        self._write(f"[{self.done}/{self.total}] {_cell_name(trial)}: {note} ({_duration(elapsed)}{eta})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
@@ -73,6 +78,16 @@ class Progress(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.last.pop(trial.trial_id, None)
         self.pending[trial.trial_id] = (trial, f"FAILED: {_error_line(trial)}")
+
+
+def _duration(seconds: float) -> str:
+    """'42s', '12m05s', '1h17m'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _payload(result: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import io
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -75,7 +76,8 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         "model": summary["model"], "strategy": summary["label"], "level": summary["level"].map(lambda v: f"{v:g}"),
         "seeds": summary["n_seeds"], "metric": summary["metric_name"].fillna(""),
     })
-    for value in ("dense", "pruned", "recovered"):
+    out["dense"] = summary["dense_mean"].map(fmt)  # one model, one number: never an interval around it
+    for value in ("pruned", "recovered"):
         spread = summary[f"{value}_spread"] if f"{value}_spread" in summary else pd.Series(float("nan"), summary.index)
         out[value] = [mean_ci(*v) for v in zip(*(summary[f"{value}_{k}"] for k in ("mean", "low", "high")), spread)]
     log_scale = summary["scale"].eq("log")
@@ -170,7 +172,15 @@ def _unique(series: pd.Series | None) -> str:
     return ", ".join(values) if values else "unknown"
 
 
-def run_metadata(results: Results) -> list[str]:
+def _shown_path(source: str, out: str | None) -> str:
+    """An input as the report shows it: relative to the report's folder when both are local (a report shared with a
+    colleague does not carry the author's directories), a URI as it is."""
+    if out is None or "://" in source or "://" in out:
+        return source
+    return os.path.relpath(source, out)
+
+
+def run_metadata(results: Results, out: str | None = None) -> list[str]:
     """Bullets: experiments, runs, trial counts (vs the configured grid), dates, versions, hardware, protocols."""
     t = results.trials
     ok, failed = int(t["status"].eq("ok").sum()), int((~t["status"].eq("ok")).sum())
@@ -188,7 +198,7 @@ def run_metadata(results: Results) -> list[str]:
     for model, rows in good.groupby("model", sort=True):
         weights = f"; weights: {_unique(rows['weights'])}" if "weights" in rows and rows["weights"].notna().any() else ""
         items.append(f"protocol for {code(model)}: {md_text(plots.protocol_label(rows.iloc[0].to_dict()) + weights)}")
-    items.append("inputs: " + ", ".join(code(s) for s in results.sources))
+    items.append("inputs: " + ", ".join(code(_shown_path(s, out)) for s in results.sources))
     return items
 
 
@@ -395,7 +405,7 @@ def write_report(results: Results, out: str) -> str:
             write_bytes(f"{out}/{stem}.{kind}", figure_bytes(fig, kind))
         images.append(Block("image", (alt, stem)))
 
-    blocks = _blocks(results, summary, table, images, pairs, stability)
+    blocks = _blocks(results, summary, table, images, pairs, stability, out)
     title = f"sentinel-bench analysis: {_unique(results.trials.get('experiment'))}"
     report = f"{out}/report.md"
     markdown = render_markdown(md_text(title), blocks)
@@ -405,9 +415,9 @@ def write_report(results: Results, out: str) -> str:
 
 
 def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images: list[Block],
-            pairs: pd.DataFrame, stability: pd.DataFrame) -> list[Block]:
+            pairs: pd.DataFrame, stability: pd.DataFrame, out: str | None = None) -> list[Block]:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    blocks = [Block("p", f"Generated {generated}."), Block("h2", "Run"), Block("ul", run_metadata(results)),
+    blocks = [Block("p", f"Generated {generated}."), Block("h2", "Run"), Block("ul", run_metadata(results, out)),
               Block("h2", "How to read this"),
               Block("ul", [
                   f"Each cell is model x strategy x pruning level; numbers are means over seeds [{CONFIDENCE:.0%} "

@@ -144,12 +144,22 @@ def test_report_embeds_every_plot_and_each_image_is_non_trivial(results_dir, rep
 
 
 def test_tables_are_written_as_csv_and_markdown(report):
+    text = report.read_text()
+    assert "inputs: `../trials.parquet`" in text  # relative to the report: no author's directories in it
     summary = pd.read_csv(report.parent / "summary.csv")
+    dense = display_table_of(summary)["dense"]
+    assert not dense.str.contains(r"\[").any()  # the dense model is one value, never an interval
     assert {"dense_mean", "pruned_low", "pruned_high", "recovered_mean", "vs_random_recovered_p", "params_after",
             "speed_after", "speedup", "speedup_min", "speedup_max", "ideal_speedup", "speedup_share",
             "speedup_share_min", "speedup_share_max"} <= set(summary.columns)
     markdown = (report.parent / "summary.md").read_text().splitlines()
     assert markdown[0].startswith("| model | strategy | level") and len(markdown) == 2 + len(summary)
+
+
+def display_table_of(summary: pd.DataFrame) -> pd.DataFrame:
+    from orchestrator.analyze.report import display_table
+
+    return display_table(summary.fillna({"note": ""}))
 
 
 def test_inputs_merge_and_duplicates_are_dropped(results_dir, tmp_path):

@@ -12,7 +12,7 @@ from tests.unit.orchestrator.test_results import ok_payload
 
 def test_the_done_line_waits_for_the_rows_part_file(tmp_path):
     stream = io.StringIO()
-    progress = Progress(total=1, stream=stream)
+    progress = Progress(total=3, stream=stream, done=1)  # one cell done by an earlier run
     results = ResultStream(str(tmp_path / "e"), "e-1", flush_s=3600, progress=progress)  # nothing flushes by time
     payload = ok_payload(0.5)
     payload["context"] = {**payload["context"], "tune_trial_id": "t1"}
@@ -25,5 +25,6 @@ def test_the_done_line_waits_for_the_rows_part_file(tmp_path):
     parts = tmp_path / "e" / "parts" / "trials"
     assert stream.getvalue() == "" and not parts.exists()  # buffered: no line yet
     results.flush()
-    assert list(parts.glob("*.parquet")) and stream.getvalue().startswith("[1/1] ")
+    assert list(parts.glob("*.parquet")) and stream.getvalue().startswith("[2/3] ")
     assert "perplexity dense -> pruned -> recovered" in stream.getvalue()
+    assert stream.getvalue().rstrip().endswith("left)")  # elapsed, and the time left at this run's pace
