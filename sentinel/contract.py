@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 Rule = Callable[[Any, str], Any]
 STAGES = ("load", "baseline", "score", "select", "prune", "eval_pruned", "speed", "generation", "finetune", "extra")  # a trial's timed stages
@@ -31,7 +31,14 @@ def checked(default: Any = dataclasses.MISSING, rule: Rule | None = None, *, fac
 
 
 class Contract:
-    """Base of the frozen, self-validating config dataclasses."""
+    """Base of the frozen, self-validating config dataclasses.
+
+    LATE_DEFAULTS: the fields added after results were published, with their defaults. `identity_dict` leaves each
+    out while it holds its default, in this contract and every nested one, so a field added to any part of a trial
+    (data, finetune, generation, ...) does not change the ids of the cells that existed before it.
+    """
+
+    LATE_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -70,6 +77,20 @@ class Contract:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def identity_dict(cls, value: Mapping[str, Any]) -> dict[str, Any]:
+        """`value` (this contract as plain data) without the late fields that hold their defaults, nested contracts
+        included: what an id is computed from."""
+        out = dict(value)
+        for name, default in cls.LATE_DEFAULTS.items():
+            if name in out and out[name] == default:
+                del out[name]
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            inner = f.metadata.get("contract")
+            if inner is not None and isinstance(out.get(f.name), Mapping):
+                out[f.name] = inner.identity_dict(out[f.name])
+        return out
 
 
 def nested(contract: type[Contract], default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING,

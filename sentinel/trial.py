@@ -375,15 +375,7 @@ class TrialSpec(Contract):
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
 
     def trial_id(self) -> str:
-        spec = self.to_dict()
-        for name, default in self.LATE_DEFAULTS.items():
-            if spec.get(name) == default:
-                del spec[name]
-        if isinstance(spec.get("finetune"), dict):
-            for name, default in FinetuneConfig.LATE_DEFAULTS.items():
-                if spec["finetune"].get(name) == default:
-                    del spec["finetune"][name]
-        return digest(spec)
+        return digest(self.identity_dict(self.to_dict()))  # late fields at their defaults left out, in every part
 
 
 def failed_row(cell: Mapping[str, Any], error: str) -> dict[str, Any]:
