@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,19 +51,44 @@ def load_documents(source: str) -> list[Document]:
             docs += _wiki_articles(lines, prefix=f"wiki.{split}")
         return docs
     path = Path(source).expanduser()
-    if path.is_file():
-        return [Document(path.name, path.read_text(encoding="utf-8"))]
     if path.is_dir():
         files = sorted(path.glob("*.txt"))
         if not files:
             raise ValueError(f"source: folder {source!r} has no *.txt files")
+        sizes = [_text_file_size(p) for p in files]
+        if sum(sizes) > MAX_SOURCE_BYTES:
+            raise ValueError(f"source: folder {source!r} holds {sum(sizes) / 2**20:,.0f} MiB of text, over the "
+                             f"{MAX_SOURCE_BYTES // 2**20} MiB a local source may hold")
         return [Document(p.name, p.read_text(encoding="utf-8")) for p in files]
+    if path.exists() or path.is_symlink():
+        _text_file_size(path)
+        return [Document(path.name, path.read_text(encoding="utf-8"))]
     if ":" in source and not source.startswith((".", "/", "~")):
         return _load_hub_dataset(source)
     raise ValueError(
         f"source: {source!r} is not one of {', '.join(BUNDLED)}, an existing file or folder, "
         "or a datasets name as path:name:split"
     )
+
+
+MAX_TEXT_FILE_BYTES = 64 * 2**20  # a local text file (WikiText-2 raw is 13 MB; a worker holds its tokens several times)
+MAX_SOURCE_BYTES = 256 * 2**20  # a local folder of text files, in all
+
+
+def _text_file_size(path: Path) -> int:
+    """The size of a local text file, or a one-line ValueError: not a regular file (a FIFO would hang the read, a link
+    to /dev/zero never end it), or over MAX_TEXT_FILE_BYTES."""
+    try:
+        info = os.stat(path)  # follows links: judged by what is read
+    except OSError as exc:
+        raise ValueError(f"source: file {path.name!r} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"source: file {path.name!r} is not a regular file (a FIFO, a device or a socket); give text "
+                         "files")
+    if info.st_size > MAX_TEXT_FILE_BYTES:
+        raise ValueError(f"source: file {path.name!r} is {info.st_size / 2**20:,.0f} MiB, over the "
+                         f"{MAX_TEXT_FILE_BYTES // 2**20} MiB a text file may hold")
+    return info.st_size
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import torch
 import transformers
 from torch import nn
 
+from sentinel.models.gguf_check import check_gguf
 from sentinel.models.hub import hub_reachable
 from sentinel.models.io import is_pruned_checkpoint, load_pruned
 
@@ -81,6 +82,8 @@ def load_model(
         kwargs = dict(local_files_only=local_only, trust_remote_code=trust_remote_code)
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
+            if local_only and (Path(source) / gguf_file).exists():
+                check_gguf(Path(source) / gguf_file)
         try:
             config = transformers.AutoConfig.from_pretrained(source, **kwargs)
             # GGUF holds decoder LMs only, and its configs name no `architectures`
@@ -191,6 +194,7 @@ def _gguf_header(path: str, mtime_ns: int) -> dict:
     (SmolLM2's tokenizer arrays included) item by item, about 3 s a read on one core."""
     import gguf
 
+    check_gguf(path)  # every count the header declares fits in the file, before gguf's reader believes it
     fields = gguf.GGUFReader(path).fields
     return {key: field.parts[field.data[0]] for key, field in fields.items() if len(field.data) == 1}
 
