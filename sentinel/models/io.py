@@ -16,8 +16,11 @@ stays the dense one. docs/MIGRATION.md ("Loading without sentinel") has the tabl
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -101,15 +104,68 @@ def _v4_pruned_heads(path: Path) -> dict[int, list[int]]:
         return {}
 
 
+MAX_JSON_BYTES = 16 * 2**20  # a sidecar or a shard index: a few KB in practice
+
+
+def _regular(path: Path) -> Path:
+    """`path` if it is a regular file inside its folder's tree as named (no FIFO that hangs a read, no device)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path}: not a regular file (a FIFO, a device or a socket)")
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    """A small JSON file of a model folder (untrusted): regular, bounded, parsed, or one ValueError line."""
+    if os.stat(_regular(path)).st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path}: over {MAX_JSON_BYTES // 2**20} MiB, not a sidecar or an index")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+
+
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     index = path / "model.safetensors.index.json"
     if index.is_file():  # sharded checkpoint
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        parsed = _read_json(index)
+        weight_map = parsed.get("weight_map") if isinstance(parsed, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: weight_map is not a mapping of tensor names to shard files")
         state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(path / shard))
+        for shard in sorted(set(weight_map.values())):
+            # a shard is a file of this folder by its bare name: never an absolute path, `..` or a link out of it
+            if Path(shard).name != shard or shard in (".", "..") or (path / shard).resolve().parent != path.resolve():
+                raise ValueError(f"{index}: shard {shard[:100]!r} is not a file name inside the checkpoint folder")
+            state.update(load_file(_regular(path / shard)))
         return state
-    return load_file(path / "model.safetensors")
+    return load_file(_regular(path / "model.safetensors"))
+
+
+def _check_sidecar(sidecar: Any, where: Path, layers: int, heads: int, kv_heads: int) -> None:
+    """The sidecar (untrusted) against the config it came with: every layer id a layer of the model, every head and
+    KV-head id one of the dense model's, each list unique and non-empty; a one-line ValueError naming the field."""
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("layers", {}), dict):
+        raise ValueError(f"{where}: not a mapping with a `layers` mapping")
+    for key, kept in sidecar.get("layers", {}).items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < layers):
+            raise ValueError(f"{where}: layers[{key!r}] is not a layer of this model (0-{layers - 1})")
+        if not isinstance(kept, dict):
+            raise ValueError(f"{where}: layers[{key!r}] is not a mapping with heads and kv_heads")
+        for name, limit in (("heads", heads), ("kv_heads", kv_heads)):
+            ids = kept.get(name)
+            if (not isinstance(ids, list) or not ids or len(set(map(repr, ids))) != len(ids)
+                    or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < limit for i in ids)):
+                raise ValueError(f"{where}: layers[{key!r}].{name} must be distinct {name.replace('_', ' ')} ids in "
+                                 f"0-{limit - 1}, got {str(ids)[:80]}")
+    dense = sidecar.get("dense")
+    if dense is not None and not (isinstance(dense, dict) and all(
+            isinstance(dense.get(k), int) and not isinstance(dense.get(k), bool) and dense.get(k) > 0
+            for k in ("heads", "kv_heads") if k in dense) and "heads" in dense):
+        raise ValueError(f"{where}: dense must be a mapping of positive head counts (heads, kv_heads)")
 
 
 def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> nn.Module:
@@ -119,7 +175,9 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
     if not is_pruned_checkpoint(path):
         raise ValueError(f"path: {str(path)!r} has neither {SIDECAR} nor config.pruned_heads; it is not a pruned "
                          "checkpoint (load it with load_model)")
-    sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).is_file() else None
+    sidecar = _read_json(path / SIDECAR) if (path / SIDECAR).is_file() else None
+    if sidecar is not None and not isinstance(sidecar, dict):
+        raise ValueError(f"{path / SIDECAR}: not a JSON object")
     if sidecar is not None and sidecar.get("format_version") != SIDECAR_VERSION:
         raise ValueError(
             f"{path / SIDECAR}: format_version {sidecar.get('format_version')!r} is not supported "
@@ -138,6 +196,11 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
     model = model_class(config)
 
     layout = head_layout(model)  # freshly built: dense, or already pruned when saved with a plain config
+    if sidecar is not None:
+        dense = sidecar.get("dense") if isinstance(sidecar.get("dense"), dict) else {}
+        heads = dense.get("heads") if isinstance(dense.get("heads"), int) else config.num_attention_heads
+        kv_heads = dense.get("kv_heads") if isinstance(dense.get("kv_heads"), int) else heads
+        _check_sidecar(sidecar, path / SIDECAR, layout.num_layers, heads, kv_heads)
     kept = {int(layer): k for layer, k in (sidecar or {"layers": {}})["layers"].items()}
     if kept and all(layout.heads[layer] == len(k["heads"]) for layer, k in kept.items()):
         for layer, attention in enumerate(attention_modules(model)):  # shapes are right: only the provenance
