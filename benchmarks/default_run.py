@@ -9,7 +9,7 @@ the results back. Targets (issue: real pretrained models and a default whose ans
 - on the real LM, recovered < pruned in >= 80% of the cells at level >= 0.3;
 - a strategy better than random after Holm's adjustment on each model, where there is one (the report's verdict;
   found, not required);
-- cells with the same pruned layout report the same speed (one quiet measurement per layout).
+- cells with the same pruned layout report the same speed (one quiet measurement per layout, 3 timed rounds).
 
 Writes benchmarks/results/default_run.{json,md}.
 """
@@ -56,7 +56,8 @@ def main() -> None:
 
 
 def measure(trials: pd.DataFrame, summary: pd.DataFrame, report: str, wall: float) -> dict:
-    ok = trials[trials.status == "ok"]
+    reference = trials["reference"].fillna(False).astype(bool) if "reference" in trials else False
+    ok = trials[(trials.status == "ok") & ~reference]  # strategy cells; the random reference is read by the analysis
     lm = ok[(ok.metric_name == "perplexity") & (ok.level >= 0.3)]
     same_layout = ok.assign(layout=ok.pruned_heads.map(lambda p: json.dumps([list(map(int, h)) for h in p])))
     spread = same_layout.groupby(["model", "layout"]).apply(
@@ -66,7 +67,8 @@ def measure(trials: pd.DataFrame, summary: pd.DataFrame, report: str, wall: floa
     stages = [c for c in trials.columns if c.startswith("time_") and c != "time_total"]
     return {
         "wall_s": round(wall, 1),
-        "trials": len(trials), "ok": len(ok),
+        "trials": len(trials), "ok": int(trials.status.eq("ok").sum()),
+        "reference_layouts": int(reference.sum()) if hasattr(reference, "sum") else 0,
         "lm_cells_level_ge_0.3": len(lm),
         "lm_recovered_below_pruned": round(float((lm.recovered < lm.pruned).mean()), 3) if len(lm) else None,
         "models_with_a_strategy_better_than_random": sorted(better.model.unique()),
@@ -75,8 +77,10 @@ def measure(trials: pd.DataFrame, summary: pd.DataFrame, report: str, wall: floa
         "summary": summary[["model", "label", "level", "n_seeds", "dense_mean", "pruned_mean", "pruned_low",
                             "pruned_high", "recovered_mean", "vs_random_pruned_effect", "vs_random_pruned_effect_low",
                             "vs_random_pruned_effect_high", "vs_random_pruned_p_adj", "vs_random_pruned_verdict",
-                            "vs_random_recovered_effect", "vs_random_recovered_p_adj", "vs_random_recovered_verdict",
-                            "speedup", "ideal_speedup"]].round(6).to_dict(orient="records"),
+                            "pruned_percentile", "vs_random_recovered_effect", "vs_random_recovered_p_adj",
+                            "vs_random_recovered_verdict", "recovered_percentile", "speedup", "speedup_min",
+                            "speedup_max", "ideal_speedup", "speedup_share", "speedup_share_min", "speedup_share_max",
+                            ]].round(6).to_dict(orient="records"),
         "verdict": verdict,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
@@ -90,7 +94,8 @@ def write(result: dict, config: str) -> None:
         "# Default run: `sentinel-bench run configs/default.yaml`", "",
         f"Measured with `python benchmarks/default_run.py` ({result['machine']}), config `{Path(config).name}`.", "",
         f"- wall time (whole command, fresh process: Ray start, model loads, {result['trials']} trials, Parquet, "
-        f"analysis and plots): **{result['wall_s']} s** (target <= 600 s)",
+        f"analysis and plots; {result['reference_layouts']} of the trials are random-reference layouts): "
+        f"**{result['wall_s']} s** (target <= 600 s)",
         f"- trials ok: {result['ok']} of {result['trials']}",
         f"- real LM, cells at level >= 0.3 where recovered < pruned: **{result['lm_recovered_below_pruned']:.0%}** "
         f"of {result['lm_cells_level_ge_0.3']} (target >= 80%)",

@@ -150,6 +150,11 @@ def _check_sidecar(sidecar: Any, where: Path, layers: int, heads: int, kv_heads:
     KV-head id one of the dense model's, each list unique and non-empty; a one-line ValueError naming the field."""
     if not isinstance(sidecar, dict) or not isinstance(sidecar.get("layers", {}), dict):
         raise ValueError(f"{where}: not a mapping with a `layers` mapping")
+    dense = sidecar.get("dense")
+    if dense is not None and not (isinstance(dense, dict) and all(
+            isinstance(dense.get(k), int) and not isinstance(dense.get(k), bool) and dense.get(k) > 0
+            for k in ("heads", "kv_heads") if k in dense) and "heads" in dense):
+        raise ValueError(f"{where}: dense must be a mapping of positive head counts (heads, kv_heads)")
     for key, kept in sidecar.get("layers", {}).items():
         if not (isinstance(key, str) and key.isdigit() and int(key) < layers):
             raise ValueError(f"{where}: layers[{key!r}] is not a layer of this model (0-{layers - 1})")
@@ -161,11 +166,6 @@ def _check_sidecar(sidecar: Any, where: Path, layers: int, heads: int, kv_heads:
                     or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < limit for i in ids)):
                 raise ValueError(f"{where}: layers[{key!r}].{name} must be distinct {name.replace('_', ' ')} ids in "
                                  f"0-{limit - 1}, got {str(ids)[:80]}")
-    dense = sidecar.get("dense")
-    if dense is not None and not (isinstance(dense, dict) and all(
-            isinstance(dense.get(k), int) and not isinstance(dense.get(k), bool) and dense.get(k) > 0
-            for k in ("heads", "kv_heads") if k in dense) and "heads" in dense):
-        raise ValueError(f"{where}: dense must be a mapping of positive head counts (heads, kv_heads)")
 
 
 def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> nn.Module:
