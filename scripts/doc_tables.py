@@ -20,6 +20,8 @@ Views (NAME is a folder of docs/data, MODEL a model name as in the results):
     NAME/facts                  the run: trials, seeds, wall time, config
     NAME/cost MODEL             seconds per strategy: scoring (where computed), fine-tuning, all stages
     NAME/stability MODEL        which heads, how stable: Jaccard overlap and score correlation across seeds, random's
+    NAME/speed MODEL            forward speedup per cell: median [min, max] of its timed rounds, of its ideal, and the
+                                realised share of the ideal gain
     NAME/power                  the test against the random reference simulated from the run's spreads (power.csv)
     NAME/generation MODEL       KV cache kept, prefill / decode speedups beside their ideal ratios (runs with generation)
     NAME/extra MODEL            the extra evaluations (extra_tasks) per cell and stage, mean [95% CI]
@@ -42,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from orchestrator.analyze import stats  # noqa: E402
 from orchestrator.analyze.load import strategy_label  # noqa: E402
 from orchestrator.analyze.report import (effect, extra_display, generation_display, markdown_table, mean_ci,  # noqa: E402
-                                         stability_display)
+                                         speed_text, stability_display)
 from orchestrator.results import TABLE_NAMES  # noqa: E402
 
 
@@ -131,6 +133,18 @@ def stability(name: str, model: str) -> pd.DataFrame:
     return stability_display(rows[rows["model"].eq(model)].reset_index(drop=True)).drop(columns="model")
 
 
+def speed(summary: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Forward speed per cell: the speedup (median [min, max] of the timed rounds) of its ideal, and the realised
+    share of the ideal gain."""
+    rows = summary[summary["model"].eq(model)].sort_values(["label", "level"])
+    return pd.DataFrame({
+        "strategy": rows["label"], "level": rows["level"].map(lambda v: f"{v:g}"),
+        "speedup [rounds] of ideal: share of the ideal gain [rounds]": [
+            speed_text(*values) for values in zip(*(rows[f"speedup{c}"] for c in stats.SPREAD_COLUMNS),
+                                                  rows["ideal_speedup"])],
+    })
+
+
 def power(name: str) -> pd.DataFrame:
     """benchmarks/reference_power.py's simulation of the test against the reference, from this run's spreads."""
     return pd.read_csv(DATA / name / "power.csv")
@@ -201,6 +215,8 @@ def render_view(spec: str) -> str:
         table = run_facts(facts)
     elif view == "cost":
         table = cost(name, args[0])
+    elif view == "speed":
+        table = speed(summary, args[0])
     elif view == "stability":
         table = stability(name, args[0])
     elif view == "power":
@@ -210,7 +226,7 @@ def render_view(spec: str) -> str:
         rows = rows[rows["model"].eq(args[0])].reset_index(drop=True)
         table = (generation_display(rows) if view == "generation" else extra_display(rows)).drop(columns="model")
     else:
-        raise ValueError(f"view: {view!r} is not one of verdicts, best, pairs, dense, facts, cost, stability, power, "
+        raise ValueError(f"view: {view!r} is not one of verdicts, best, pairs, dense, facts, cost, speed, stability, power, "
                          "generation, extra")
     return (markdown_table(table) if len(table) else "(none)") + "\n"
 
