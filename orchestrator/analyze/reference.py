@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
-from orchestrator.analyze.stats import (ALPHA, CELL, CONFIDENCE, SCALES, _higher, back_difference, holm, metric_scale,
-                                       ok_trials)
+from orchestrator.analyze.stats import (ALPHA, CELL, CONFIDENCE, SCALES, back_difference, higher_is_better, holm,
+                                       metric_scale, ok_trials)
 
 MIN_LAYOUTS = 20  # pruned reference layouts a test needs (one distinct strategy layout then reaches p = 2/21)
 MIN_RECOVERED = 5  # recovered reference layouts a recovered-stage test needs (0: no recovered verdicts)
@@ -115,7 +115,7 @@ def vs_reference(trials: pd.DataFrame, reference: pd.DataFrame, stage: str) -> p
         group = group[group[stage].notna()]
         if base.empty or group.empty:
             continue
-        scale, higher = metric_scale(group), _higher(group)
+        scale, higher = metric_scale(group), higher_is_better(group)
         forward, _ = SCALES[scale]
         y = forward(base.to_numpy(float))
         x = (pd.Series(forward(group[stage].to_numpy(float)), index=layout_keys(group).to_numpy())

@@ -284,7 +284,8 @@ def verdict(direction: float, p_adj: float, n: int, higher_is_better: bool) -> s
     return "better" if better else "worse"
 
 
-def _higher(rows: pd.DataFrame) -> bool:
+def higher_is_better(rows: pd.DataFrame) -> bool:
+    """The rows' metric direction (False when no row records it)."""
     values = rows["higher_is_better"].dropna()
     return bool(values.iloc[0]) if len(values) else False
 
@@ -308,7 +309,7 @@ def paired_vs_random(trials: pd.DataFrame, value: str) -> pd.DataFrame:
         if base.empty:
             continue
         result = compare(group, base, value)
-        rows.append({"model": model, "label": label, "level": level, **result, "higher": _higher(group),
+        rows.append({"model": model, "label": label, "level": level, **result, "higher": higher_is_better(group),
                      "scale": metric_scale(group)})
     columns = CELL + ["diff", "ratio", "effect", "effect_low", "effect_high", "p", "p_adj", "n_pairs", "verdict", "spread"]
     if not rows:
@@ -341,7 +342,7 @@ def pairwise(trials: pd.DataFrame) -> pd.DataFrame:
                 for b in labels[i + 1:]:
                     result = compare(cell[cell["label"].eq(a)], cell[cell["label"].eq(b)], stage)
                     rows.append({"model": model, "stage": stage, "level": level, "a": a, "b": b, **result,
-                                 "higher": _higher(cell)})
+                                 "higher": higher_is_better(cell)})
     columns = ["model", "stage", "level", "a", "b", "n_pairs", "effect", "effect_low", "effect_high", "diff", "p",
                "p_adj", "verdict", "spread"]
     if not rows:

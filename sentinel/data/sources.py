@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import os
 import re
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentinel.files import regular_file_size
 from sentinel.models.hub import hub_reachable
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
@@ -79,16 +78,13 @@ def _text_file_size(path: Path) -> int:
     """The size of a local text file, or a one-line ValueError: not a regular file (a FIFO would hang the read, a link
     to /dev/zero never end it), or over MAX_TEXT_FILE_BYTES."""
     try:
-        info = os.stat(path)  # follows links: judged by what is read
-    except OSError as exc:
-        raise ValueError(f"source: file {path.name!r} cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"source: file {path.name!r} is not a regular file (a FIFO, a device or a socket); give text "
-                         "files")
-    if info.st_size > MAX_TEXT_FILE_BYTES:
-        raise ValueError(f"source: file {path.name!r} is {info.st_size / 2**20:,.0f} MiB, over the "
+        size = regular_file_size(path)
+    except ValueError as exc:
+        raise ValueError(f"source: file {exc}; give text files") from None
+    if size > MAX_TEXT_FILE_BYTES:
+        raise ValueError(f"source: file {path.name!r} is {size / 2**20:,.0f} MiB, over the "
                          f"{MAX_TEXT_FILE_BYTES // 2**20} MiB a text file may hold")
-    return info.st_size
+    return size
 
 
 @contextlib.contextmanager

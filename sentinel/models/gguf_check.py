@@ -10,9 +10,10 @@ nothing but its header, without allocating more than the header itself.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from pathlib import Path
+
+from sentinel.files import regular_file_size
 
 MAGIC = b"GGUF"
 # value type -> bytes of one item (strings and arrays: at least their 8-byte length)
@@ -75,14 +76,12 @@ def check_gguf(path: str | os.PathLike) -> None:
     and whose layer count (`<arch>.block_count`) is at most the tensors it declares."""
     path = Path(path)
     try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{path}: not a regular file (a GGUF model must be one)")
+        size = regular_file_size(path)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a usable GGUF file ({exc})") from None
     with open(path, "rb") as f:
-        data = f.read(min(info.st_size, MAX_HEADER_BYTES))
-    header = _Header(data, info.st_size)
+        data = f.read(min(size, MAX_HEADER_BYTES))
+    header = _Header(data, size)
     try:
         if header.take(4, "magic") != MAGIC:
             raise ValueError("does not start with GGUF")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import transformers
 from safetensors.torch import load_file
 from torch import nn
 
+from sentinel.files import regular_file_size
 from sentinel.models.heads import (attention_modules, head_layout, kept_heads, output_projections, prune_heads,
                                    pruned_heads_v4)
 
@@ -108,13 +108,11 @@ MAX_JSON_BYTES = 16 * 2**20  # a sidecar or a shard index: a few KB in practice
 
 
 def _regular(path: Path) -> Path:
-    """`path` if it is a regular file inside its folder's tree as named (no FIFO that hangs a read, no device)."""
+    """`path` if it is a regular file (no FIFO that hangs a read, no device), else one ValueError line naming it."""
     try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{path}: not a regular file (a FIFO, a device or a socket)")
+        regular_file_size(path)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {str(exc).split(' ', 1)[1]}") from None
     return path
 
 

@@ -9,9 +9,10 @@ ROOT = Path(__file__).resolve().parents[3]
 ALLOWED = {
     "registry": set(),
     "contract": set(),
+    "files": set(),  # reading untrusted files: regular files only
     "result": {"contract"},  # what a trial produced and its row: plain Python, read by the analysis
-    "models": {"registry", "contract"},
-    "data": {"models", "registry", "contract"},
+    "models": {"registry", "contract", "files"},
+    "data": {"models", "registry", "contract", "files"},
     "eval": {"models", "registry", "contract"},
     "pruning": {"models", "registry", "contract"},
 }
