@@ -349,11 +349,14 @@ def speed_text(median: float, low: float, high: float, share: float, share_low: 
     rounds and the realised share of the ideal gain, (measured - 1) / (ideal - 1)."""
     if pd.isna(median):
         return "not measured" if pd.isna(ideal) else f"(ideal {fmt(ideal, 3)}x)"
-    text = f"{fmt(median, 3)}x [{fmt(low, 3)}, {fmt(high, 3)}]"
+    text = f"{fmt(median, 3)}x" + ("" if pd.isna(low) else f" [{fmt(low, 3)}, {fmt(high, 3)}]")
     if pd.isna(ideal):
         return text
     text += f" of ideal {fmt(ideal, 3)}x"
-    return text + ("" if pd.isna(share) else f": {share:.0%} [{share_low:.0%}, {share_high:.0%}] of the ideal gain")
+    if pd.isna(share):  # a table written before timed rounds: the share of its one ratio, no spread to give
+        share = stats.realised_share(median, ideal)
+        return text + ("" if pd.isna(share) else f": {share:.0%} of the ideal gain (one timing, no spread)")
+    return text + f": {share:.0%} [{share_low:.0%}, {share_high:.0%}] of the ideal gain"
 
 
 def generation_display(table: pd.DataFrame) -> pd.DataFrame:
