@@ -89,7 +89,8 @@ class TrialResult:
     # what row() adds to the scalar fields above: identity (identity()), the protocol as JSON, and flattened stages
     EXTRA_COLUMNS: ClassVar[dict[str, Any]] = {
         "trial_id": str, "model": str, "strategy": str, "strategy_options": str, "level": float, "seed": int,
-        "method": str, "compensate": bool, "reference": bool, "recovery_steps": int, "policy": str, "spec": str, "protocol": str, "ideal_speedup": float,
+        "method": str, "compensate": bool, "reference": bool, "recovery_steps": int, "policy": str, "spec": str,
+        "protocol": str, "ideal_speedup": float,
         "time_total": float, **{f"time_{stage}": float for stage in STAGES}, **{f"reused_{k}": bool for k in REUSED},
         **{f"version_{k}": str for k in VERSIONS},
     }
