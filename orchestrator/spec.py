@@ -490,6 +490,9 @@ def _finetune(value: Any, data: DataSpec) -> dict[str, Any] | None:
     return FinetuneConfig.from_dict(value, "finetune").to_dict()
 
 
+RAY_SMALLEST_SHARE = 1e-4  # Ray's resource granularity
+
+
 def _resources(value: Any) -> Resources:
     if not isinstance(value, dict):
         raise SpecError(f"resources: {value!r} is not a mapping with cpu and gpu")
@@ -500,6 +503,10 @@ def _resources(value: Any) -> Resources:
         if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) or item < 0:
             raise SpecError(f"resources.{key}: {item!r} is not a finite number >= 0")
         out[key] = float(item)
+    for key in ("cpu", "gpu"):
+        if 0 < out[key] < RAY_SMALLEST_SHARE:  # Ray refuses it after starting, in a 64-line error
+            raise SpecError(f"resources.{key}: {out[key]!r} is below the smallest share Ray schedules "
+                            f"({RAY_SMALLEST_SHARE:g}); use 0 or at least {RAY_SMALLEST_SHARE:g}")
     if out["gpu"] > 1 and out["gpu"] != int(out["gpu"]):
         raise SpecError(f"resources.gpu: {out['gpu']!r}; a share above 1 must be a whole number of GPUs")
     if out["cpu"] == 0 and out["gpu"] == 0:

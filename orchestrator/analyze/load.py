@@ -141,6 +141,8 @@ def _check(path: str, kind: str, df: pd.DataFrame) -> pd.DataFrame:
             sample = next((v for v in df[column].dropna() if not _is(v, kind_of)), None)
             raise AnalyzeError(f"{path}: column {column!r} must be {kind_of}, found {type(sample).__name__} "
                                f"values such as {str(sample)[:40]!r}")
+    if kind == "trials":
+        _check_trial_values(path, df)
     try:
         versions = sorted({int(v) for v in df["schema_version"].dropna().unique()})
     except (TypeError, ValueError):
@@ -152,6 +154,25 @@ def _check(path: str, kind: str, df: pd.DataFrame) -> pd.DataFrame:
     if kind == "trials" and df.empty:
         raise AnalyzeError(f"{path}: trials table is empty (no trial finished)")
     return df
+
+
+def _check_trial_values(path: str, df: pd.DataFrame) -> None:
+    """Seeds are whole numbers and the metrics of finished trials finite: a seed of 0.5 or NaN would be truncated or
+    crash the grouping, and an infinite perplexity averages into "inf [inf, inf]"."""
+    import numpy as np
+
+    seeds = pd.to_numeric(df["seed"], errors="coerce")
+    bad = seeds[seeds.isna() | ~np.isfinite(seeds) | (seeds != seeds.round())]
+    if len(bad):
+        raise AnalyzeError(f"{path}: column 'seed' must hold whole numbers, found {df['seed'][bad.index[0]]}")
+    ok = df[df["status"].eq("ok")]
+    for column in ("dense", "pruned", "recovered"):
+        if column in ok:
+            values = pd.to_numeric(ok[column], errors="coerce")
+            infinite = values[np.isinf(values)]
+            if len(infinite):
+                raise AnalyzeError(f"{path}: column {column!r} holds {infinite.iloc[0]} in a finished trial; a finished "
+                                   "trial's metric is finite (a run records a non-finite one as a failed trial)")
 
 
 def _read_config(folder: str) -> dict | None:

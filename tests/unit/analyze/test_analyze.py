@@ -352,3 +352,25 @@ def test_a_generation_column_holding_text_is_refused_and_a_null_direction_does_n
     metrics = load(str(results_dir)).metrics.assign(higher_is_better=None)
     table = analysis_stats.extra_table(metrics)
     assert len(table) and set(table["scale"]) == {"identity"}
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("seed", 0.5, "column 'seed' must hold whole numbers, found 0.5"),
+    ("seed", float("nan"), "column 'seed' must hold whole numbers, found nan"),
+    ("pruned", float("inf"), "column 'pruned' holds inf in a finished trial"),
+    ("recovered", float("-inf"), "column 'recovered' holds -inf in a finished trial"),
+])
+def test_analyze_refuses_fractional_seeds_and_infinite_metrics_in_one_line(results_dir, tmp_path, capsys, column,
+                                                                          value, message):
+    from orchestrator import cli
+
+    trials = pd.read_parquet(results_dir / "trials.parquet")
+    first_ok = trials.index[trials["status"].eq("ok")][0]
+    trials[column] = trials[column].astype(float)
+    trials.loc[first_ok, column] = value
+    bad = tmp_path / "bad.parquet"
+    trials.to_parquet(bad)
+    assert cli.main(["analyze", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()

@@ -393,3 +393,9 @@ def test_bad_random_reference_is_one_line_before_ray(tmp_path, base, capsys, val
 def test_a_reference_layout_is_drawn_by_random_only():
     with pytest.raises(SpecError, match="^reference: a reference layout is drawn by strategy 'random', not 'entropy'"):
         TrialSpec.from_dict({"model": "sentinel/tiny-gpt2", "strategy": "entropy", "level": 0.3, "reference": True})
+
+
+@pytest.mark.parametrize("key", ["cpu", "gpu"])
+def test_a_resource_share_ray_cannot_schedule_is_one_line_before_ray(tmp_path, base, capsys, key):
+    err = run_cli(tmp_path, {**base, "resources": {"cpu": 1, key: 1e-8}}, capsys)
+    assert f"resources.{key}: 1e-08 is below the smallest share Ray schedules (0.0001)" in err
