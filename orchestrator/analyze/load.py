@@ -165,6 +165,10 @@ def _check_trial_values(path: str, df: pd.DataFrame) -> None:
     bad = seeds[seeds.isna() | ~np.isfinite(seeds) | (seeds != seeds.round())]
     if len(bad):
         raise AnalyzeError(f"{path}: column 'seed' must hold whole numbers, found {df['seed'][bad.index[0]]}")
+    for heads in df["pruned_heads"] if "pruned_heads" in df else []:
+        if heads is not None and not _is_head_list(heads):
+            raise AnalyzeError(f"{path}: column 'pruned_heads' must hold lists of [layer, head] integer pairs, found "
+                               f"{str(heads)[:60]!r}")
     ok = df[df["status"].eq("ok")]
     for column in ("dense", "pruned", "recovered"):
         if column in ok:
@@ -173,6 +177,16 @@ def _check_trial_values(path: str, df: pd.DataFrame) -> None:
             if len(infinite):
                 raise AnalyzeError(f"{path}: column {column!r} holds {infinite.iloc[0]} in a finished trial; a finished "
                                    "trial's metric is finite (a run records a non-finite one as a failed trial)")
+
+
+def _is_head_list(heads: object) -> bool:
+    import numbers
+
+    try:
+        return all(len(pair) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)
+                   for pair in heads)
+    except TypeError:  # not a list of sequences
+        return False
 
 
 def _read_config(folder: str) -> dict | None:

@@ -34,10 +34,14 @@ PERMUTATIONS = 9999  # resamples: the smallest two-sided p is 2/10,000, enough f
 STABILITY_PAIRS = 50  # reference layouts whose pairwise overlap gives random's expected Jaccard
 
 
+def head_pairs(heads: object) -> tuple[tuple[int, int], ...]:
+    """A row's `pruned_heads` as sorted (layer, head) pairs (load() has checked their shape)."""
+    return () if heads is None else tuple(sorted((int(layer), int(head)) for layer, head in heads))
+
+
 def layout_key(heads: object) -> str:
     """A pruned layout as a hashable key: its sorted (layer, head) pairs."""
-    pairs = [] if heads is None else [tuple(int(v) for v in pair) for pair in heads]
-    return json.dumps(sorted(pairs))
+    return json.dumps(head_pairs(heads))
 
 
 def layout_keys(rows: pd.DataFrame) -> pd.Series:
@@ -186,10 +190,6 @@ def reference_notes(reference: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _head_set(heads: object) -> set:
-    return set() if heads is None else {tuple(int(v) for v in pair) for pair in heads}
-
-
 def _jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
@@ -207,12 +207,12 @@ def stability_table(trials: pd.DataFrame, heads: pd.DataFrame, reference: pd.Dat
     ok = ok_trials(trials)
     rows = []
     for (model, label, level), group in ok.groupby(CELL, sort=True):
-        sets = [_head_set(h) for h in (group["pruned_heads"] if "pruned_heads" in group else [])]
+        sets = [set(head_pairs(h)) for h in (group["pruned_heads"] if "pruned_heads" in group else [])]
         random_sets = []
         if not reference.empty:
             ref = ok_trials(reference)
             ref = ref[ref["model"].eq(model) & ref["level"].eq(level)].head(STABILITY_PAIRS)
-            random_sets = [_head_set(h) for h in ref["pruned_heads"]]
+            random_sets = [set(head_pairs(h)) for h in ref["pruned_heads"]]
         rows.append({"model": model, "label": label, "level": level, "n_seeds": len(sets),
                      "distinct_layouts": len({layout_key(sorted(s)) for s in sets}),
                      "jaccard": mean_jaccard(sets), "random_jaccard": mean_jaccard(random_sets),

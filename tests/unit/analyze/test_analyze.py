@@ -359,6 +359,7 @@ def test_a_generation_column_holding_text_is_refused_and_a_null_direction_does_n
     ("seed", float("nan"), "column 'seed' must hold whole numbers, found nan"),
     ("pruned", float("inf"), "column 'pruned' holds inf in a finished trial"),
     ("recovered", float("-inf"), "column 'recovered' holds -inf in a finished trial"),
+    ("pruned_heads", "[[0, 1]]", "column 'pruned_heads' must hold lists of [layer, head] integer pairs"),
 ])
 def test_analyze_refuses_fractional_seeds_and_infinite_metrics_in_one_line(results_dir, tmp_path, capsys, column,
                                                                           value, message):
@@ -366,8 +367,11 @@ def test_analyze_refuses_fractional_seeds_and_infinite_metrics_in_one_line(resul
 
     trials = pd.read_parquet(results_dir / "trials.parquet")
     first_ok = trials.index[trials["status"].eq("ok")][0]
-    trials[column] = trials[column].astype(float)
-    trials.loc[first_ok, column] = value
+    if column == "pruned_heads":  # text where a list of pairs belongs
+        trials[column] = [value if i == first_ok else heads for i, heads in zip(trials.index, trials[column])]
+    else:
+        trials[column] = trials[column].astype(float)
+        trials.loc[first_ok, column] = value
     bad = tmp_path / "bad.parquet"
     trials.to_parquet(bad)
     assert cli.main(["analyze", str(bad), "--out", str(tmp_path / "out")]) == 2
