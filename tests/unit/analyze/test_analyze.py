@@ -367,8 +367,8 @@ def test_analyze_refuses_fractional_seeds_and_infinite_metrics_in_one_line(resul
 
     trials = pd.read_parquet(results_dir / "trials.parquet")
     first_ok = trials.index[trials["status"].eq("ok")][0]
-    if column == "pruned_heads":  # text where a list of pairs belongs
-        trials[column] = [value if i == first_ok else heads for i, heads in zip(trials.index, trials[column])]
+    if column == "pruned_heads":  # text where lists of pairs belong (a whole column: Parquet holds one type)
+        trials[column] = value
     else:
         trials[column] = trials[column].astype(float)
         trials.loc[first_ok, column] = value
