@@ -1,7 +1,8 @@
 """The `sentinel-bench` command line.
 
     sentinel-bench run CONFIG [--set key=value ...] [--address ADDR] [--resume] [--overwrite] [--no-analyze]
-    sentinel-bench analyze | submit | status | logs ...   (provided by orchestrator.analyze / orchestrator.submit)
+    sentinel-bench analyze | submit | status | logs | export ...
+        (provided by orchestrator.analyze / orchestrator.submit / orchestrator.export)
 
 Exit codes: 0 all trials ok; 1 some trials failed, or the final tables could not be written (the rows stay in
 parts); 2 bad input (one line on stderr, nothing started, nothing written); 130 interrupted (Ctrl-C), 143
@@ -19,7 +20,7 @@ import signal
 import sys
 from typing import Sequence
 
-from orchestrator import analyze, submit
+from orchestrator import analyze, export, submit
 from sentinel.contract import SpecError
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze.add_cli(sub)
     submit.add_cli(sub)  # submit, status, logs
+    export.add_cli(sub)
     return parser
 
 

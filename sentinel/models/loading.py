@@ -118,6 +118,8 @@ def _dequantised(model: nn.Module, gguf_path: Path | str, dtype: torch.dtype) ->
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)  # otherwise save_pretrained refuses the model
+    if Path(gguf_path).is_file():  # export_gguf carries this file's tokenizer over verbatim
+        model.sentinel_gguf = str(Path(gguf_path).resolve())
     return f"gguf {gguf_file_type(gguf_path)} ({Path(gguf_path).name}), dequantised to {_dtype_name(dtype)}"
 
 

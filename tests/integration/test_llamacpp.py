@@ -1,0 +1,127 @@
+"""Exported GGUF files run by llama.cpp itself (its Python bindings, built by scripts/install_llamacpp.sh):
+logits, perplexity on the same windows, generation with llama.cpp's KV cache, tokenisation, and the dense
+SmolLM2 export against the GGUF it was loaded from. The measured agreement is in docs/EXPORT.md."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sentinel
+from sentinel.data.blocks import document_tokens
+from sentinel.data.sources import load_documents
+from sentinel.data.splits import split_documents
+from sentinel.eval.perplexity import window_perplexity
+from sentinel.export import export_gguf
+from sentinel.export.llamacpp import INSTALL, LlamaCpp, available
+from sentinel.models.loading import load_model
+from sentinel.pipeline import dense_model
+from sentinel.pruning import score_heads, select_heads
+
+if not available():  # a failure, not a skip: a suite that passes without llama.cpp has not checked the export
+    pytest.fail(f"llama.cpp's Python bindings are not installed: run {INSTALL} (the README's test line does)",
+                pytrace=False)
+
+SMOLLM2 = "sentinel/smollm2-135m"
+
+
+def eval_windows(tokenizer, count: int, length: int) -> torch.Tensor:
+    """`count` windows of `length` tokens from the start of WikiText-2's evaluation documents."""
+    docs = split_documents(load_documents("wikitext-2")).eval[:40]
+    ids = torch.cat(document_tokens(tokenizer, docs))
+    assert ids.numel() >= count * length
+    return ids[: count * length].view(count, length)
+
+
+def relative_gap(ours, reference) -> float:
+    """Largest logit difference as a share of the largest logit: the scale of the comparison."""
+    reference = torch.as_tensor(reference, dtype=torch.float32)
+    return float((torch.as_tensor(ours) - reference).abs().max() / reference.abs().max())
+
+
+@pytest.fixture(scope="module")
+def tiny_pruned(tmp_path_factory):
+    """tiny-llama with a non-uniform layout and bias compensation, exported as f32."""
+    model, tokenizer = load_model("sentinel/tiny-llama")
+    windows = eval_windows(tokenizer, 4, 64)
+    batches = [{"input_ids": windows, "attention_mask": torch.ones_like(windows)}]
+    sentinel.prune_heads(model, {0: [0, 1], 2: [4, 5, 6, 7], 3: [2, 3]}, compensate=batches)
+    path = export_gguf(model, tokenizer, tmp_path_factory.mktemp("gguf") / "tiny.gguf", dtype="f32")
+    return model, tokenizer, path, windows
+
+
+def test_llama_cpp_gives_the_pruned_model_s_logits(tiny_pruned):
+    model, tokenizer, path, windows = tiny_pruned
+    assert sentinel.head_layout(model).heads == (6, 8, 4, 6)
+    with LlamaCpp(path, n_ctx=128) as engine:
+        ours = engine.logits(windows[0].tolist())
+        perplexity = engine.perplexity(windows.numpy())
+    with torch.inference_mode():
+        reference = model(windows[:1]).logits[0]
+    assert relative_gap(ours, reference) < 1e-3  # measured 1e-4 to 2e-4 (f32 on both sides)
+    assert perplexity == pytest.approx(window_perplexity(model, windows).value, rel=5e-3)
+
+
+def test_llama_cpp_generates_what_transformers_generates(tiny_pruned):
+    """Greedy decoding through llama.cpp's own KV cache, whose per-layer sizes follow the pruned layout."""
+    model, tokenizer, path, _ = tiny_pruned
+    prompt = tokenizer("The history of the city")["input_ids"]
+    with torch.inference_mode():
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+    with LlamaCpp(path, n_ctx=64, logits_all=False) as engine:
+        produced = []
+        for token in engine.llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+            produced.append(token)
+            if len(produced) == 12:
+                break
+    assert produced == expected
+
+
+def test_llama_cpp_tokenises_the_export_as_transformers_does(tiny_pruned):
+    _, tokenizer, path, _ = tiny_pruned
+    text = "Valkyria Chronicles III is a tactical role-playing game; it was released in January 2011."
+    with LlamaCpp(path, n_ctx=64) as engine:
+        assert engine.tokenize(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("f16", 5e-3), ("q8_0", 3e-2)])
+def test_smaller_weight_types_load_and_stay_close(tiny_pruned, tmp_path, dtype, tolerance):
+    model, tokenizer, _, windows = tiny_pruned
+    path = export_gguf(model, tokenizer, tmp_path / f"{dtype}.gguf", dtype=dtype)
+    with LlamaCpp(path, n_ctx=128) as engine:
+        assert engine.perplexity(windows.numpy()) == pytest.approx(window_perplexity(model, windows).value, rel=tolerance)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    model, tokenizer = dense_model(SMOLLM2, torch.device("cpu"), {})  # the per-process cache other tests share
+    return model, tokenizer, eval_windows(tokenizer, 8, 128)
+
+
+def test_dense_smollm2_exported_scores_like_the_gguf_it_came_from(smollm2, tmp_path):
+    model, tokenizer, windows = smollm2
+    with LlamaCpp(model.sentinel_gguf, n_ctx=256) as engine:
+        source = engine.perplexity(windows.numpy())  # Q4_1 weights, as shipped
+    with LlamaCpp(export_gguf(model, tokenizer, tmp_path / "dense.gguf", dtype="q8_0"), n_ctx=256) as engine:
+        exported = engine.perplexity(windows.numpy())
+    # the export holds the dequantised Q4_1 weights re-quantised to q8_0: close to the source, not bit-equal
+    assert exported == pytest.approx(source, rel=0.01)
+
+
+def test_a_non_uniform_gradient_layout_of_smollm2_runs_in_llama_cpp(smollm2, tmp_path):
+    import copy
+
+    model, tokenizer, windows = smollm2
+    pruned = copy.deepcopy(model)
+    calibration = [{"input_ids": windows[:2, :64], "attention_mask": torch.ones_like(windows[:2, :64])}]
+    selection = select_heads(score_heads("gradient", pruned, calibration), 0.3)
+    sentinel.prune_heads(pruned, selection.heads)
+    heads = sentinel.head_layout(pruned).heads
+    assert sum(heads) == 270 - 81 and len(set(heads)) > 1  # 30% in whole KV groups, a different count per layer
+    path = export_gguf(pruned, tokenizer, tmp_path / "pruned.gguf", dtype="f32")
+    with LlamaCpp(path, n_ctx=256) as engine:
+        ours = engine.logits(windows[0].tolist())
+        perplexity = engine.perplexity(windows.numpy())
+    with torch.inference_mode():
+        reference = pruned(windows[:1]).logits[0]
+    assert relative_gap(ours, reference) < 2e-3  # measured 8e-4
+    assert perplexity == pytest.approx(window_perplexity(pruned, windows).value, rel=5e-3)  # measured 2e-5
