@@ -13,10 +13,9 @@ import argparse
 from pathlib import Path
 
 from sentinel.contract import SpecError
+from sentinel.export.formats import DTYPES, FAMILIES  # plain facts: a bad-input answer imports no torch
 
 TARGETS = ("gguf",)
-DTYPES = ("f32", "f16", "q8_0")  # sentinel.export.DTYPES, without importing torch for a bad-input answer
-FAMILIES = ("llama", "mistral", "qwen2")  # sentinel.export.FAMILIES (tests/unit/export checks they agree)
 
 
 def add_cli(subparsers) -> None:
@@ -63,7 +62,7 @@ def check_request(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     check_request(args)
-    from sentinel.export import ExportError, export_gguf
+    from sentinel.export import export_gguf
     from sentinel.models.loading import load_model
 
     try:

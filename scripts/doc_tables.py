@@ -25,6 +25,7 @@ Views (NAME is a folder of docs/data, MODEL a model name as in the results):
     NAME/power                  the test against the random reference simulated from the run's spreads (power.csv)
     NAME/generation MODEL       KV cache kept, prefill / decode speedups beside their ideal ratios (runs with generation)
     NAME/extra MODEL            the extra evaluations (extra_tasks) per cell and stage, mean [95% CI]
+    benchmarks/BENCH [N]        the N-th (default first) table of benchmarks/results/BENCH.md, as its script wrote it
 """
 from __future__ import annotations
 
@@ -199,9 +200,23 @@ def run_facts(facts: dict) -> pd.DataFrame:
     }])
 
 
+def benchmark_table(bench: str, index: int = 1) -> str:
+    """The index-th markdown table of benchmarks/results/BENCH.md (written by benchmarks/BENCH.py)."""
+    tables, current = [], []
+    for line in (REPO / "benchmarks" / "results" / f"{bench}.md").read_text(encoding="utf-8").splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append("\n".join(current) + "\n")
+            current = []
+    return tables[index - 1]
+
+
 def render_view(spec: str) -> str:
     name_view, *args = spec.split()
     name, view = name_view.split("/")
+    if name == "benchmarks":
+        return benchmark_table(view, *map(int, args))
     summary, pairs, facts = _load(name)
     if view == "verdicts":
         table = verdicts(summary, args[0], args[1])

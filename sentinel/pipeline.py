@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from sentinel.eval import Stopwatch, autocast, compare_throughput, count_parameters, forward_flops, resolve_device
+from sentinel.export.formats import servable_by
 from sentinel.models.device import model_device
 from sentinel.finetune import finetune
 from sentinel.models import (HeadMask, check_compensable, head_layout, is_causal_lm, load_model, mask_heads,
@@ -182,7 +183,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         with timings("generation"):  # once per layout, with the node to itself
             numbers, result.reused["generation"] = shared.get_or_compute(
                 work_key("generation", *layout, result.device, spec.generation.to_dict()),
-                lambda: _quiet_generation(dense, model, spec, shared))
+                lambda: _quiet_generation(dense, model, tokenizer, spec, shared))
         for name, value in numbers.items():
             setattr(result, name, value)
 
@@ -273,9 +274,24 @@ def _prune(result: TrialResult, model: nn.Module, dense: nn.Module, selection: S
     elif selection.heads:
         mask = mask_heads(model, selection.heads)
     result.params_after = count_parameters(model)
+    result.servable_by = _servable_by(dense, selection)
     result.flops_before = forward_flops(dense, spec.data.seq_len)
     result.flops_after = forward_flops(model, spec.data.seq_len) if spec.method == "remove" else result.flops_before
     return mask
+
+
+def _servable_by(dense: nn.Module, selection: Selection) -> list[str]:
+    """The runtimes that load the pruned layout without sentinel (sentinel.export.servable_by), from the dense layout
+    and the removed heads: a removal takes a KV head when all its query heads go (whole groups on GQA models)."""
+    layout = head_layout(dense)
+    heads, kv_heads = list(layout.heads), list(layout.kv_heads)
+    for layer, removed in selection.heads.items():
+        group = layout.group_size(layer)
+        heads[layer] -= len(removed)
+        kv_heads[layer] -= sum(all(h in set(removed) for h in range(k * group, (k + 1) * group))
+                               for k in range(layout.kv_heads[layer]))
+    return servable_by(dense.config.model_type, heads, kv_heads, pruned=bool(selection.heads),
+                       hidden_size=int(getattr(dense.config, "hidden_size", 0) or 0))
 
 
 def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, dense_metric: float,
@@ -311,18 +327,27 @@ def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork) -> t
             [p / d for d, p in rounds])
 
 
-def _quiet_generation(dense, model, spec: TrialSpec, shared: SharedWork) -> dict[str, Any]:
+def _quiet_generation(dense, model, tokenizer, spec: TrialSpec, shared: SharedWork) -> dict[str, Any]:
     """KV cache per token, prefill and decode tokens/s (dense and pruned, alternately: medians over the rounds, and
-    each round's ratio) and their ideal ratios: the TrialResult fields they fill."""
+    each round's ratio) and their ideal ratios: the TrialResult fields they fill. In transformers (eager PyTorch),
+    or in llama.cpp on GGUF exports of both models (generation.engine)."""
     from sentinel.eval.generation import compare_generation, ideal_generation_ratios, kv_cache_bytes_per_token
 
     g = spec.generation
+    if g.engine == "llama.cpp":
+        from sentinel.export import llamacpp
+
+        with shared.exclusive() as quiet:
+            out = llamacpp.compare_generation(dense, model, tokenizer, prompt_tokens=g.prompt_tokens,
+                                              new_tokens=g.new_tokens, rounds=g.rounds, dtype=g.gguf_dtype)
+        return {**out, "generation_quiet": quiet}
     with shared.exclusive() as quiet:
         rounds = compare_generation(dense, model, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
                                     batch_size=g.batch_size, rounds=g.rounds)
     ideal = ideal_generation_ratios(dense, model, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
                                     batch_size=g.batch_size)
     out: dict[str, Any] = {
+        "generation_engine": "transformers", "generation_threads": torch.get_num_threads(),
         "kv_bytes_per_token_before": float(kv_cache_bytes_per_token(dense)),
         "kv_bytes_per_token_after": float(kv_cache_bytes_per_token(model)),
         "generation_batch_size": g.batch_size, "generation_quiet": quiet,

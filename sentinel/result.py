@@ -45,6 +45,7 @@ class TrialResult:
     heads_pruned: int | None = None
     pruned_heads: list[list[int]] = field(default_factory=list)  # [[layer, head], ...] in the dense layout
     selection_notes: list[str] = field(default_factory=list)
+    servable_by: list[str] = field(default_factory=list)  # runtimes that load the layout without sentinel (RUNTIMES)
     weights: str = ""  # where the weights came from ("gguf Q4_1 (...), dequantised to float32", ...)
     params_before: int | None = None
     params_after: int | None = None
@@ -66,6 +67,8 @@ class TrialResult:
     decode_batch_tps_before: float = math.nan
     decode_batch_tps_after: float = math.nan
     generation_batch_size: int | None = None
+    generation_engine: str = ""  # "transformers", or "llama.cpp f16" (GGUF exports of both models, their weight type)
+    generation_threads: int | None = None  # CPU threads the engine ran on
     prefill_speedup_rounds: list[float] = field(default_factory=list)  # pruned / dense per alternating round
     decode_speedup_rounds: list[float] = field(default_factory=list)
     decode_batch_speedup_rounds: list[float] = field(default_factory=list)

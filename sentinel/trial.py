@@ -9,6 +9,7 @@ machine (is the hub reachable, are there enough CPUs) is the orchestrator's pre-
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -31,11 +32,14 @@ from sentinel.contract import (
 from sentinel.finetune import FinetuneConfig
 from sentinel.models.adapters import ADAPTERS
 from sentinel.pruning import STRATEGIES
+from sentinel.pruning.selection import POLICIES
+from sentinel.export.formats import DTYPES as GGUF_DTYPES, FAMILIES as GGUF_FAMILIES
 from sentinel.result import TrialResult, digest, identity  # noqa: F401  (TrialResult: re-exported with the contract)
 from sentinel.tasks import TASKS
 
 METHODS = ("remove", "mask")
-POLICIES = ("global", "per_layer")
+ENGINES = ("transformers", "llama.cpp")  # where generation speed is measured
+LORA_LAYERS = ("Linear", "Conv1D", "Embedding")  # the module types peft's LoRA adapts (a block is not one)
 LEVEL = fraction(zero=True)  # 0 is allowed: a control cell that prunes nothing and only fine-tunes
 SEED = integer(minimum=0, maximum=2**63 - 1)  # the rows' int64 column holds it (and torch, numpy accept it)
 REFERENCE_STRATEGY = "random"  # what draws the layouts of the random reference
@@ -156,11 +160,16 @@ def model_name(value: Any, name: str) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=64)
-def _module_names(model: str) -> tuple[str, ...] | None:
+@functools.lru_cache(maxsize=16)
+def _meta_model(model: str):
+    """The local model's architecture on the meta device (sentinel.models.loading.local_meta_model); None for a hub
+    name. A bad pruned folder (its sidecar) is one SpecError line here, before Ray."""
     from sentinel.models import loading
 
-    return loading.local_module_names(model)
+    try:
+        return loading.local_meta_model(model)
+    except ValueError as exc:
+        raise SpecError(f"model: {str(exc).splitlines()[0]}") from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -293,6 +302,11 @@ class GenerationSpec(Contract):
     new_tokens: int = checked(32, integer(minimum=1, maximum=4096))
     batch_size: int = checked(8, integer(minimum=1, maximum=1024))
     rounds: int = checked(3, integer(minimum=3, maximum=20))  # a spread needs at least 3 timings
+    # "llama.cpp": both models exported to GGUF (gguf_dtype) and timed in llama.cpp at batch 1 (batch_size unused)
+    engine: str = checked("transformers", one_of(ENGINES))
+    gguf_dtype: str = checked("f16", one_of(GGUF_DTYPES))
+
+    LATE_DEFAULTS = {"engine": "transformers", "gguf_dtype": "f16"}
 
 
 @dataclass(frozen=True)
@@ -350,26 +364,85 @@ class TrialSpec(Contract):
         if self.device == "cpu" and self.model_options.get("dtype") == "float16":
             raise SpecError("model_options.dtype: 'float16' on device 'cpu' (half-precision CPU kernels are slow or "
                             "missing); use float32 or bfloat16 there, float16 on cuda")
+        if self.generation is not None and self.generation.engine == "llama.cpp":
+            self._check_llamacpp(model_type)
         _, limit = _local_model(self.model)
         if limit is not None and self.data.seq_len > limit:
             raise SpecError(f"data.seq_len: {self.data.seq_len} is longer than {self.model!r} accepts "
                             f"({limit} positions); use at most {limit}")
+        if model_type is not None:
+            self._check_against_model(limit)
+
+    def _check_against_model(self, limit: int | None) -> None:
+        """What a local model's own files decide, before Ray: the tasks fit it (a perplexity needs a causal LM, STS-B
+        an encoder, lm-eval's tasks a causal LM), a generation fits its context, a gguf_file is in its folder."""
+        from sentinel.models import is_causal_lm
+        from sentinel.zero_shot import PREFIX
+
+        gguf_file = self.model_options.get("gguf_file")
+        if gguf_file:
+            folder = Path(self.model).expanduser()
+            if folder.suffix == ".gguf" or not (folder / gguf_file).is_file():
+                raise SpecError(f"model_options.gguf_file: {gguf_file!r} is not a file in {self.model!r} (gguf_file "
+                                "names a .gguf inside a folder model; a .gguf path needs none)")
+        meta = _meta_model(self.model)
+        if meta is None:
+            return
+        try:
+            causal = is_causal_lm(meta)
+        except ValueError:  # a family without an adapter: the fallback decides when the trial loads it
+            return
+        kind = "a causal LM" if causal else "an encoder (no LM head)"
+        for field, task in [("task", self.task)] + [(f"extra_tasks[{i}]", t) for i, t in enumerate(self.extra_tasks)]:
+            fits = causal if task.startswith(PREFIX) else task == "auto" or TASKS.get(task).fits(meta)
+            if not fits:
+                fitting = [t for t in TASKS.names() if TASKS.get(t).fits(meta)] + ([f"{PREFIX}<task>"] if causal else [])
+                raise SpecError(f"{field}: {task!r} does not fit {self.model!r}, {kind}; tasks that fit: "
+                                f"{', '.join(fitting)}")
+        g = self.generation
+        if g is not None and causal and limit is not None and g.prompt_tokens + g.new_tokens > limit:
+            raise SpecError(f"generation: prompt_tokens + new_tokens = {g.prompt_tokens + g.new_tokens} is longer than "
+                            f"{self.model!r} accepts ({limit} positions)")
+
+    def _check_llamacpp(self, model_type: str | None) -> None:
+        """generation.engine llama.cpp: a physically pruned model of a family the GGUF export takes, and the bindings
+        installed, all said before any trial starts."""
+        if self.method != "remove":
+            raise SpecError(f"generation.engine: 'llama.cpp' runs a GGUF export of the pruned model, which needs method "
+                            f"'remove'; got {self.method!r}")
+        if model_type is not None and model_type not in GGUF_FAMILIES:
+            raise SpecError(f"generation.engine: 'llama.cpp' takes the Llama family ({', '.join(GGUF_FAMILIES)}); "
+                            f"{self.model!r} is a {model_type!r} model")
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise SpecError("generation.engine: 'llama.cpp' needs llama.cpp's Python bindings: run "
+                            "scripts/install_llamacpp.sh")
 
     def _check_lora(self) -> None:
         """LoRA recovery: physical removal only, and (for a local model) every target names one of its modules."""
         if self.method != "remove":
             raise SpecError("finetune.method: 'lora' needs method 'remove' (adapters on a masked model would read the "
                             "masked heads)")
+        if STRATEGIES.get(self.strategy).during_finetune:
+            raise SpecError(f"finetune.method: 'lora' trains adapters, while strategy {self.strategy!r} prunes by gates "
+                            "on the full weights during fine-tuning; use finetune.method 'full' with it")
         model_type, _ = _local_model(self.model)
-        names = _module_names(self.model) if model_type is not None else None
-        if names is None:
+        meta = _meta_model(self.model) if model_type is not None else None
+        if meta is None:
             return  # a hub model: checked when the trial loads it
+        modules = dict(meta.named_modules())
+        names = tuple(modules)
         adapter = ADAPTERS.get(model_type) if model_type in ADAPTERS else None
         targets = list(self.finetune.lora_targets) or ([*adapter.projections(), adapter.o] if adapter else [])
         for target in targets:
-            if not any(name == target or name.endswith("." + target) for name in names):
+            matched = [name for name in names if name == target or name.endswith("." + target)]
+            if not matched:
                 raise SpecError(f"finetune.lora_targets: {target!r} matches no module of {self.model!r} (module names "
                                 f"end in e.g. {', '.join(sorted({n.split('.')[-1] for n in names if n and not n.split('.')[-1].isdigit()})[:12])})")
+            blocks = sorted({type(modules[name]).__name__ for name in matched} - set(LORA_LAYERS))
+            if blocks:
+                raise SpecError(f"finetune.lora_targets: {target!r} names a {blocks[0]} of {self.model!r}, not a layer "
+                                f"LoRA adapts ({', '.join(LORA_LAYERS)}); name its projections, e.g. "
+                                f"{', '.join(adapter.projections()) if adapter else 'q_proj'}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))

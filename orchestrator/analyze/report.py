@@ -368,11 +368,13 @@ def generation_display(table: pd.DataFrame) -> pd.DataFrame:
 
     return pd.DataFrame({
         "model": table["model"], "strategy": table["label"], "level": table["level"].map(lambda v: f"{v:g}"),
-        "seeds": table["n_seeds"],
+        "seeds": table["n_seeds"], "engine": table.get("engine", pd.Series("transformers", index=table.index)),
         "KV cache bytes/token (kept)": [f"{fmt(b)} → {fmt(a)} ({fmt(100 * a / b, 3)}%)" for b, a in
                                         zip(table["kv_bytes_per_token_before"], table["kv_bytes_per_token_after"])],
         "prefill speedup": speed("prefill"), "decode speedup (batch 1)": speed("decode"),
-        "decode speedup (batch B)": speed("decode_batch"), "B": table["batch_size"],
+        "decode speedup (batch B)": speed("decode_batch"),
+        "B": [b if e == "transformers" else "—" for b, e in zip(table["batch_size"], table.get(
+            "engine", pd.Series("transformers", index=table.index)))],
     })
 
 

@@ -179,8 +179,12 @@ def generation_table(trials: pd.DataFrame) -> pd.DataFrame:
     if "decode_tps_after" not in ok or not ok["decode_tps_after"].notna().any():
         return pd.DataFrame()
     ok = ok[ok["decode_tps_after"].notna()].copy()
+    if "generation_engine" not in ok:  # tables written before llama.cpp timing: transformers was the only engine
+        ok["generation_engine"] = "transformers"
+    ok["generation_engine"] = ok["generation_engine"].fillna("transformers").replace("", "transformers")
     table = ok.groupby(CELL, sort=True).agg(
         n_seeds=("seed", "nunique"), batch_size=("generation_batch_size", "first"),
+        engine=("generation_engine", "first"),
         kv_bytes_per_token_before=("kv_bytes_per_token_before", "mean"),
         kv_bytes_per_token_after=("kv_bytes_per_token_after", "mean"),
         **{f"{name}_ideal": (ideal, "mean") for name, (_, _, ideal) in GENERATION.items() if ideal},

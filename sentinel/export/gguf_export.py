@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from sentinel.export.formats import DTYPES, FAMILIES
 from sentinel.export.gguf_tokenizer import write_tokenizer
 from sentinel.models.heads import head_layout, kept_heads
 
-FAMILIES = ("llama", "mistral", "qwen2")
 QUANT = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
          "q8_0": gguf.GGMLQuantizationType.Q8_0}
 FILE_TYPE = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -63,8 +63,8 @@ def export_architecture(heads: tuple[int, ...], kv_heads: tuple[int, ...]) -> st
 
 def check_exportable(model: nn.Module, dtype: str) -> None:
     """Every reason this model cannot become a GGUF that llama.cpp runs, as one ExportError line (nothing written)."""
-    if dtype not in QUANT:
-        raise ExportError(f"dtype: {dtype!r} is not one of {', '.join(QUANT)}")
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     config = model.config
     if config.model_type not in FAMILIES:
         raise ExportError(f"model: model_type {config.model_type!r} cannot be exported to GGUF for llama.cpp; the "

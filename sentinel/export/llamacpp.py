@@ -71,16 +71,18 @@ class LlamaCpp:
     False keeps only the last (speed, as a server decodes)."""
 
     def __init__(self, path: str | Path, *, n_ctx: int = 512, threads: int | None = None, batch: int = 512,
-                 logits_all: bool = True) -> None:
+                 logits_all: bool = True, flash_attn: bool = False) -> None:
         llama_cpp = _bindings()
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"gguf: {str(path)!r} is not a file")
         self.threads = threads or default_threads()
         self.batch = batch
+        self.warm = False
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=batch, n_ubatch=batch,
                                    n_threads=self.threads, n_threads_batch=self.threads, logits_all=logits_all,
-                                   n_gpu_layers=0, verbose=False)
+                                   n_gpu_layers=0, flash_attn=flash_attn, verbose=False)
+        self.flash_attn = flash_attn
 
     def close(self) -> None:
         self.llm.close()
@@ -117,9 +119,9 @@ class LlamaCpp:
         return math.exp(total / count)
 
     def speed(self, prompt: Sequence[int], new_tokens: int, rounds: int = 3) -> EngineSpeed:
-        """Prefill and decode tokens/s at batch 1 (greedy decode; the first round after a warm-up)."""
+        """Prefill and decode tokens/s at batch 1 (greedy decode); this file's first call warms up first."""
         prefill, decode = [], []
-        for round_ in range(rounds + 1):
+        for round_ in range(rounds + (0 if self.warm else 1)):
             self.llm.reset()
             start = time.perf_counter()
             self.llm.eval(list(map(int, prompt)))
@@ -128,11 +130,73 @@ class LlamaCpp:
                 token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
                 self.llm.eval([token])
             end = time.perf_counter()
-            if round_:  # round 0 warms caches and the thread pool
+            if self.warm:  # the first round of a file warms caches and the thread pool
                 prefill.append(len(prompt) / (middle - start))
                 decode.append(new_tokens / (end - middle))
+            self.warm = True
         return EngineSpeed(float(np.median(prefill)), float(np.median(decode)), tuple(prefill), tuple(decode),
                            len(prompt), new_tokens, self.threads, self.batch)
+
+
+def prefill_flops(model, prompt_tokens: int) -> float:
+    """FLOPs of a prefill in llama.cpp: the forward pass over the prompt (sentinel.eval.forward_flops) less the LM head
+    on every position but the last (a server's prefill computes the next token's logits only)."""
+    from sentinel.eval.speed import forward_flops
+
+    head = model.get_output_embeddings().weight.numel()
+    return forward_flops(model, prompt_tokens) - 2.0 * head * (prompt_tokens - 1)
+
+
+def decode_step_bytes(path: str | Path, context: float) -> float:
+    """Bytes one decode step at batch 1 reads in llama.cpp: every weight tensor of the GGUF (the token embedding only
+    when it is also the output matrix; otherwise one row), and the f16 K and V cache of `context` tokens, from the
+    per-layer KV-head counts of the file. The denominator of the ideal decode speedup: decode is memory-bound."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    names = {t.name for t in reader.tensors}
+    weights = sum(int(t.n_bytes) for t in reader.tensors if t.name != "token_embd.weight" or "output.weight" not in names)
+    architecture = reader.fields["general.architecture"].contents()
+    kv_heads = reader.fields[f"{architecture}.attention.head_count_kv"].contents()
+    layers = int(reader.fields[f"{architecture}.block_count"].contents())
+    kv_heads = kv_heads if isinstance(kv_heads, list) else [kv_heads] * layers
+    head_dim = int(reader.fields[f"{architecture}.attention.key_length"].contents())
+    return weights + 2 * 2 * sum(kv_heads) * head_dim * context  # K and V, 2 bytes each (f16 cache)
+
+
+def compare_generation(dense, pruned, tokenizer, *, prompt_tokens: int, new_tokens: int, rounds: int,
+                       dtype: str = "f16", seed: int = 0) -> dict:
+    """The dense and the pruned model exported to GGUF (`dtype`) and timed in llama.cpp, alternately, `rounds` times:
+    prefill of a random prompt and greedy decode at batch 1. Returns the TrialResult generation fields (medians,
+    per-round ratios, ideal ratios: FLOPs for prefill, bytes per decode step of the files for decode, and llama.cpp's
+    f16 KV cache per token)."""
+    import tempfile
+
+    import torch
+
+    from sentinel.export.gguf_export import export_gguf
+
+    prompt = torch.randint(0, dense.config.vocab_size, (prompt_tokens,),
+                           generator=torch.Generator().manual_seed(seed)).tolist()
+    with tempfile.TemporaryDirectory(prefix="sentinel-gguf-") as folder:
+        paths = [export_gguf(m, tokenizer, Path(folder) / f"{name}.gguf", dtype=dtype)
+                 for name, m in (("dense", dense), ("pruned", pruned))]
+        n_ctx = prompt_tokens + new_tokens + 8
+        with LlamaCpp(paths[0], n_ctx=n_ctx, logits_all=False) as a, LlamaCpp(paths[1], n_ctx=n_ctx, logits_all=False) as b:
+            timed = [(a.speed(prompt, new_tokens, rounds=1), b.speed(prompt, new_tokens, rounds=1)) for _ in range(rounds)]
+        context = prompt_tokens + new_tokens / 2
+        step_bytes = [decode_step_bytes(p, context) for p in paths]
+        kv_bytes = [(decode_step_bytes(p, 1) - decode_step_bytes(p, 0)) for p in paths]
+    out = {"generation_engine": f"llama.cpp {dtype}", "generation_threads": timed[0][0].threads,
+           "kv_bytes_per_token_before": kv_bytes[0], "kv_bytes_per_token_after": kv_bytes[1],
+           "ideal_prefill_speedup": prefill_flops(dense, prompt_tokens) / prefill_flops(pruned, prompt_tokens),
+           "ideal_decode_speedup": step_bytes[0] / step_bytes[1]}
+    for kind in ("prefill", "decode"):
+        before = [getattr(d, f"{kind}_tokens_per_s") for d, _ in timed]
+        after = [getattr(p, f"{kind}_tokens_per_s") for _, p in timed]
+        out[f"{kind}_tps_before"], out[f"{kind}_tps_after"] = float(np.median(before)), float(np.median(after))
+        out[f"{kind}_speedup_rounds"] = [p / d for d, p in zip(before, after)]
+    return out
 
 
 def check() -> str:

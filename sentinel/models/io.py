@@ -80,8 +80,8 @@ def plain_config(model: nn.Module) -> transformers.PretrainedConfig | None:
     values = {"num_attention_heads": layout.heads[0], "head_dim": layout.head_dim, "pruned_heads": {}}
     if "num_key_value_heads" in model.config.to_dict():
         values["num_key_value_heads"] = layout.kv_heads[0]
-    config = type(model.config).from_dict({**model.config.to_dict(), **values})
-    try:
+    try:  # transformers 5.24 validates hidden_size % num_attention_heads even with an explicit head_dim
+        config = type(model.config).from_dict({**model.config.to_dict(), **values})
         with torch.device("meta"):
             built = type(model)(config)
     except Exception:  # the family rejects the combination
@@ -166,6 +166,35 @@ def _check_sidecar(sidecar: Any, where: Path, layers: int, heads: int, kv_heads:
                                  f"0-{limit - 1}, got {str(ids)[:80]}")
 
 
+def _check_sidecar_against(sidecar: dict, where: Path, model: nn.Module) -> None:
+    """The sidecar against the architecture its folder's config builds (on any device, the meta device included)."""
+    dense = sidecar.get("dense") if isinstance(sidecar.get("dense"), dict) else {}
+    heads = dense.get("heads") if isinstance(dense.get("heads"), int) else model.config.num_attention_heads
+    kv_heads = dense.get("kv_heads") if isinstance(dense.get("kv_heads"), int) else heads
+    _check_sidecar(sidecar, where, head_layout(model).num_layers, heads, kv_heads)
+
+
+def check_pruned_folder(path: str | Path, model: nn.Module) -> None:
+    """A pruned folder's sidecar (untrusted) checked against `model`, its config's architecture (the meta device will
+    do), before any weight is read: one ValueError line naming the field, as load_pruned would say it later."""
+    sidecar = _read_sidecar(Path(path))
+    if sidecar is not None:
+        _check_sidecar_against(sidecar, Path(path) / SIDECAR, model)
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    """The folder's sidecar, a JSON object of the format this sentinel reads; None when the folder has none."""
+    if not (path / SIDECAR).is_file():
+        return None
+    sidecar = _read_json(path / SIDECAR)
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"{path / SIDECAR}: not a JSON object")
+    if sidecar.get("format_version") != SIDECAR_VERSION:
+        raise ValueError(f"{path / SIDECAR}: format_version {sidecar.get('format_version')!r} is not supported "
+                         f"(this sentinel reads {SIDECAR_VERSION})")
+    return sidecar
+
+
 def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> nn.Module:
     """Loads a pruned checkpoint: one written by `save_pruned`, or one transformers 4 saved after `prune_heads`.
     The model gives the same outputs as the model that was saved."""
@@ -173,14 +202,7 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
     if not is_pruned_checkpoint(path):
         raise ValueError(f"path: {str(path)!r} has neither {SIDECAR} nor config.pruned_heads; it is not a pruned "
                          "checkpoint (load it with load_model)")
-    sidecar = _read_json(path / SIDECAR) if (path / SIDECAR).is_file() else None
-    if sidecar is not None and not isinstance(sidecar, dict):
-        raise ValueError(f"{path / SIDECAR}: not a JSON object")
-    if sidecar is not None and sidecar.get("format_version") != SIDECAR_VERSION:
-        raise ValueError(
-            f"{path / SIDECAR}: format_version {sidecar.get('format_version')!r} is not supported "
-            f"(this sentinel reads {SIDECAR_VERSION})"
-        )
+    sidecar = _read_sidecar(path)
     try:  # never the folder's own code (auto_map), and never a prompt asking whether to run it
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (ValueError, OSError) as exc:
@@ -195,10 +217,7 @@ def load_pruned(path: str | Path, *, torch_dtype: torch.dtype | None = None) -> 
 
     layout = head_layout(model)  # freshly built: dense, or already pruned when saved with a plain config
     if sidecar is not None:
-        dense = sidecar.get("dense") if isinstance(sidecar.get("dense"), dict) else {}
-        heads = dense.get("heads") if isinstance(dense.get("heads"), int) else config.num_attention_heads
-        kv_heads = dense.get("kv_heads") if isinstance(dense.get("kv_heads"), int) else heads
-        _check_sidecar(sidecar, path / SIDECAR, layout.num_layers, heads, kv_heads)
+        _check_sidecar_against(sidecar, path / SIDECAR, model)
     kept = {int(layer): k for layer, k in (sidecar or {"layers": {}})["layers"].items()}
     if kept and all(layout.heads[layer] == len(k["heads"]) for layer, k in kept.items()):
         for layer, attention in enumerate(attention_modules(model)):  # shapes are right: only the provenance

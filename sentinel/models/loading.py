@@ -23,7 +23,7 @@ from torch import nn
 
 from sentinel.models.gguf_check import check_gguf
 from sentinel.models.hub import hub_reachable
-from sentinel.models.io import is_pruned_checkpoint, load_pruned
+from sentinel.models.io import check_pruned_folder, is_pruned_checkpoint, load_pruned
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 SHIPPED = {"sentinel/tiny-gpt2": REFERENCE_DIR / "tiny-gpt2", "sentinel/tiny-llama": REFERENCE_DIR / "tiny-llama"}
@@ -282,9 +282,10 @@ def check_fallback(name: str) -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def local_module_names(name: str) -> tuple[str, ...] | None:
-    """The module names of a shipped or local model, from its architecture built on the meta device (no weights
-    read); None for a hub name."""
+def local_meta_model(name: str) -> nn.Module | None:
+    """A shipped or local model's architecture built on the meta device (no weights read: what its tasks, LoRA
+    targets and heads can be checked against before any trial); None for a hub name. A pruned folder's sidecar is
+    checked against its config on the way (one ValueError line)."""
     if local_model_type(name) is None:
         return None
     source = Path(resolve_source(name))
@@ -295,7 +296,9 @@ def local_module_names(name: str) -> tuple[str, ...] | None:
     mapping = transformers.MODEL_FOR_CAUSAL_LM_MAPPING if _is_causal(config) else transformers.MODEL_MAPPING
     with torch.device("meta"):
         model = mapping[type(config)](config)
-    return tuple(name for name, _ in model.named_modules())
+    if source.is_dir() and is_pruned_checkpoint(source):
+        check_pruned_folder(source, model)
+    return model
 
 
 def _is_causal(config: transformers.PretrainedConfig) -> bool:

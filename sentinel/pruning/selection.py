@@ -8,7 +8,10 @@
   is not `requested` heads, a note says so.
 - policy "global" ranks all units of the model together; "per_layer" gives every layer a quota of
   level * its units, floors them, and hands the remaining units (to reach the total) to the layers with
-  the largest remainders (ties: lower layer first), so the quotas sum to the global count.
+  the largest remainders (ties: lower layer first), so the quotas sum to the global count; "uniform" removes
+  the same number of units from every layer (round-half-up of the global count over the layers), so every layer
+  keeps the same head count and the model loads in any runtime (plain transformers, every llama.cpp
+  architecture); when that number times the layers is not the global count, a note says so.
 Whatever cannot be honoured is written to `notes`, and then `selected` differs from `requested`.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from sentinel.pruning.base import HeadScores, round_half_up
 
-POLICIES = ("global", "per_layer")
+POLICIES = ("global", "per_layer", "uniform")
 
 
 @dataclass
@@ -57,7 +60,8 @@ def select_heads(
         scores: HeadScores or a [layers, heads] tensor, higher = more important; trailing NaN in a row
             marks heads a (pruned) layer does not have.
         level: fraction of all heads to prune, in [0, 1).
-        policy: "global" (rank across layers) or "per_layer" (same fraction in every layer).
+        policy: "global" (rank across layers), "per_layer" (same fraction in every layer) or "uniform" (the same
+            number of heads from every layer).
         min_heads_per_layer: heads every layer keeps (>= 1).
         group_size: prune whole groups of this many consecutive heads (a GQA model's query heads per KV head).
             None: the scored model's group size (HeadScores.group_sizes), so that `prune_heads` accepts the
@@ -78,6 +82,13 @@ def select_heads(
     capacity = [max(len(u) - keep, 0) for u in units]
     if policy == "global":
         chosen = _select_global(units, capacity, target)
+    elif policy == "uniform":
+        each = min(round_half_up(target / len(units)), min(capacity))
+        if each * len(units) != target:
+            notes.append(f"uniform policy: {each * group_size} heads from each of {len(units)} layers, "
+                         f"{each * len(units) * group_size} in all (level {level} asks for {target * group_size})")
+        target = each * len(units)
+        chosen = _select_per_layer(units, capacity, [each] * len(units), notes, group_size)
     else:
         chosen = _select_per_layer(units, capacity, _quotas(level, units, target), notes, group_size)
     if len(chosen) < target:

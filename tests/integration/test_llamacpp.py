@@ -3,6 +3,8 @@ logits, perplexity on the same windows, generation with llama.cpp's KV cache, to
 SmolLM2 export against the GGUF it was loaded from. The measured agreement is in docs/EXPORT.md."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -125,3 +127,22 @@ def test_a_non_uniform_gradient_layout_of_smollm2_runs_in_llama_cpp(smollm2, tmp
         reference = pruned(windows[:1]).logits[0]
     assert relative_gap(ours, reference) < 2e-3  # measured 8e-4
     assert perplexity == pytest.approx(window_perplexity(pruned, windows).value, rel=5e-3)  # measured 2e-5
+
+
+def test_a_trial_times_its_layout_in_llama_cpp_beside_the_dense_export():
+    from sentinel.pipeline import DataSpec, LocalShared, TrialSpec, run_trial
+    from sentinel.trial import GenerationSpec
+
+    data = DataSpec(seq_len=32, stride=32, batch_size=8, score_batches=1, eval_tokens=256, whole_split_reference=False)
+    generation = GenerationSpec(prompt_tokens=16, new_tokens=8, rounds=3, engine="llama.cpp", gguf_dtype="f32")
+    result = run_trial(TrialSpec(model="sentinel/tiny-llama", strategy="magnitude", level=0.5, data=data,
+                                 finetune=None, measure_speed=False, generation=generation), LocalShared())
+    assert result.status == "ok", result.error
+    assert result.generation_engine == "llama.cpp f32" and result.generation_threads >= 1
+    assert len(result.decode_speedup_rounds) == 3 and all(r > 0 for r in result.prefill_speedup_rounds)
+    assert result.decode_tps_before > 0 and result.decode_tps_after > 0
+    assert result.ideal_decode_speedup > 1 and result.ideal_prefill_speedup > 1
+    # llama.cpp's f16 cache: 2 (K, V) x 2 bytes x KV heads x head size, per layer; half the KV heads are gone
+    assert result.kv_bytes_per_token_before == 2 * 2 * 4 * 4 * 16 and result.kv_bytes_per_token_after < 2 * 2 * 4 * 4 * 16
+    assert math.isnan(result.decode_batch_tps_after)  # llama.cpp is timed at batch 1 only
+    assert result.servable_by == ["llama.cpp"] or result.servable_by == ["transformers", "llama.cpp"]

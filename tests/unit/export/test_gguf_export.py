@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import sentinel
-from orchestrator import cli, export as export_cli
-from sentinel.export import DTYPES, FAMILIES, ExportError, export_gguf
+from orchestrator import cli
+from sentinel.export import ExportError, export_gguf, servable_by
 from sentinel.export.gguf_tokenizer import TokenizerExportError
 from sentinel.models.loading import load_model
 
@@ -113,10 +113,6 @@ def test_a_tokenizer_llama_cpp_would_split_differently_is_refused(tiny_llama, tm
     assert not list(tmp_path.iterdir())
 
 
-def test_the_command_line_knows_the_library_s_families_and_dtypes():
-    assert export_cli.FAMILIES == FAMILIES and export_cli.DTYPES == DTYPES
-
-
 @pytest.mark.parametrize("args, message", [
     (["sentinel/tiny-gpt2"], "is a 'gpt2' model; llama.cpp export takes the Llama family"),
     (["sentinel/all-MiniLM-L6-v2"], "is a 'bert' model"),
@@ -136,3 +132,39 @@ def test_bad_export_requests_exit_2_in_one_line(tmp_path, capsys, args, message)
     code, stderr = cli.main(argv), capsys.readouterr().err
     assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert not out.exists() or out.read_bytes() == b"earlier export"
+
+
+@pytest.mark.parametrize("model_type, heads, kv_heads, pruned, runtimes", [
+    ("llama", [8, 8], [4, 4], False, ["transformers", "llama.cpp"]),
+    ("llama", [4, 4], [2, 2], True, ["transformers", "llama.cpp"]),
+    ("llama", [6, 6], [3, 3], True, ["llama.cpp"]),  # 128 is not a multiple of 6: transformers refuses the config
+    ("llama", [6, 8], [3, 4], True, ["llama.cpp"]),
+    ("llama", [0, 8], [0, 4], True, []),  # llama.cpp reads the head size from layer 0
+    ("gpt2", [2, 2], [2, 2], True, []),  # no head_dim in its config: only sentinel loads it
+    ("gpt2", [4, 4], [4, 4], False, ["transformers"]),
+])
+def test_servable_by_says_which_runtimes_load_a_layout(model_type, heads, kv_heads, pruned, runtimes):
+    assert servable_by(model_type, heads, kv_heads, pruned, hidden_size=128) == runtimes
+
+
+@pytest.mark.parametrize("removed, plain", [([0, 1, 2, 3], True), ([0, 1], False)])
+def test_what_servable_by_promises_for_transformers_is_what_plain_transformers_loads(tiny_llama, tmp_path, removed,
+                                                                                      plain):
+    """4 heads of 8 in every layer: the folder loads without sentinel, same logits; 6 of 8 (128 is no multiple of
+    6): save_pruned keeps the dense config and only sentinel loads it, as servable_by says."""
+    import transformers
+
+    model, tokenizer = tiny_llama
+    sentinel.prune_heads(model, {layer: removed for layer in range(4)})
+    layout = sentinel.head_layout(model)
+    assert ("transformers" in servable_by("llama", layout.heads, layout.kv_heads, True, 128)) is plain
+    sentinel.save_pruned(model, tmp_path / "uniform", tokenizer)
+    if not plain:
+        with pytest.raises(Exception):
+            transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "uniform")
+        assert sentinel.head_layout(sentinel.load_pruned(tmp_path / "uniform")).heads == layout.heads
+        return
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "uniform").eval()
+    ids = torch.tensor([tokenizer("A uniform layout loads anywhere.")["input_ids"]])
+    with torch.inference_mode():
+        assert torch.allclose(plain(ids).logits, model(ids).logits, atol=1e-5)

@@ -15,7 +15,7 @@ ALLOWED = {
     "data": {"models", "registry", "contract", "files"},
     "eval": {"models", "registry", "contract"},
     "pruning": {"models", "registry", "contract"},
-    "export": {"models", "registry", "contract", "files"},  # GGUF files and llama.cpp
+    "export": {"models", "eval", "registry", "contract", "files"},  # GGUF files and llama.cpp
 }
 TOP = {"finetune", "pipeline", "trial", "tasks", "zero_shot", "__init__"}  # the pipeline layer: may import any of the above
 

@@ -143,3 +143,13 @@ def test_explicit_group_size_overrides_and_mixed_group_sizes_are_refused():
         select_heads(scores, 0.25)
     assert select_heads(scores, 0.25, group_size=1).heads == {0: [0, 1]}
     assert select_heads(HeadScores(grid([[0, 1, 2, 3]]), "x", group_sizes=(2,)), 0.25).heads == {0: [0, 1]}
+
+
+def test_uniform_policy_removes_the_same_heads_count_from_every_layer_and_says_when_the_total_moves():
+    # 3 layers x 4 heads at 0.5: 6 heads, 2 from each layer, the lowest of each
+    s = select_heads(grid([[0, 1, 2, 3], [9, 8, 7, 6], [5, 0, 5, 1]]), 0.5, policy="uniform")
+    assert s.heads == {0: [0, 1], 1: [2, 3], 2: [1, 3]} and s.selected == s.requested == 6 and s.notes == []
+    # 30 layers x 3 KV groups of 3 at 0.3: 27 groups asked, 1 from each layer gives 30 (SmolLM2's case)
+    s = select_heads(torch.rand(30, 9, generator=torch.Generator().manual_seed(0)), 0.3, policy="uniform", group_size=3)
+    assert {len(h) for h in s.heads.values()} == {3} and len(s.heads) == 30
+    assert (s.requested, s.selected) == (81, 90) and "90 in all (level 0.3 asks for 81)" in s.notes[0]
