@@ -107,7 +107,7 @@ def plot_metric_vs_level(trials: pd.DataFrame) -> Figure:
         dense = rows["dense"].mean()
         ax.axhline(dense, color="black", linewidth=1, linestyle=":", label="dense")
         _log_if_wide(ax, pd.concat([rows["pruned"], rows["recovered"], rows["dense"]]), first.get("higher_is_better"))
-        ax.set_title(f"{model}\n{protocol_label(first)}", fontsize=9)
+        ax.set_title(f"{model}\n" + textwrap.fill(protocol_label(first), 60), fontsize=9)
         ax.set_xlabel("fraction of attention heads pruned")
         ax.set_ylabel(metric_label(first.get("metric_name"), first.get("higher_is_better")))
         ax.grid(alpha=0.3)
@@ -212,7 +212,7 @@ def plot_recovery_curves(curves: pd.DataFrame) -> Figure:
                 _band(ax, _mean_ci(group, "step", "eval_metric", scale), "step", palette[label], "-", label)
             if pd.notna(first.get("dense")):
                 ax.axhline(first["dense"], color="black", linewidth=1, linestyle=":", label="dense")
-            ax.set_title(f"{model}, {level:g} of heads pruned\n{protocol_label(first)}", fontsize=8)
+            ax.set_title(f"{model}, {level:g} of heads pruned\n" + textwrap.fill(protocol_label(first), 60), fontsize=8)
             ax.set_xlabel("fine-tuning step (0 = just pruned)")
             ax.set_ylabel(metric_label(first.get("metric_name"), first.get("higher_is_better")))
             ax.grid(alpha=0.3)
@@ -321,7 +321,7 @@ def plot_pareto(trials: pd.DataFrame) -> Figure:
         ax.plot(front["x"], front["recovered"], color="black", linewidth=1, drawstyle="steps-pre", zorder=2)
         ax.scatter([1.0], [rows["dense"].mean()], marker="*", color="black", s=110, label="dense", zorder=5)
         first = first_trial[model]
-        ax.set_title(f"{model}\n{protocol_label(first)}", fontsize=9)
+        ax.set_title(f"{model}\n" + textwrap.fill(protocol_label(first), 60), fontsize=9)
         ax.set_xlabel(rows["x_name"].iloc[0])
         ax.set_ylabel("after recovery: " + metric_label(first.get("metric_name"), first.get("higher_is_better")))
         ax.grid(alpha=0.3)

@@ -9,7 +9,6 @@ local folders, one PUT per object for s3:// and other pyarrow.fs URIs.
 """
 from __future__ import annotations
 
-import html
 import io
 import os
 import re
@@ -17,10 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from orchestrator.analyze import plots, stats
+from orchestrator.analyze.html import render_html
 from orchestrator.analyze.load import Results
 from orchestrator.analyze.reference import reference_notes, seed_percentiles, stability_table
 from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
@@ -118,9 +119,46 @@ def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub markdown table (DataFrame.to_markdown needs tabulate, which this project does not depend on).
     Cells are data: escaped by md_text."""
     cell = lambda v: md_text(fmt(v))  # noqa: E731
-    lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    align = ["---:|" if _numeric(df[column]) else "---|" for column in df.columns]  # numbers right-aligned
+    lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "".join(align)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
+
+
+NUMBER = re.compile(r"^[-+]?(\d|\.\d|inf|nan)", re.I)
+
+
+def _numeric(column: pd.Series) -> bool:
+    """A column of numbers, or of texts that start with one ("1.04x [1.03, 1.05]", "44.67 [44.1, 45.2]")."""
+    values = [v for v in column if not (isinstance(v, float) and pd.isna(v)) and v != ""]
+    return bool(values) and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                or isinstance(v, str) and NUMBER.match(v) for v in values)
+
+
+def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model, level and stage: the strategies better and worse than random after Holm's adjustment, each with its
+    effect [95% interval] and the share of random layouts it beats, and how many are not separated from random."""
+    rows = []
+    for (model, level), cell in summary[summary["n_seeds"].gt(0)].groupby(["model", "level"], sort=True):
+        strategies = cell[~cell["label"].eq(BASELINE)]
+        log_scale = bool(cell["scale"].eq("log").any())
+        for stage in ("pruned", "recovered"):
+            verdict = f"vs_random_{stage}_verdict"
+            if verdict not in cell or cell[verdict].isna().all():
+                continue
+
+            def named(kind: str) -> str:
+                out = []
+                for r in strategies[strategies[verdict].eq(kind)].to_dict("records"):
+                    share = r.get(f"{stage}_percentile")
+                    beats = "" if share is None or pd.isna(share) else f", beats {share:.0%} of random layouts"
+                    out.append(f"{r['label']} ({effect(r[f'vs_random_{stage}_effect'], r[f'vs_random_{stage}_effect_low'], r[f'vs_random_{stage}_effect_high'], log_scale)}{beats})")
+                return "; ".join(out) or "none"
+
+            rows.append({"model": model, "level": f"{level:g}", "stage": stage, "better than random": named("better"),
+                         "worse than random": named("worse"),
+                         "not separated": int((~strategies[verdict].isin(["better", "worse"])).sum())})
+    return pd.DataFrame(rows)
 
 
 def render_markdown(title: str, blocks: list[Block]) -> str:
@@ -138,19 +176,6 @@ def render_markdown(title: str, blocks: list[Block]) -> str:
             alt, name = block.content
             parts.append(f"![{md_text(alt)}]({name}.png)\n\n[SVG]({name}.svg)")  # name: a slug
     return "\n\n".join(parts) + "\n"
-
-
-def render_html(title: str, markdown: str) -> str:
-    """report.html: the report's markdown rendered by markdown-it-py (CommonMark + tables) with raw HTML off,
-    so whatever a data string holds arrives as text; links and images come only from our own markdown."""
-    from markdown_it import MarkdownIt
-
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
-    return ("<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto}table{border-collapse:collapse;"
-            "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>\n"
-            f"{body}</body></html>\n")
 
 
 def figure_bytes(fig: Figure, fmt_: str) -> bytes:
@@ -315,7 +340,9 @@ def figures(results: Results) -> list[tuple[str, str, Callable[[], Figure]]]:
         return out
     out.append(("strategies against random, seed by seed", "strategies",
                 lambda: plots.plot_strategy_comparison(results.trials, results.reference)))
-    out.append(("metric vs pruning level", "metric_vs_level", lambda: plots.plot_metric_vs_level(results.trials)))
+    if ok_trials(results.trials)["level"].nunique() > 1:  # one level: nothing to draw a line through (the
+        # strategies plot above already shows every strategy's seeds and mean at that level)
+        out.append(("metric vs pruning level", "metric_vs_level", lambda: plots.plot_metric_vs_level(results.trials)))
     if not results.curves.empty and results.curves["eval_metric"].notna().any():
         out.append(("recovery curves", "recovery_curves", lambda: plots.plot_recovery_curves(results.curves)))
     for model in sorted(results.heads["model"].dropna().unique()) if not results.heads.empty else []:
@@ -422,7 +449,16 @@ def write_report(results: Results, out: str) -> str:
 def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images: list[Block],
             pairs: pd.DataFrame, stability: pd.DataFrame, out: str | None = None) -> list[Block]:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    blocks = [Block("p", f"Generated {generated}."), Block("h2", "Run"), Block("ul", run_metadata(results, out)),
+    headline = headline_table(summary)
+    lead = [image for image in images if image.content[1] == "strategies"]  # the headline figure
+    images = [image for image in images if image not in lead]
+    blocks = [Block("p", f"Generated {generated}."), Block("h2", "Headline"),
+              Block("p", f"Strategies better or worse than {BASELINE} after Holm's adjustment (p < {ALPHA}, in the "
+                         "metric's direction), with the effect against random [95% interval] and the share of random "
+                         "layouts the strategy's seeds beat; the figure shows where each seed lands among them."),
+              Block("table", headline) if len(headline) else Block("p", "No verdicts: no cell has a random baseline."),
+              *lead,
+              Block("h2", "Run"), Block("ul", run_metadata(results, out)),
               Block("h2", "How to read this"),
               Block("ul", [
                   f"Each cell is model x strategy x pruning level; numbers are means over seeds [{CONFIDENCE:.0%} "

@@ -96,7 +96,7 @@ def test_smaller_weight_types_load_and_stay_close(tiny_pruned, tmp_path, dtype, 
 @pytest.fixture(scope="module")
 def smollm2():
     model, tokenizer = dense_model(SMOLLM2, torch.device("cpu"), {})  # the per-process cache other tests share
-    return model, tokenizer, eval_windows(tokenizer, 8, 128)
+    return model, tokenizer, eval_windows(tokenizer, 4, 128)
 
 
 def test_dense_smollm2_exported_scores_like_the_gguf_it_came_from(smollm2, tmp_path):
