@@ -4,7 +4,8 @@ against the same model in PyTorch (float32), on the same token windows.
 Models and layouts: the shipped tiny-llama pruned non-uniformly with bias compensation; SmolLM2-135M dense (also
 against the Q4_1 GGUF it ships as, run by llama.cpp itself), and pruned by gradient importance at 30% and 50%
 (global policy: a different head count per layer, llama.cpp's per-layer `deci` architecture) and with the uniform
-policy (a plain `llama` file). Each in f32, f16 and q8_0. Windows: 16 of 128 tokens from the start of WikiText-2's
+policy (a plain `llama` file), and with 9 of its 30 attention sublayers removed whole (attention_drop: layers without
+attention in the per-layer file). Each in f32, f16 and q8_0. Windows: 16 of 128 tokens from the start of WikiText-2's
 evaluation split (the project's split of the bundled text), each scored from an empty context.
 
     python benchmarks/llamacpp_agreement.py      # writes benchmarks/results/llamacpp_agreement.{json,md}
@@ -72,6 +73,9 @@ def main() -> None:
             pruned = sentinel.prune_heads(copy.deepcopy(model),
                                           sentinel.select_heads(scores, level, policy=policy).heads)
             rows += compare(pruned, tokenizer, windows, f"SmolLM2 gradient {level:.0%} {policy}", folder)
+        drop = sentinel.score_heads("attention_drop", model, calibration)
+        pruned = sentinel.prune_heads(copy.deepcopy(model), sentinel.select_heads(drop, 0.3, min_heads_per_layer=0).heads)
+        rows += compare(pruned, tokenizer, windows, "SmolLM2 attention_drop 30% (9 sublayers)", folder)
     import llama_cpp
 
     machine = f"{platform.machine()}, llama-cpp-python {llama_cpp.__version__}, torch {torch.__version__}"

@@ -39,11 +39,13 @@ from sentinel.export.llamacpp import LlamaCpp, decode_step_bytes, default_thread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT, NEW, ROUNDS = 128, 128, 7
-LAYOUTS = {  # name: (level, policy)
-    "gradient 30% global": (0.3, "global"),
-    "gradient uniform 33%": (0.3, "uniform"),
-    "gradient 50% global": (0.5, "global"),
-    "gradient uniform 67%": (0.5, "uniform"),
+LAYOUTS = {  # name: (strategy, level, policy)
+    "gradient 30% global": ("gradient", 0.3, "global"),
+    "gradient uniform 33%": ("gradient", 0.3, "uniform"),
+    "attention_drop 30%": ("attention_drop", 0.3, "global"),
+    "gradient 50% global": ("gradient", 0.5, "global"),
+    "gradient uniform 67%": ("gradient", 0.5, "uniform"),
+    "attention_drop 50%": ("attention_drop", 0.5, "global"),
 }
 
 
@@ -58,14 +60,15 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     model, tokenizer = sentinel.load_model("sentinel/smollm2-135m")
     calibration = batches(pack_blocks(split_tokens("wikitext-2", tokenizer, "score")[: 8 * 128], 128), 4)
-    scores = sentinel.score_heads("gradient", model, calibration)
+    scores = {name: sentinel.score_heads(name, model, calibration) for name in ("gradient", "attention_drop")}
     prompt = split_tokens("wikitext-2", tokenizer, "eval")[:PROMPT].tolist()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for dtype in ("f16", "q8_0"):
             dense_path = export_gguf(model, tokenizer, Path(folder) / f"dense-{dtype}.gguf", dtype=dtype)
-            for name, (level, policy) in LAYOUTS.items():
-                selection = sentinel.select_heads(scores, level, policy=policy)
+            for name, (strategy, level, policy) in LAYOUTS.items():
+                selection = sentinel.select_heads(scores[strategy], level, policy=policy,
+                                                  min_heads_per_layer=0 if strategy == "attention_drop" else 1)
                 pruned = sentinel.prune_heads(copy.deepcopy(model), selection.heads)
                 layout = sentinel.head_layout(pruned)
                 path = export_gguf(pruned, tokenizer, Path(folder) / f"{name.replace(' ', '-').replace('%', '')}-{dtype}.gguf", dtype=dtype)

@@ -101,7 +101,10 @@ def output_lock(out: str) -> Iterator[None]:
         yield
         return
     created = not os.path.isdir(out)
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:  # a full disk, or a link that appeared since validation
+        raise SpecError(f"output: cannot create {out!r} ({exc.strerror or exc}); nothing was started") from None
     path = os.path.join(out, LOCK_FILE)
     if os.path.isdir(path) or os.path.islink(path):
         raise SpecError(f"output: {path!r} is a folder or a link where this run's lock file goes; remove it")
@@ -118,8 +121,16 @@ def output_lock(out: str) -> Iterator[None]:
             raise SpecError(f"output: another run (pid {holder.get('pid')} on {holder.get('host')}, since "
                             f"{holder.get('since')}) is writing to {out!r}; wait for it to end, or use another "
                             "output or experiment name") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+        except OSError as exc:  # a full disk: say so in one line and leave no empty lock behind
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            if created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(out)
+            raise SpecError(f"output: cannot write to {out!r} ({exc.strerror or exc}); nothing was started") from None
         break
     else:
         raise SpecError(f"output: could not take the lock {path!r}; another run is starting there")

@@ -46,6 +46,8 @@ def unwritable(path: str) -> str | None:
         return f"{target!r} exists and is not a folder"
     probe = target
     while not os.path.exists(probe):
+        if os.path.islink(probe):  # exists() follows links: a dangling one, or a loop, looks like nothing there
+            return f"{probe!r} is a link to nothing (dangling, or a loop)"
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         return f"{probe!r} is a file"

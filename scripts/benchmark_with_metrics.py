@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for compatibility: sentinel-bench always evaluates on real text")
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--max_length", type=int, default=128, help="sequence length (perplexity window)")
+    p.add_argument("--eval_tokens", type=int, default=16384,
+                   help="tokens of the eval split each evaluation reads, in windows spread over it (0: the whole split, "
+                        "which on Gutenberg is minutes per evaluation); as configs/seed-distilgpt2.yaml")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--gpu", type=float, default=0.0, help="GPU share per trial (e.g. 0.5)")
@@ -61,7 +64,7 @@ def spec_from_args(args: argparse.Namespace) -> dict:
         "levels": _csv(args.pruning_levels, float),
         "seeds": _csv(args.seeds, int),
         "data": {"source": args.eval_dataset, "seq_len": args.max_length, "stride": args.max_length // 2,
-                 "batch_size": args.batch_size},
+                 "batch_size": args.batch_size, "eval_tokens": args.eval_tokens},
         "finetune": None if steps == 0 else {
             "steps": steps, "lr": args.learning_rate, "warmup_steps": min(10, steps), "eval_every": max(1, steps // 5)},
         "device": args.device,
@@ -75,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = parse_spec(spec_from_args(args))
         from orchestrator.runner import run_experiment
+
+        cell = spec.cells[0]
+        every = f", every {cell.finetune.eval_every} of {cell.finetune.steps} fine-tuning steps" if cell.finetune else ""
+        print(f"evaluation: {cell.data.eval_tokens or 'every'} token(s) of the {cell.data.source} eval split "
+              f"(--eval_tokens; 0 = the whole split){every}")
 
         summary = run_experiment(spec, address=args.address, resume=args.resume, overwrite=args.overwrite)
     except SpecError as exc:

@@ -160,8 +160,8 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
             selection, result.curve = _prune_while_finetuning(dense, task, spec, result.dense, device)
     else:
         with stage("select"):  # whole KV groups on GQA models: HeadScores carries the group size
-            selection = select_heads(scores, spec.level, policy=spec.policy,
-                                     min_heads_per_layer=spec.min_heads_per_layer)
+            selection = select_heads(scores, spec.level, policy=spec.policy,  # a layer-unit strategy empties layers
+                                     min_heads_per_layer=0 if strategy.unit == "layer" else spec.min_heads_per_layer)
     result.selection_notes = list(selection.notes)
     result.pruned_heads = [[l, h] for l, heads in sorted(selection.heads.items()) for h in heads]
     result.heads_pruned = len(result.pruned_heads)

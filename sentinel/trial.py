@@ -31,6 +31,7 @@ from sentinel.contract import (
 )
 from sentinel.finetune import FinetuneConfig
 from sentinel.models.adapters import ADAPTERS
+from sentinel.models.heads import EMPTY_LAYER_FAMILIES
 from sentinel.pruning import STRATEGIES
 from sentinel.pruning.selection import POLICIES
 from sentinel.export.formats import DTYPES as GGUF_DTYPES, FAMILIES as GGUF_FAMILIES
@@ -356,6 +357,9 @@ class TrialSpec(Contract):
         if self.compensate and model_type in ADAPTERS and ADAPTERS.get(model_type).stacks:
             raise SpecError(f"compensate: {self.model!r} is a {model_type} encoder-decoder, whose decoder layers do not "
                             "see the calibration tokens; bias compensation needs an encoder or a decoder")
+        if strategy.unit == "layer" and model_type is not None and model_type not in EMPTY_LAYER_FAMILIES:
+            raise SpecError(f"strategy: {self.strategy!r} removes whole attention sublayers, which only "
+                            f"{', '.join(EMPTY_LAYER_FAMILIES)} models can lose; {self.model!r} is a {model_type!r} model")
         if self.compensate and strategy.during_finetune:
             raise SpecError(f"compensate: strategy {self.strategy!r} removes heads while fine-tuning; compensation "
                             "applies to a removal done at once (any other strategy)")

@@ -39,7 +39,8 @@ def measured_kv_cache_bytes_per_token(model: nn.Module, tokens: int = 8) -> floa
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True)
     cache = out.get("cache", out.get("past_key_values"))
-    total = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    total = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+                if t is not None)  # a layer whose attention was removed whole never fills its cache
     return total / tokens
 
 

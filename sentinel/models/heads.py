@@ -16,6 +16,7 @@ ValueError naming the layer and the per-group counts it would leave.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
@@ -45,7 +46,7 @@ class HeadLayout:
         return sum(self.heads)
 
     def group_size(self, layer: int) -> int:
-        return self.heads[layer] // self.kv_heads[layer]
+        return self.heads[layer] // self.kv_heads[layer] if self.kv_heads[layer] else 1  # 1 for an empty layer
 
 
 # ---------------------------------------------------------------------------- locating modules
@@ -301,7 +302,7 @@ def _original_heads(model: nn.Module, layer: int, attention: nn.Module, current:
     provenance = getattr(attention, "sentinel_heads", None)
     if provenance is None:
         return current
-    return max(int(getattr(model.config, "num_attention_heads", 0) or 0), max(provenance) + 1)
+    return max(int(getattr(model.config, "num_attention_heads", 0) or 0), max(provenance, default=-1) + 1)
 
 
 def _to_current(model: nn.Module, layout: HeadLayout, heads: HeadRequest, ids: str,
@@ -408,6 +409,40 @@ def find_pruneable_heads_and_indices(heads: Iterable[int], n_heads: int, head_si
 
 # ---------------------------------------------------------------------------- physical removal
 
+# Families whose attention module can lose every head: its forward returns (output, weights) and its output
+# projection is its own `o_proj`, so an empty one adds the projection's bias (or nothing) to the residual stream.
+EMPTY_LAYER_FAMILIES = ("llama", "mistral", "qwen2")
+
+
+class _EmptyAttention:
+    """An attention sublayer with every head removed (He et al. 2024's dropped attention): no projections left to
+    compute, nothing read from or written to the KV cache; it adds its output projection's bias (bias
+    compensation's) or zeros to the residual stream, which is what masking all its heads gives."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        nothing = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+        return self.o_proj(nothing), None
+
+
+@functools.lru_cache(maxsize=None)
+def _empty_class(cls: type) -> type:
+    return type(f"Empty{cls.__name__}", (_EmptyAttention, cls), {"__module__": __name__})
+
+
+def _check_empty_layers(model: nn.Module, layout: HeadLayout, request: dict[int, list[int]]) -> None:
+    """Removing every head of a layer: a family whose attention can be empty, and never layer 0 (transformers'
+    cache and llama.cpp read the sequence length and the head size from layer 0)."""
+    emptied = [layer for layer, removed in request.items() if len(removed) >= layout.heads[layer]]
+    if not emptied:
+        return
+    if model.config.model_type not in EMPTY_LAYER_FAMILIES:
+        n = layout.heads[emptied[0]]
+        raise ValueError(f"layer {emptied[0]}: removing all {n} heads would empty the layer; at most {n - 1} may be "
+                         f"removed (a whole attention sublayer goes only in {', '.join(EMPTY_LAYER_FAMILIES)})")
+    if 0 in emptied:
+        raise ValueError("layer 0: its attention cannot be removed whole (the KV cache and llama.cpp read the sequence "
+                         "length and head size from layer 0); remove heads of later layers")
+
 
 def _keep(module: nn.Module, index: torch.Tensor, outputs: bool) -> nn.Module:
     """The same layer with only the output (q/k/v rows and bias) or input (o columns; bias whole) features `index`."""
@@ -417,7 +452,9 @@ def _keep(module: nn.Module, index: torch.Tensor, outputs: bool) -> nn.Module:
         new.weight = nn.Parameter(module.weight.detach().index_select(dim, index).clone())
         new.bias = nn.Parameter((module.bias.detach()[index] if outputs else module.bias.detach()).clone())
         return new.to(module.weight.device)
-    return prune_linear_layer(module, index.to(module.weight.device), dim=0 if outputs else 1).to(module.weight.dtype)
+    with warnings.catch_warnings():  # no features left (a whole sublayer): torch warns that init of an empty weight is a no-op
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return prune_linear_layer(module, index.to(module.weight.device), dim=0 if outputs else 1).to(module.weight.dtype)
 
 
 def _prune_block(block: nn.Module, adapter: AttentionAdapter, layout: HeadLayout, layer: int, kept: list[int],
@@ -430,7 +467,9 @@ def _prune_block(block: nn.Module, adapter: AttentionAdapter, layout: HeadLayout
         block.set_submodule(path, _keep(block.get_submodule(path), index, pieces[0].outputs))
 
     attention = block.get_submodule(adapter.attention)
-    for attr, rule in adapter.attrs.items():
+    if not kept:  # the whole sublayer: its forward becomes the empty one (state_dict names unchanged)
+        attention.__class__ = _empty_class(type(attention))
+    for attr, rule in adapter.attrs.items() if kept else ():
         setattr(attention, attr, rule(len(kept), len(kept_kv), layout.head_dim))
     # remember which original heads survive, so prunes compose and save_pruned can write them out
     attention.sentinel_heads = [attention.sentinel_heads[h] for h in kept]
@@ -492,7 +531,8 @@ def prune_heads(model: nn.Module, heads: HeadRequest, *, ids: str = "original",
     """
     adapter = adapter or get_adapter(model)
     layout = head_layout(model, adapter)
-    request = _checked(layout, heads, _to_current(model, layout, heads, ids, adapter), False)
+    request = _checked(layout, heads, _to_current(model, layout, heads, ids, adapter), True)
+    _check_empty_layers(model, layout, request)
     if not request:
         return model  # every requested head was already gone (warned)
     plan = {layer: _kept_groups(layout, layer, removed) for layer, removed in request.items()}

@@ -158,6 +158,10 @@ def _check_sidecar(sidecar: Any, where: Path, layers: int, heads: int, kv_heads:
             raise ValueError(f"{where}: layers[{key!r}] is not a layer of this model (0-{layers - 1})")
         if not isinstance(kept, dict):
             raise ValueError(f"{where}: layers[{key!r}] is not a mapping with heads and kv_heads")
+        if kept.get("heads") == [] or kept.get("kv_heads") == []:  # a whole attention sublayer removed
+            if kept.get("heads") != kept.get("kv_heads"):
+                raise ValueError(f"{where}: layers[{key!r}] keeps no query heads or no KV heads, but not neither")
+            continue
         for name, limit in (("heads", heads), ("kv_heads", kv_heads)):
             ids = kept.get(name)
             if (not isinstance(ids, list) or not ids or len(set(map(repr, ids))) != len(ids)

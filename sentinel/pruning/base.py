@@ -59,6 +59,8 @@ class Strategy:
     # and its scores are those it starts from
     during_finetune: bool = False
     uses_data: bool = True  # False: scores ignore the calibration batches (magnitude, random), shared across draws
+    # "layer": every head of a layer has the layer's score and selection takes whole layers (attention_drop)
+    unit: str = "head"
 
     def depends_on_seed(self, model: nn.Module) -> bool:
         """Whether scores of `model` change with the seed (if not, one scoring serves every seed)."""
@@ -84,19 +86,20 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 def register_strategy(
     name: str, *, defaults: Mapping[str, Any] | None = None, checks: Mapping[str, OptionRule] | None = None,
-    uses_seed: bool | SeedUse = False, during_finetune: bool = False, uses_data: bool = True,
+    uses_seed: bool | SeedUse = False, during_finetune: bool = False, uses_data: bool = True, unit: str = "head",
 ) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: registers `fn` as strategy `name` accepting the options in `defaults`.
 
     `uses_seed`: whether the scores depend on the seed (a bool, or model -> bool when it depends on the model).
     `during_finetune`: the strategy prunes during fine-tuning (the pipeline then runs its schedule).
     `uses_data`: whether the scores read the calibration batches (if not, one scoring serves every draw).
+    `unit`: "head", or "layer" for a strategy that scores and removes whole attention sublayers.
     """
 
     def decorate(fn: ScoreFn) -> ScoreFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         STRATEGIES.add(name, Strategy(name, fn, dict(defaults or {}), dict(checks or {}), summary, uses_seed,
-                                      during_finetune, uses_data))
+                                      during_finetune, uses_data, unit))
         return fn
 
     return decorate
@@ -200,7 +203,9 @@ def score_heads(strategy: str, model: nn.Module, batches: list[Batch], *, seed: 
     generator = torch.Generator().manual_seed(seed)
     result = scorer(model, list(batches), generator=generator, **resolved)
     layout = head_layout(model)
-    result.group_sizes = tuple(layout.group_size(layer) for layer in range(layout.num_layers))
+    # the unit select_heads takes whole: a KV group (GQA), or every head of a layer (layer-unit strategies)
+    result.group_sizes = (tuple(layout.heads) if scorer.unit == "layer"
+                          else tuple(layout.group_size(layer) for layer in range(layout.num_layers)))
     result.meta.setdefault("options", resolved)
     result.meta.setdefault("tokens", tokens)
     result.meta["seed"] = seed

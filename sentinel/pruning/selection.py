@@ -62,7 +62,8 @@ def select_heads(
         level: fraction of all heads to prune, in [0, 1).
         policy: "global" (rank across layers), "per_layer" (same fraction in every layer) or "uniform" (the same
             number of heads from every layer).
-        min_heads_per_layer: heads every layer keeps (>= 1).
+        min_heads_per_layer: heads every layer keeps (>= 1 for head strategies; 0 lets a layer-unit strategy such as
+            attention_drop remove a whole attention sublayer).
         group_size: prune whole groups of this many consecutive heads (a GQA model's query heads per KV head).
             None: the scored model's group size (HeadScores.group_sizes), so that `prune_heads` accepts the
             selection on GQA models; 1 for a plain tensor.
@@ -130,9 +131,9 @@ def _check_arguments(level: float, policy: str, min_heads_per_layer: int, group_
         raise ValueError(f"level: {level!r} is not a fraction in [0, 1)")
     if policy not in POLICIES:
         raise ValueError(f"policy: {policy!r} is not one of {', '.join(POLICIES)}")
-    for name, value in (("min_heads_per_layer", min_heads_per_layer), ("group_size", group_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: {value!r} is not an integer >= 1")
+    for name, value, least in (("min_heads_per_layer", min_heads_per_layer, 0), ("group_size", group_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name}: {value!r} is not an integer >= {least}")
 
 
 def _heads_per_layer(grid: torch.Tensor) -> list[int]:

@@ -146,3 +146,17 @@ def test_a_trial_times_its_layout_in_llama_cpp_beside_the_dense_export():
     assert result.kv_bytes_per_token_before == 2 * 2 * 4 * 4 * 16 and result.kv_bytes_per_token_after < 2 * 2 * 4 * 4 * 16
     assert math.isnan(result.decode_batch_tps_after)  # llama.cpp is timed at batch 1 only
     assert result.servable_by == ["llama.cpp"] or result.servable_by == ["transformers", "llama.cpp"]
+
+
+def test_a_whole_attention_sublayer_removed_is_an_attention_free_layer_in_llama_cpp(tmp_path):
+    """attention_drop's layouts: llama.cpp's per-layer architecture reads a head count of 0 as a layer without
+    attention (no projections, no cache), and gives the pruned model's logits."""
+    model, tokenizer = load_model("sentinel/tiny-llama")
+    sentinel.prune_heads(model, {2: list(range(8)), 3: [0, 1]})
+    path = export_gguf(model, tokenizer, tmp_path / "dropped.gguf", dtype="f32")
+    prompt = tokenizer("A layer without attention still feeds forward.")["input_ids"]
+    with LlamaCpp(path, n_ctx=64) as engine:
+        ours = engine.logits(prompt)
+    with torch.inference_mode():
+        reference = model(torch.tensor([prompt])).logits[0]
+    assert relative_gap(ours, reference) < 1e-3  # measured 7e-5

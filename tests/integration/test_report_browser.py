@@ -4,6 +4,7 @@ network, keep the page itself from scrolling sideways (wide tables scroll inside
 headline table and figure, keep table headers in view, right-align numbers and show every plot."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -20,28 +21,26 @@ if not (CHROMIUM and CHROMEDRIVER):  # a failure, not a skip: the report's one r
                 pytrace=False)
 
 
+def load_script():
+    spec = importlib.util.spec_from_file_location("report_screenshots", REPO / "scripts" / "report_screenshots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+    screenshots = load_script()  # what refreshes docs/img: the same browser, the same published tables
     folder = tmp_path_factory.mktemp("report")
-    trials = pd.read_parquet(REPO / "docs" / "data" / "default" / "trials.parquet")
+    trials = pd.read_parquet(screenshots.DEFAULT / "trials.parquet")
     trials["started_at"] = trials["started_at"].astype(str)  # a table written by anyone: hostile data stays text
     trials.loc[trials.index[0], "started_at"] = "<img src=https://example.com/x.png>"
     trials.to_parquet(folder / "trials.parquet")
-    for table in ("heads", "curves", "metrics"):
-        shutil.copy(REPO / "docs" / "data" / "default" / f"{table}.parquet", folder)
+    for table in [t for t in screenshots.TABLES if t != "trials"]:
+        shutil.copy(screenshots.DEFAULT / f"{table}.parquet", folder)
     analyze([str(folder)], str(folder / "analysis"))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = screenshots.open_report(folder / "analysis" / "report.html", tmp_path_factory.mktemp("chromium"))
     try:
-        driver.get((folder / "analysis" / "report.html").as_uri())
         yield driver, folder / "analysis"
     finally:
         driver.quit()

@@ -24,7 +24,7 @@ def test_seed_flags_build_the_seed_grid():
     ])
     from_flags = parse_spec(script.spec_from_args(args))
     shipped = load_spec(REPO / "configs" / "seed-distilgpt2.yaml")
-    key = lambda c: (c.model, c.strategy, c.level, c.seed, c.data.source, c.finetune.steps)  # noqa: E731
+    key = lambda c: (c.model, c.strategy, c.level, c.seed, c.data.source, c.data.eval_tokens, c.finetune.steps)  # noqa: E731
     assert sorted(map(key, from_flags.cells)) == sorted(map(key, shipped.cells))
 
 

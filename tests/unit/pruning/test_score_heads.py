@@ -18,9 +18,9 @@ def counted():
     return model, calls
 
 
-def test_registry_holds_the_twelve_strategies():
-    assert STRATEGIES.names() == ["dynamic", "entropy", "flap", "gradient", "hybrid", "iterative", "l0", "magnitude",
-                                  "random", "redundancy", "taylor", "wanda_sp"]
+def test_registry_holds_the_thirteen_strategies():
+    assert STRATEGIES.names() == ["attention_drop", "dynamic", "entropy", "flap", "gradient", "hybrid", "iterative",
+                                  "l0", "magnitude", "random", "redundancy", "taylor", "wanda_sp"]
 
 
 def test_unknown_strategy_lists_allowed_names(counted):

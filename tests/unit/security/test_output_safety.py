@@ -157,3 +157,37 @@ def test_cloze_items_leave_no_folder_per_process(tmp_path, monkeypatch):
     assert zero_shot._cloze_file() == first
     assert [p.name for p in tmp_path.iterdir()] == [f"sentinel-cloze-{os.getuid()}"]
     zero_shot._cloze_file.cache_clear()
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_an_output_that_is_a_link_to_nothing_is_one_line_before_ray(tmp_path, capsys, link):
+    import ray
+
+    out = tmp_path / "out"
+    if link == "dangling":
+        out.symlink_to(tmp_path / "gone")
+    else:
+        out.symlink_to(tmp_path / "other")
+        (tmp_path / "other").symlink_to(out)
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw("x", out / "deeper")))
+    assert cli.main(["run", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a link to nothing (dangling, or a loop)" in err[0], err
+    assert not ray.is_initialized() and not (tmp_path / "gone").exists()
+
+
+def test_a_full_disk_when_the_lock_is_written_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch):
+    """The lock's bytes go to /dev/full, whose every write fails with ENOSPC: the kernel's own full disk."""
+    import orchestrator.outputs as outputs
+
+    def full(fd, mode="r", *args, **kwargs):
+        os.close(fd)
+        return open("/dev/full", mode)
+
+    monkeypatch.setattr(outputs.os, "fdopen", full)
+    out = tmp_path / "fresh"
+    with pytest.raises(SpecError, match=r"^output: cannot write to .* \(No space left on device\); nothing was started$"):
+        with output_lock(str(out)):
+            pass
+    assert not out.exists()  # the folder it created, and the empty lock in it, are gone
