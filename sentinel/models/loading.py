@@ -21,6 +21,7 @@ import torch
 import transformers
 from torch import nn
 
+from sentinel.models.adapters import ADAPTERS
 from sentinel.models.gguf_check import check_gguf
 from sentinel.models.hub import hub_reachable
 from sentinel.models.io import check_pruned_folder, is_pruned_checkpoint, load_pruned
@@ -293,7 +294,13 @@ def local_meta_model(name: str) -> nn.Module | None:
         config = transformers.AutoConfig.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
     else:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
-    mapping = transformers.MODEL_FOR_CAUSAL_LM_MAPPING if _is_causal(config) else transformers.MODEL_MAPPING
+    # what load_model builds: GGUF files hold decoder LMs; a config naming no architectures is read by its family
+    causal = source.suffix == ".gguf" or _is_causal(config) or (
+        config.model_type in ADAPTERS and ADAPTERS.get(config.model_type).causal)
+    if causal and type(config) in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
+        mapping = transformers.MODEL_FOR_CAUSAL_LM_MAPPING
+    else:
+        mapping = transformers.MODEL_MAPPING
     with torch.device("meta"):
         model = mapping[type(config)](config)
     if source.is_dir() and is_pruned_checkpoint(source):

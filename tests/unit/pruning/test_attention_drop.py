@@ -14,7 +14,7 @@ from sentinel.contract import SpecError
 from sentinel.eval.generation import kv_cache_bytes_per_token, measured_kv_cache_bytes_per_token
 from sentinel.models.loading import load_model
 from sentinel.pipeline import DataSpec, LocalShared, TrialSpec, run_trial
-from sentinel.pruning import score_heads, select_heads
+from sentinel.pruning import STRATEGIES, score_heads, select_heads
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,8 @@ def test_a_sublayer_that_adds_nothing_scores_lowest_and_is_taken_whole(llama):
     with torch.no_grad():
         model.model.layers[2].self_attn.o_proj.weight.zero_()  # layer 2's attention adds nothing: 1 - cos = 0
     scores = score_heads("attention_drop", model, calibration(tokenizer))
+    assert torch.equal(score_heads("attention_drop", model, calibration(tokenizer), seed=1).scores, scores.scores)
+    assert not STRATEGIES.get("attention_drop").depends_on_seed(model)  # one scoring serves every seed
     turns = scores.meta["sublayer_turn"]
     assert math.isinf(turns[0]) and turns[2] == pytest.approx(0, abs=1e-9) and min(turns[1], turns[3]) > 1e-4
     assert scores.group_sizes == (8, 8, 8, 8)  # the unit select_heads takes whole: a layer

@@ -103,8 +103,8 @@ def test_level_outside_unit_interval_is_rejected(level):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"policy": "layerwise"}, "policy: 'layerwise' is not one of global, per_layer"),
-        ({"min_heads_per_layer": 0}, "min_heads_per_layer: 0 is not an integer >= 1"),
+        ({"policy": "layerwise"}, "policy: 'layerwise' is not one of global, per_layer, uniform"),
+        ({"min_heads_per_layer": -1}, "min_heads_per_layer: -1 is not an integer >= 0"),
         ({"group_size": 3}, "group_size: 3 does not divide layer 0's 4 heads"),
     ],
 )
