@@ -232,7 +232,8 @@ def _cell_name(trial) -> str:
     cell = trial.config["cell"]
     if cell.get("reference") is True:
         return f"{cell['model']} random reference level={cell['level']} draw={cell['seed']}"
-    label = strategy_label(cell["strategy"], cell.get("strategy_options") or {}, cell.get("compensate") is True)
+    label = strategy_label(cell["strategy"], cell.get("strategy_options") or {}, cell.get("compensate") is True,
+                           cell.get("policy", "global"))
     return f"{cell['model']} {label} level={cell['level']} seed={cell['seed']}"
 
 

@@ -15,7 +15,8 @@ reported as one `SpecError` line that names the field, the value and what is all
     compensate: false              # bias compensation on removal (FLAP); per strategy: {name: gradient, compensate: true}
     generation: {new_tokens: 32}   # generation speed and KV cache (sentinel.trial.GenerationSpec); null: not measured
     extra_tasks: []                # evaluations beside the primary task: task names, lm_eval:<task>; per model too
-    policy: global                 # global | per_layer
+    policy: global                 # global | per_layer | uniform; per strategy: {name: gradient, policy: uniform}
+                                   # a strategy for some models only: {name: attention_drop, models: [NAME, ...]}
     device: auto                   # cpu | cuda | auto (a trial with a GPU assigned uses it)
     resources: {cpu: 1, gpu: 0}    # per trial; gpu may be fractional (0.5 = two trials per GPU)
     max_concurrent_trials: 2
@@ -41,9 +42,10 @@ import yaml
 
 from orchestrator.config_file import read_config
 from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join, unwritable
-from sentinel.contract import Contract, SpecError, boolean, checked, integer, number
+from sentinel.contract import Contract, SpecError, boolean, checked, integer, number, one_of
 from sentinel.finetune import FinetuneConfig
 from sentinel.pruning import STRATEGIES
+from sentinel.pruning.selection import POLICIES
 from sentinel.trial import (LEVEL, REFERENCE_STRATEGY, SEED, DataSpec, TrialSpec, device_name, extra_task_names,
                             model_name, model_options, strategy_name)
 
@@ -61,10 +63,12 @@ class Entry:
     seeds: tuple[int, ...] = ()  # models only: this model's seeds instead of the experiment's
     compensate: bool | None = None  # strategies only: bias compensation for this entry (None: the experiment's)
     extra_tasks: tuple[str, ...] | None = None  # models only: this model's extra evaluations (None: the experiment's)
+    policy: str | None = None  # strategies only: this entry's selection policy (None: the experiment's)
+    only_models: tuple[str, ...] = ()  # strategies only: the models this entry runs on (empty: every model)
 
     def key(self) -> str:
-        return json.dumps([self.name, dict(self.options), dict(self.finetune), self.compensate], sort_keys=True,
-                          default=str)
+        return json.dumps([self.name, dict(self.options), dict(self.finetune), self.compensate, self.policy],
+                          sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -135,8 +139,12 @@ class ExperimentSpec:
             if finetune is not None and model.finetune:  # this model's overrides of the section, checked as such
                 finetune = FinetuneConfig.from_dict({**finetune, **model.finetune}, f"models[{i}].finetune").to_dict()
             for strategy in self.strategies:
+                if strategy.only_models and model.name not in strategy.only_models:
+                    continue
                 shared = {**self.trial, "finetune": finetune, "model": model.name, "model_options": dict(model.options),
                           "strategy": strategy.name, "strategy_options": dict(strategy.options)}
+                if strategy.policy is not None:
+                    shared["policy"] = strategy.policy
                 if model.extra_tasks is not None:
                     shared["extra_tasks"] = list(model.extra_tasks)
                 if strategy.compensate is not None:
@@ -172,7 +180,9 @@ class ExperimentSpec:
                         "levels": list(e.levels), "seeds": list(e.seeds),
                         **({} if e.extra_tasks is None else {"extra_tasks": list(e.extra_tasks)})} for e in self.models]
         d["strategies"] = [{"name": e.name, "options": dict(e.options),
-                            **({} if e.compensate is None else {"compensate": e.compensate})} for e in self.strategies]
+                            **({} if e.compensate is None else {"compensate": e.compensate}),
+                            **({} if e.policy is None else {"policy": e.policy}),
+                            **({"models": list(e.only_models)} if e.only_models else {})} for e in self.strategies]
         return json.loads(json.dumps(d, default=_plain))
 
     @property
@@ -258,7 +268,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         models=tuple(_entries(raw["models"], "models", model_name,
                              extra_keys=("finetune", "levels", "seeds", "extra_tasks"),
                              options_rule=model_options)),
-        strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name, extra_keys=("compensate",))),
+        strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name,
+                                  extra_keys=("compensate", "policy", "models"))),
         levels=tuple(_levels(raw["levels"])),
         seeds=tuple(_seeds(raw.get("seeds", [0]))),
         trial=_trial_fields(raw),
@@ -273,8 +284,13 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         random_reference=None if raw.get("random_reference") is None
         else RandomReference.from_dict(raw["random_reference"], "random_reference"),
     )
+    names = [m.name for m in spec.models]
     for j, strategy in enumerate(spec.strategies):  # options named as the YAML has them, before the grid
         STRATEGIES.get(strategy.name).resolve(strategy.options, where=f"strategies[{j}].options")
+        for name in strategy.only_models:
+            if name not in names:
+                raise SpecError(f"strategies[{j}].models: {name!r} is not one of the experiment's models "
+                                f"({', '.join(names)})")
     spec.cells  # every cell through the trial contract (per-model finetune, strategy options, context length)
     _same_model_once(spec.models)
     device = spec.trial["device"]
@@ -379,6 +395,15 @@ def _experiment_name(value: Any) -> str:
     return value
 
 
+def _model_names(value: Any, at: str) -> tuple[str, ...]:
+    """A strategy entry's `models`: a non-empty list of the experiment's model names (checked against them later)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(f"{at}: {value!r} is not a list of model names from `models`")
+    return tuple(value)
+
+
 def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), options_rule=None) -> list[Entry]:
     if isinstance(value, (str, dict)):
         value = [value]
@@ -389,7 +414,7 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
         at = f"{where}[{i}]"
         levels: tuple[float, ...] = ()
         seeds: tuple[int, ...] = ()
-        compensate, tasks = None, None
+        compensate, tasks, policy, only = None, None, None, ()
         if isinstance(item, dict):
             _known_keys(item, ("name", "options", *extra_keys), at)
             name, options, finetune = item.get("name"), item.get("options") or {}, item.get("finetune") or {}
@@ -401,6 +426,10 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
                 compensate = boolean(item["compensate"], f"{at}.compensate")
             if "extra_tasks" in item:
                 tasks = extra_task_names(item["extra_tasks"] or [], f"{at}.extra_tasks")
+            if "policy" in item:
+                policy = one_of(POLICIES)(item["policy"], f"{at}.policy")
+            if "models" in item:
+                only = _model_names(item["models"], f"{at}.models")
         else:
             name, options, finetune = item, {}, {}
         if not isinstance(name, str) or not name:
@@ -411,7 +440,7 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
         check(name, at)
         if options_rule is not None:  # typed here, so the message names the entry: models[1].options.dtype
             options = options_rule(options, f"{at}.options")
-        entry = Entry(name, options, finetune, levels, seeds, compensate, tasks)
+        entry = Entry(name, options, finetune, levels, seeds, compensate, tasks, policy, only)
         if entry.key() in seen:
             raise SpecError(f"{where}: {name!r} appears twice with the same options (duplicate grid cells)")
         seen.add(entry.key())

@@ -78,8 +78,9 @@ def publish(results: Path, name: str) -> Path:
     }
     (target / "facts.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
     compensate = trials["compensate"] if "compensate" in trials else [False] * len(trials)
-    label = [strategy_label(s, o, c is True) + (" reference" if r else "")
-             for s, o, c, r in zip(trials["strategy"], trials["strategy_options"], compensate, reference)]
+    policy = trials["policy"] if "policy" in trials else ["global"] * len(trials)
+    label = [strategy_label(s, o, c is True, p) + (" reference" if r else "")
+             for s, o, c, p, r in zip(trials["strategy"], trials["strategy_options"], compensate, policy, reference)]
     costs = trials.assign(label=label).groupby(["model", "label"]).agg(
         trials=("trial_id", "count"), scoring_s=("time_score", "sum"), finetune_s=("time_finetune", "sum"),
         total_s=("time_total", "sum")).round(1).reset_index()

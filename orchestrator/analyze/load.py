@@ -281,20 +281,23 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
         trials["recovery_steps"] = pd.NA
     if "pruned_heads" not in trials:
         trials["pruned_heads"] = None
-    trials["label"] = [strategy_label(s, o, c) for s, o, c in zip(trials["strategy"], trials["strategy_options"],
-                                                                  trials["compensate"])]
+    policy = trials["policy"] if "policy" in trials else ["global"] * len(trials)
+    trials["label"] = [strategy_label(s, o, c, p) for s, o, c, p in zip(trials["strategy"], trials["strategy_options"],
+                                                                        trials["compensate"], policy)]
     return trials
 
 
-def strategy_label(strategy: str, options: object, compensate: bool = False) -> str:
+def strategy_label(strategy: str, options: object, compensate: bool = False, policy: object = "global") -> str:
     """The strategy as compared in tables and progress lines: its name, plus its options (a mapping or its JSON) when
-    any were set and "compensated" with bias compensation (they change it)."""
+    any were set, "compensated" with bias compensation and its selection policy when it is not global (they change
+    it)."""
     try:
         parsed = json.loads(options) if isinstance(options, str) else options
     except json.JSONDecodeError:
         parsed = {}
     parts = [f"{k}={v}" for k, v in sorted(parsed.items())] if isinstance(parsed, dict) else []
     parts += ["compensated"] if compensate else []
+    parts += [str(policy)] if isinstance(policy, str) and policy not in ("", "global") else []
     return f"{strategy} (" + ", ".join(parts) + ")" if parts else str(strategy)
 
 

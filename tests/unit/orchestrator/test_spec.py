@@ -399,3 +399,21 @@ def test_a_reference_layout_is_drawn_by_random_only():
 def test_a_resource_share_ray_cannot_schedule_is_one_line_before_ray(tmp_path, base, capsys, key):
     err = run_cli(tmp_path, {**base, "resources": {"cpu": 1, key: 1e-8}}, capsys)
     assert f"resources.{key}: 1e-08 is below the smallest share Ray schedules (0.0001)" in err
+
+
+def test_a_strategy_entry_can_have_its_own_policy_and_models(tmp_path, base, capsys):
+    other = tmp_path / "llama-folder"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    raw = {**base, "models": [base["models"][0], str(other)], "levels": [0.5], "seeds": [0],
+           "strategies": ["entropy", {"name": "entropy", "policy": "uniform", "models": [str(other)]}]}
+    cells = load_spec(write(tmp_path, raw)).cells
+    assert sorted((Path(c.model).name, c.strategy, c.policy) for c in cells) == [
+        ("gpt2-folder", "entropy", "global"), ("llama-folder", "entropy", "global"),
+        ("llama-folder", "entropy", "uniform")]
+    from orchestrator.analyze.load import strategy_label
+    assert strategy_label("entropy", {}, False, "uniform") == "entropy (uniform)"
+    bad = {**raw, "strategies": [{"name": "entropy", "models": ["elsewhere"]}]}
+    assert "strategies[0].models: 'elsewhere' is not one of the experiment's models" in run_cli(tmp_path, bad, capsys)
+    bad = {**raw, "strategies": [{"name": "entropy", "policy": "sideways"}]}
+    assert "strategies[0].policy: 'sideways' is not one of global, per_layer, uniform" in run_cli(tmp_path, bad, capsys)

@@ -71,6 +71,26 @@ def cases(root: Path) -> list[dict]:
                        ("calibration unknown", {"calibration": "sometimes"}), ("bos unknown", {"bos": "maybe"})):
         config(name, good(root, data={"source": "wikitext-2", "seq_len": 32, **data}))
 
+    # accepted, then failed every trial after Ray started (issue 30, item 8): now refused from the model's own files
+    llama = {"name": "sentinel/tiny-llama"}
+    config("cloze on an encoder", good(root, models=["sentinel/all-MiniLM-L6-v2"],
+                                       extra_tasks=["lm_eval:gutenberg_cloze"]))
+    config("stsb on a causal LM", good(root, task="stsb"))
+    config("generation beyond the context", good(root, models=[llama], generation={"prompt_tokens": 250}))
+    lora = {"method": "lora", "steps": 2, "warmup_steps": 0, "eval_every": 1}
+    config("lora on a whole block", good(root, models=[llama], finetune={**lora, "lora_targets": ["mlp"]}))
+    config("lora with dynamic", good(root, models=[llama], strategies=["dynamic"], finetune=lora))
+    config("llama.cpp engine on masks", good(root, models=[llama], method="mask", generation={"engine": "llama.cpp"}))
+    config("attention_drop on gpt2", good(root, strategies=["attention_drop"]))
+    (inputs / "gone").symlink_to(inputs / "nowhere")
+    config("output a dangling link", good(root, output=str(inputs / "gone" / "out")))
+    (inputs / "existing.gguf").write_bytes(b"an earlier export")
+    for name, argv in (("export gpt2", ["sentinel/tiny-gpt2"]), ("export over a file", ["sentinel/tiny-llama"]),
+                       ("export dtype q4", ["sentinel/tiny-llama", "--dtype", "q4"]),
+                       ("export a folder that is no model", [str(inputs)])):
+        out.append({"name": name, "argv": ["export", *argv, "--out", str(inputs / "existing.gguf")]
+                    if name == "export over a file" else ["export", *argv, "--out", str(root / "new.gguf")]})
+
     tables = root / "tables"
     tables.mkdir()
     base = pd.DataFrame({"schema_version": [2, 2], "model": ["m", "m"], "strategy": ["random", "entropy"],
@@ -129,5 +149,11 @@ def test_hostile_inputs_end_in_one_line_and_exit_2_with_nothing_written(tmp_path
                          ("analyze level high", "level"), ("analyze --out a file", "--out"),
                          ("eval_tokens beyond the split", "data.eval_tokens"),
                          ("calibration_documents beyond the split", "data.calibration_documents"),
-                         ("calibration unknown", "data.calibration"), ("bos unknown", "data.bos")):
+                         ("calibration unknown", "data.calibration"), ("bos unknown", "data.bos"),
+                         ("cloze on an encoder", "extra_tasks[0]"), ("stsb on a causal LM", "task:"),
+                         ("generation beyond the context", "generation:"), ("lora on a whole block", "lora_targets"),
+                         ("lora with dynamic", "finetune.method"), ("llama.cpp engine on masks", "generation.engine"),
+                         ("attention_drop on gpt2", "strategy:"), ("output a dangling link", "link to nothing"),
+                         ("export gpt2", "model:"), ("export over a file", "--out"), ("export dtype q4", "--dtype"),
+                         ("export a folder that is no model", "model:")):
         assert needle in results[name]["stderr"], (name, results[name]["stderr"])
