@@ -283,6 +283,16 @@ def verdicts(summary: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
                      "be called better than random on these seeds."]
 
 
+def _no_headline(results: Results) -> str:
+    """Why the headline has no table, in a sentence."""
+    ok = ok_trials(results.trials)
+    if ok.empty:
+        return (f"No trial finished ({len(results.trials)} failed): there is nothing to compare; the failed trials and "
+                "their errors are listed below.")
+    return ("No verdicts: the run has no random baseline to test against (strategy random in the grid, or "
+            "random_reference); the tables below give each strategy's numbers by mean only.")
+
+
 def _versus_text(results: Results) -> str:
     if results.reference.empty:
         return (f"`vs random` compares each strategy with {BASELINE} over trials paired by seed at the same model and "
@@ -456,7 +466,7 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
               Block("p", f"Strategies better or worse than {BASELINE} after Holm's adjustment (p < {ALPHA}, in the "
                          "metric's direction), with the effect against random [95% interval] and the share of random "
                          "layouts the strategy's seeds beat; the figure shows where each seed lands among them."),
-              Block("table", headline) if len(headline) else Block("p", "No verdicts: no cell has a random baseline."),
+              Block("table", headline) if len(headline) else Block("p", _no_headline(results)),
               *lead,
               Block("h2", "Run"), Block("ul", run_metadata(results, out)),
               Block("h2", "How to read this"),

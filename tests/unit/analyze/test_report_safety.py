@@ -85,3 +85,23 @@ def test_md_text_and_code_render_as_the_literal_text():
         # inside our own image text, as the report uses it
         image = md.renderInline(f"![plot of {md_text(value)}](plot.png)")
         assert image.count("<img") == 1 and 'src="plot.png"' in image and "<a" not in image
+
+
+@pytest.mark.parametrize("case, sentence", [
+    ("only failed trials", "No trial finished (30 failed): there is nothing to compare"),
+    ("one strategy", "No verdicts: the run has no random baseline to test against"),
+])
+def test_a_run_with_nothing_to_compare_says_so_and_still_renders(tmp_path, case, sentence):
+    import pandas as pd
+
+    from orchestrator.analyze import analyze
+
+    trials = pd.read_parquet(Path(__file__).resolve().parents[3] / "docs" / "data" / "default" / "trials.parquet")
+    if case == "only failed trials":
+        trials = trials.assign(status="failed", error="RuntimeError: boom")
+    else:
+        trials = trials[trials["strategy"].eq("gradient")]
+    (tmp_path / "run").mkdir()
+    trials.to_parquet(tmp_path / "run" / "trials.parquet")
+    report = Path(analyze([str(tmp_path / "run")], str(tmp_path / "out")))
+    assert sentence in report.read_text() and sentence in (tmp_path / "out" / "report.html").read_text()
