@@ -61,9 +61,10 @@ def _calibration_rng(d: Any, seed: int) -> tuple[random.Random, str]:
 
 class Task:
     name = ""
+    causal = True  # what the task measures: a causal LM with its head (True) or an encoder (False)
 
     def fits(self, model: nn.Module) -> bool:
-        raise NotImplementedError
+        return is_causal_lm(model) == self.causal
 
     def prepare(self, dense: nn.Module, tokenizer: Any, d: Any) -> Prepared:
         """`dense` is the cached dense model: read, never modified. `d` is the trial's DataSpec."""
@@ -85,9 +86,6 @@ class Perplexity(Task):
     windows spread evenly over the eval split (or the whole split, sliding windows) for the metric."""
 
     name = "perplexity"
-
-    def fits(self, model: nn.Module) -> bool:
-        return is_causal_lm(model)
 
     def prepare(self, dense: nn.Module, tokenizer: Any, d: Any) -> Prepared:
         splits = sdata.split_documents(sdata.load_documents(d.source), seed=d.split_seed)
@@ -166,9 +164,7 @@ class STSB(Task):
     STS-B test (a seeded sample if asked)."""
 
     name = "stsb"
-
-    def fits(self, model: nn.Module) -> bool:
-        return not is_causal_lm(model) and hasattr(model, "config")
+    causal = False
 
     def prepare(self, dense: nn.Module, tokenizer: Any, d: Any) -> Prepared:
         splits = sdata.split_documents(sdata.load_documents(d.source), seed=d.split_seed)

@@ -161,6 +161,13 @@ def model_name(value: Any, name: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=64)
+def _local_causal(model: str) -> bool | None:
+    from sentinel.models import loading
+
+    return loading.local_is_causal(model)
+
+
 @functools.lru_cache(maxsize=16)
 def _meta_model(model: str):
     """The local model's architecture on the meta device (sentinel.models.loading.local_meta_model); None for a hub
@@ -379,8 +386,9 @@ class TrialSpec(Contract):
 
     def _check_against_model(self, limit: int | None) -> None:
         """What a local model's own files decide, before Ray: the tasks fit it (a perplexity needs a causal LM, STS-B
-        an encoder, lm-eval's tasks a causal LM), a generation fits its context, a gguf_file is in its folder."""
-        from sentinel.models import is_causal_lm
+        an encoder, lm-eval's tasks a causal LM), a generation fits its context, a gguf_file is in its folder, a pruned
+        folder's sidecar matches its config."""
+        from sentinel.models import loading
         from sentinel.zero_shot import PREFIX
 
         gguf_file = self.model_options.get("gguf_file")
@@ -389,18 +397,16 @@ class TrialSpec(Contract):
             if folder.suffix == ".gguf" or not (folder / gguf_file).is_file():
                 raise SpecError(f"model_options.gguf_file: {gguf_file!r} is not a file in {self.model!r} (gguf_file "
                                 "names a .gguf inside a folder model; a .gguf path needs none)")
-        meta = _meta_model(self.model)
-        if meta is None:
-            return
-        try:
-            causal = is_causal_lm(meta)
-        except ValueError:  # a family without an adapter: the fallback decides when the trial loads it
+        if loading.is_pruned_checkpoint(Path(self.model).expanduser()):
+            _meta_model(self.model)  # checks the sidecar against the config's architecture
+        causal = _local_causal(self.model)
+        if causal is None:
             return
         kind = "a causal LM" if causal else "an encoder (no LM head)"
         for field, task in [("task", self.task)] + [(f"extra_tasks[{i}]", t) for i, t in enumerate(self.extra_tasks)]:
-            fits = causal if task.startswith(PREFIX) else task == "auto" or TASKS.get(task).fits(meta)
+            fits = causal if task.startswith(PREFIX) else task == "auto" or TASKS.get(task).causal == causal
             if not fits:
-                fitting = [t for t in TASKS.names() if TASKS.get(t).fits(meta)] + ([f"{PREFIX}<task>"] if causal else [])
+                fitting = [t for t in TASKS.names() if TASKS.get(t).causal == causal] + ([f"{PREFIX}<task>"] if causal else [])
                 raise SpecError(f"{field}: {task!r} does not fit {self.model!r}, {kind}; tasks that fit: "
                                 f"{', '.join(fitting)}")
         g = self.generation

@@ -294,9 +294,7 @@ def local_meta_model(name: str) -> nn.Module | None:
         config = transformers.AutoConfig.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
     else:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
-    # what load_model builds: GGUF files hold decoder LMs; a config naming no architectures is read by its family
-    causal = source.suffix == ".gguf" or _is_causal(config) or (
-        config.model_type in ADAPTERS and ADAPTERS.get(config.model_type).causal)
+    causal = source.suffix == ".gguf" or _causal_config(config)
     if causal and type(config) in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
         mapping = transformers.MODEL_FOR_CAUSAL_LM_MAPPING
     else:
@@ -306,6 +304,22 @@ def local_meta_model(name: str) -> nn.Module | None:
     if source.is_dir() and is_pruned_checkpoint(source):
         check_pruned_folder(source, model)
     return model
+
+
+def local_is_causal(name: str) -> bool | None:
+    """Whether a shipped or local model is a causal LM (what its tasks need), from its config or GGUF header alone
+    (GGUF files hold decoder LMs); None for a hub name."""
+    if local_model_type(name) is None:
+        return None
+    source = Path(resolve_source(name))
+    if source.suffix == ".gguf":
+        return True
+    return _causal_config(transformers.AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False))
+
+
+def _causal_config(config: transformers.PretrainedConfig) -> bool:
+    """A causal LM by its architectures, or, for a config naming none, by its family's adapter."""
+    return _is_causal(config) or (config.model_type in ADAPTERS and ADAPTERS.get(config.model_type).causal)
 
 
 def _is_causal(config: transformers.PretrainedConfig) -> bool:
