@@ -83,6 +83,13 @@ def visit_output_inputs(model: nn.Module, batches: Sequence[Batch], visit: Calla
         return lambda module, args: visit(layer, args[0].detach()[keep[0]])
 
     handles = [proj.register_forward_pre_hook(capture(l)) for l, proj in enumerate(output_projections(model))]
+    return forward_with_hooks(model, batches, handles, keep)
+
+
+def forward_with_hooks(model: nn.Module, batches: Sequence[Batch], handles: list, keep: list[torch.Tensor]) -> int:
+    """Runs the model over `batches` (eval mode, no gradients) with hooks already registered (`handles`, removed at
+    the end, whatever happens); before each forward pass `keep[0]` is set to the batch's non-padding positions
+    [B, T] for the hooks to read. Returns the number of non-padding tokens seen."""
     device, tokens = model_device(model), 0
     try:
         with eval_mode(model), torch.no_grad():

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from sentinel.models import head_layout
-from sentinel.models.heads import EMPTY_LAYER_FAMILIES, attention_modules, blocks
-from sentinel.pruning.base import Batch, HeadScores, eval_mode, model_device, register_strategy, to_device
+from sentinel.models.heads import EMPTY_LAYER_FAMILIES, attention_modules, blocks, forward_with_hooks
+from sentinel.pruning.base import Batch, HeadScores, register_strategy
 
 
 def sublayer_turns(model: nn.Module, batches: list[Batch]) -> torch.Tensor:
@@ -44,18 +44,7 @@ def sublayer_turns(model: nn.Module, batches: list[Batch]) -> torch.Tensor:
 
     handles = [block.register_forward_pre_hook(entering(l), with_kwargs=True) for l, block in enumerate(layers)]
     handles += [attention.register_forward_hook(leaving(l)) for l, attention in enumerate(attention_modules(model))]
-    device, tokens = model_device(model), 0
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                batch = to_device(batch, device)
-                keep[:] = [batch["attention_mask"].bool()]
-                tokens += int(keep[0].sum())
-                model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return totals / tokens
+    return totals / forward_with_hooks(model, batches, handles, keep)
 
 
 @register_strategy("attention_drop", unit="layer")
