@@ -152,7 +152,8 @@ def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
                 for r in strategies[strategies[verdict].eq(kind)].to_dict("records"):
                     share = r.get(f"{stage}_percentile")
                     beats = "" if share is None or pd.isna(share) else f", beats {share:.0%} of random layouts"
-                    out.append(f"{r['label']} ({effect(r[f'vs_random_{stage}_effect'], r[f'vs_random_{stage}_effect_low'], r[f'vs_random_{stage}_effect_high'], log_scale)}{beats})")
+                    size = effect(*(r[f"vs_random_{stage}_effect{part}"] for part in ("", "_low", "_high")), log_scale)
+                    out.append(f"{r['label']} ({size}{beats})")
                 return "; ".join(out) or "none"
 
             rows.append({"model": model, "level": f"{level:g}", "stage": stage, "better than random": named("better"),
