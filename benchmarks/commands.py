@@ -29,7 +29,7 @@ COMMANDS = {
     "seed": (["python", "scripts/benchmark_with_metrics.py", "--model_name", "sentinel/tiny-gpt2",
               "--pruning_strategies", "entropy,magnitude,random", "--pruning_levels", "0.1,0.3", "--learning_steps",
               "5", "--eval_dataset", "gutenberg", "--use_real_data", "--output_dir", OUT], 150,
-             "README (the seed's command; 95 s on 2026-12-01)", True),
+             "configs/seed-distilgpt2.yaml (the seed's command line; 95 s on 2026-12-01)", True),
     "smoke": (["sentinel-bench", "run", "configs/smoke.yaml", "--set", f"output={OUT}"], 90, "configs/smoke.yaml", True),
     "export": (["sentinel-bench", "export", "sentinel/smollm2-135m", "--to", "gguf", "--out", f"{OUT}/smollm2.gguf",
                 "--dtype", "q8_0"], 60, "docs/EXPORT.md", True),
