@@ -28,3 +28,21 @@ def test_the_done_line_waits_for_the_rows_part_file(tmp_path):
     assert list(parts.glob("*.parquet")) and stream.getvalue().startswith("[2/3] ")
     assert "perplexity dense -> pruned -> recovered" in stream.getvalue()
     assert stream.getvalue().rstrip().endswith("left)")  # elapsed, and the time left at this run's pace
+
+
+def test_the_time_left_is_paced_from_the_first_finished_cell(monkeypatch):
+    """What a run pays once (Ray's start, model loads, dense baselines) sits before its first finished cell: the pace
+    is measured after it, once there are two (the extension of the comparison grid: 20 cells, the first after 153 s,
+    the second 9 s later)."""
+    import orchestrator.callbacks as callbacks
+
+    clock = iter([0.0, 153.0, 162.0])
+    monkeypatch.setattr(callbacks.time, "time", lambda: next(clock))
+    stream = io.StringIO()
+    progress = Progress(total=20, stream=stream)
+    trial = SimpleNamespace(trial_id="t", config={"cell": {"model": "m", "strategy": "s", "level": 0.5, "seed": 0}})
+    progress._line(trial, "done")
+    progress._line(trial, "done")
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith("(2m33s, about 48m27s left)")  # 19 cells at 153 s each: the first cell's cost
+    assert second.endswith("(2m42s, about 2m42s left)")  # 18 cells at 9 s each
