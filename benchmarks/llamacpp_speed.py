@@ -35,7 +35,7 @@ from orchestrator.analyze.report import speed_text
 from orchestrator.analyze.stats import rounds_spread
 from sentinel.data.blocks import batches, pack_blocks, split_tokens
 from sentinel.export import export_gguf, export_architecture
-from sentinel.export.llamacpp import LlamaCpp, decode_step_bytes, default_threads, prefill_flops
+from sentinel.export.llamacpp import LlamaCpp, decode_bytes, default_threads, prefill_flops
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT, NEW, ROUNDS = 128, 128, 7
@@ -66,6 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for dtype in ("f16", "q8_0"):
             dense_path = export_gguf(model, tokenizer, Path(folder) / f"dense-{dtype}.gguf", dtype=dtype)
+            dense_bytes = decode_bytes(dense_path)  # the dense file's header, read once
             for name, (strategy, level, policy) in LAYOUTS.items():
                 selection = sentinel.select_heads(scores[strategy], level, policy=policy,
                                                   min_heads_per_layer=0 if strategy == "attention_drop" else 1)
@@ -74,8 +75,9 @@ def main() -> None:
                 path = export_gguf(pruned, tokenizer, Path(folder) / f"{name.replace(' ', '-').replace('%', '')}-{dtype}.gguf", dtype=dtype)
                 architecture = export_architecture(layout.heads, layout.kv_heads)
                 context = PROMPT + NEW / 2
+                step = [weights + kv * context for weights, kv in (dense_bytes, decode_bytes(path))]
                 ideal = {"prefill": prefill_flops(model, PROMPT) / prefill_flops(pruned, PROMPT),
-                         "decode": decode_step_bytes(dense_path, context) / decode_step_bytes(path, context)}
+                         "decode": step[0] / step[1]}
                 for flash_attn in ((False, True) if architecture == "deci" else (False,)):
                     start = time.perf_counter()
                     rounds = timed_pair(dense_path, path, prompt, flash_attn)

@@ -147,10 +147,11 @@ def prefill_flops(model, prompt_tokens: int) -> float:
     return forward_flops(model, prompt_tokens) - 2.0 * head * (prompt_tokens - 1)
 
 
-def decode_step_bytes(path: str | Path, context: float) -> float:
-    """Bytes one decode step at batch 1 reads in llama.cpp: every weight tensor of the GGUF (the token embedding only
-    when it is also the output matrix; otherwise one row), and the f16 K and V cache of `context` tokens, from the
-    per-layer KV-head counts of the file. The denominator of the ideal decode speedup: decode is memory-bound."""
+def decode_bytes(path: str | Path) -> tuple[float, float]:
+    """What one decode step at batch 1 reads in llama.cpp, from one pass over the file's header: (every weight tensor
+    of the GGUF: the token embedding only when it is also the output matrix, otherwise one row; the f16 K and V cache
+    per token of context, from the per-layer KV-head counts). Decode is memory-bound: weights + context x the second
+    is the denominator of its ideal speedup."""
     import gguf
 
     reader = gguf.GGUFReader(path)
@@ -161,7 +162,7 @@ def decode_step_bytes(path: str | Path, context: float) -> float:
     layers = int(reader.fields[f"{architecture}.block_count"].contents())
     kv_heads = kv_heads if isinstance(kv_heads, list) else [kv_heads] * layers
     head_dim = int(reader.fields[f"{architecture}.attention.key_length"].contents())
-    return weights + 2 * 2 * sum(kv_heads) * head_dim * context  # K and V, 2 bytes each (f16 cache)
+    return float(weights), float(2 * 2 * sum(kv_heads) * head_dim)  # K and V, 2 bytes each (f16 cache)
 
 
 def compare_generation(dense, pruned, tokenizer, *, prompt_tokens: int, new_tokens: int, rounds: int,
@@ -185,8 +186,9 @@ def compare_generation(dense, pruned, tokenizer, *, prompt_tokens: int, new_toke
         with LlamaCpp(paths[0], n_ctx=n_ctx, logits_all=False) as a, LlamaCpp(paths[1], n_ctx=n_ctx, logits_all=False) as b:
             timed = [(a.speed(prompt, new_tokens, rounds=1), b.speed(prompt, new_tokens, rounds=1)) for _ in range(rounds)]
         context = prompt_tokens + new_tokens / 2
-        step_bytes = [decode_step_bytes(p, context) for p in paths]
-        kv_bytes = [(decode_step_bytes(p, 1) - decode_step_bytes(p, 0)) for p in paths]
+        parts = [decode_bytes(p) for p in paths]  # one read of each file's header
+        step_bytes = [weights + kv * context for weights, kv in parts]
+        kv_bytes = [kv for _, kv in parts]
     out = {"generation_engine": f"llama.cpp {dtype}", "generation_threads": timed[0][0].threads,
            "kv_bytes_per_token_before": kv_bytes[0], "kv_bytes_per_token_after": kv_bytes[1],
            "ideal_prefill_speedup": prefill_flops(dense, prompt_tokens) / prefill_flops(pruned, prompt_tokens),
