@@ -55,18 +55,20 @@ def noop_trainable(config: dict) -> None:
     import ray
     from ray import tune
 
-    from sentinel.trial import TrialResult, TrialSpec
+    from orchestrator.trainable import RECORD_KEY
+    from sentinel.result import RunContext, TrialRecord, TrialResult
+    from sentinel.trial import TrialSpec
 
     spec = TrialSpec.from_dict(config["cell"])
     result = TrialResult(spec=spec, architecture="gpt2", task="perplexity", metric_name="perplexity",
                          higher_is_better=False, metric_scale="log", dense=10.0, pruned=12.0, recovered=11.0,
                          heads_total=32, heads_pruned=int(32 * spec.level), scores=[[0.5] * 8] * 4)
     result.timings["load"] = time.perf_counter() - start  # the in-trial work: time_total of the row
-    context = {"experiment": config["run"]["experiment"], "run_id": config["run"]["run_id"],
-               "tune_trial_id": tune.get_context().get_trial_id(), "attempts": 1, "ray_version": ray.__version__,
-               "started_at": int(time.time() * 1000), "finished_at": int(time.time() * 1000)}
-    payload = {"row": result.row(), "curve": [], "scores": result.scores, "context": context}
-    tune.report({"status": "ok", "metric_name": "perplexity", "recovered": 11.0, "payload": json.dumps(payload)})
+    record = TrialRecord.of(result)
+    record.context = RunContext(experiment=config["run"]["experiment"], run_id=config["run"]["run_id"],
+                                tune_trial_id=tune.get_context().get_trial_id(), attempts=1, version_ray=ray.__version__,
+                                started_at=int(time.time() * 1000), finished_at=int(time.time() * 1000))
+    tune.report({"status": "ok", "metric_name": "perplexity", "recovered": 11.0, RECORD_KEY: record.to_json()})
 
 
 def driver(cells: int, output: str, address: str, resume: bool) -> dict:

@@ -1,11 +1,9 @@
-"""The driver's view of a Tune run: Progress (a line per trial), ResultStream (rows streamed as Parquet parts),
-PendingReport (trials that cannot be placed), CellQueue (the cells handed to Tune in order) and StopOnSignal.
-
-A trial that died without reporting (worker killed) gets a row built from its config and Tune's error (tune_error).
-"""
+"""The driver's view of a Tune run: Progress (a line per trial), ResultStream (records streamed as Parquet parts),
+PendingReport (trials that cannot be placed) and CellQueue (the cells handed to Tune in order). Every trial
+reports its TrialRecord (orchestrator.trainable); one that died without reporting (worker killed) gets a failed
+record built from its config and Tune's error (tune_error)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -14,9 +12,10 @@ from typing import Any, Mapping, TextIO
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
-from orchestrator.analyze.load import strategy_label
 from orchestrator.results import write_part
-from sentinel.trial import failed_row
+from orchestrator.trainable import RECORD_KEY
+from sentinel.result import RunContext, TrialRecord, strategy_label
+from sentinel.trial import failed_record
 
 
 # ------------------------------------------------------------------------------------------- progress
@@ -76,7 +75,8 @@ class Progress(Callback):
         self.last[trial.trial_id] = result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        row = _payload(self.last.pop(trial.trial_id, None)).get("row", {})
+        record = _record(self.last.pop(trial.trial_id, None))
+        row = record.row if record else {}
         note = "done"
         if row.get("status") == "ok":
             arrow = f"{row['dense']:.4g} -> {row['pruned']:.4g} -> {row['recovered']:.4g}"
@@ -102,8 +102,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _payload(result: Mapping[str, Any] | None) -> dict[str, Any]:
-    return json.loads((result or {}).get("payload") or "{}")
+def _record(result: Mapping[str, Any] | None) -> TrialRecord | None:
+    """The record a trial reported, or None if it reported none."""
+    text = (result or {}).get(RECORD_KEY)
+    return TrialRecord.from_json(text) if text else None
 
 
 class ResultStream(Callback):
@@ -116,7 +118,7 @@ class ResultStream(Callback):
     def __init__(self, output_dir: str, run_id: str, flush_s: float = 0.5, progress: Progress | None = None) -> None:
         self.output_dir, self.run_id, self.flush_s = output_dir, run_id, flush_s
         self.progress = progress  # told which trials' rows are on disk after each write
-        self.buffer: list[dict] = []
+        self.buffer: list[TrialRecord] = []
         self.parts = 0
         self.write_failed = False
         self.flushed_at = time.time()
@@ -129,24 +131,23 @@ class ResultStream(Callback):
         self.last[trial.trial_id] = result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        payload = _payload(self.last.pop(trial.trial_id, None))
-        if payload:
-            self._add(payload)
+        record = _record(self.last.pop(trial.trial_id, None))
+        if record:
+            self._add(record)
         elif self.progress is not None:  # nothing reported, nothing to write: its line need not wait
             self.progress.written([trial.trial_id])
-        # Tune keeps (and checkpoints) every trial's last result until the run ends; the row is ours to keep now,
+        # Tune keeps (and checkpoints) every trial's last result until the run ends; the record is ours to keep now,
         # so a 10,000-cell grid does not hold every row twice in the driver
-        (trial.last_result or {}).pop("payload", None)
+        (trial.last_result or {}).pop(RECORD_KEY, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        payload = _payload(self.last.pop(trial.trial_id, None))
-        (trial.last_result or {}).pop("payload", None)
-        if not payload:  # died without reporting (a killed worker): a failed row from its config and Tune's error
-            payload = {"row": failed_row(trial.config["cell"], f"TuneError: {tune_error(trial)}"),
-                       "curve": [], "scores": [],
-                       "context": {"experiment": trial.config["run"]["experiment"], "run_id": self.run_id,
-                                   "tune_trial_id": trial.trial_id}}
-        self._add(payload)
+        record = _record(self.last.pop(trial.trial_id, None))
+        (trial.last_result or {}).pop(RECORD_KEY, None)
+        if not record:  # died without reporting (a killed worker): a failed record from its config and Tune's error
+            record = failed_record(trial.config["cell"], f"TuneError: {tune_error(trial)}")
+            record.context = RunContext(experiment=trial.config["run"]["experiment"], run_id=self.run_id,
+                                        tune_trial_id=trial.trial_id)
+        self._add(record)
 
     def on_step_end(self, iteration, trials, **info):
         if self.buffer and time.time() - self.flushed_at >= self.flush_s:
@@ -155,8 +156,8 @@ class ResultStream(Callback):
     def on_experiment_end(self, trials, **info):
         self.flush()
 
-    def _add(self, payload: dict) -> None:
-        self.buffer.append(payload)
+    def _add(self, record: TrialRecord) -> None:
+        self.buffer.append(record)
         if time.time() - self.flushed_at >= self.flush_s:
             self.flush()
 
@@ -174,7 +175,7 @@ class ResultStream(Callback):
                 self.flushed_at = time.time()
                 return
             self.parts += 1
-            written, self.buffer = [p.get("context", {}).get("tune_trial_id") for p in self.buffer], []
+            written, self.buffer = [r.context.tune_trial_id for r in self.buffer], []
             if self.progress is not None:
                 self.progress.written(written)
         self.flushed_at = time.time()
@@ -250,9 +251,9 @@ def _cell_name(trial) -> str:
 
 
 def _error_line(trial) -> str:
-    payload = getattr(trial, "last_result", {}).get("payload")
-    if payload:
-        error = json.loads(payload)["row"].get("error") or ""
+    record = _record(getattr(trial, "last_result", {}))
+    if record:
+        error = record.row.get("error") or ""
         return error.splitlines()[0] if error else "failed"
     return tune_error(trial)
 

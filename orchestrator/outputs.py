@@ -15,7 +15,7 @@ import time
 from typing import Any, Iterator
 
 
-from orchestrator.results import compact, finished_trials
+from orchestrator.results import Compacted, compact, has_results
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
 
@@ -43,7 +43,7 @@ def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool, run_id: str) ->
     out = spec.output_dir
     saved_text = read_text(f"{out}/{SPEC_FILE}")
     saved = _saved_spec(saved_text, out) if saved_text is not None else None
-    exists = saved is not None or finished_trials(out).num_rows > 0
+    exists = saved is not None or has_results(out)
     if resume and not exists:
         raise SpecError(f"--resume: no experiment at {out!r} to resume; run without --resume")
     if resume and saved is not None:
@@ -194,7 +194,7 @@ class ResultsWriteError(OSError):
     """The final tables could not be written; the finished rows are kept in parts (the message says where)."""
 
 
-def compact_results(out: str, spec: ExperimentSpec, unwritten: int = 0) -> dict[str, str]:
+def compact_results(out: str, spec: ExperimentSpec, unwritten: int = 0) -> Compacted:
     """compact(), with a failed write said in one line: the parts are deleted only after every table is written,
     so the rows stay where they are and --resume picks them up."""
     try:

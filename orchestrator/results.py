@@ -1,8 +1,5 @@
-"""Results tables: trial payloads -> `trials`, `curves`, `heads` Parquet tables with fixed pyarrow schemas.
-
-Every column has an explicit type, so a table of failed rows (all metrics null) has the same schema as a
-table of good ones. A `trials` row is built by `sentinel.trial.TrialResult.row()` (failed cells included);
-this module adds only the run's context (CONTEXT_COLUMNS) and the schema.
+"""Results tables: trial records (sentinel.result.TrialRecord) -> `trials`, `curves`, `heads`, `metrics` Parquet
+tables, their Arrow schemas derived from the columns sentinel.result declares, and the one dedupe rule.
 
 Rows stream to storage while the grid runs: each flush writes one Parquet part per table under
 `<output>/parts/<table>/`, and `compact` merges the parts (and any earlier compacted table) into
@@ -15,10 +12,9 @@ change that breaks a reader.
 from __future__ import annotations
 
 import io
-import json
-import math
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
@@ -27,17 +23,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.storage import filesystem, write_bytes
-from sentinel.result import CURVE_COLUMNS, METRIC_COLUMNS, TrialResult
-
-SCHEMA_VERSION = 2  # 2: protocol_<key> columns replaced by `task` + `protocol_label` (the protocol stays as JSON)
-# what the runner adds to TrialResult.row(): where and when the trial ran
-CONTEXT_COLUMNS: dict[str, pa.DataType] = {
-    "schema_version": pa.int32(), "experiment": pa.string(), "run_id": pa.string(), "tune_trial_id": pa.string(),
-    "attempts": pa.int64(), "device_assigned": pa.string(), "gpu_ids": pa.string(), "cuda_visible_devices": pa.string(),
-    "ray_node_id": pa.string(), "version_ray": pa.string(), "started_at": pa.timestamp("ms", tz="UTC"),
-    "finished_at": pa.timestamp("ms", tz="UTC"),
-}
-TABLE_NAMES = ("trials", "curves", "heads", "metrics")
+from sentinel.result import KEY, TABLE_NAMES, EpochMs, Int32, TrialRecord, columns
 
 
 def arrow_type(annotation: Any) -> pa.DataType:
@@ -47,94 +33,31 @@ def arrow_type(annotation: Any) -> pa.DataType:
         return arrow_type(args[0])
     if typing.get_origin(annotation) is list:
         return pa.list_(arrow_type(args[0]))
-    return {str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_()}[annotation]
+    return {str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_(),
+            Int32: pa.int32(), EpochMs: pa.timestamp("ms", tz="UTC")}[annotation]
 
 
-# One row per trial: the columns TrialResult declares (docs/RESULTS.md says what each means), then the context's.
-TRIALS_SCHEMA = pa.schema([*[(name, arrow_type(t)) for name, t in TrialResult.columns().items()],
-                           *CONTEXT_COLUMNS.items()])
-
-# which trial a curve or head row belongs to
-ROW_IDENTITY = [("schema_version", pa.int32()), ("experiment", pa.string()), ("run_id", pa.string()),
-                ("trial_id", pa.string()), ("model", pa.string()), ("strategy", pa.string()), ("level", pa.float64()),
-                ("seed", pa.int64())]
-CURVES_SCHEMA = pa.schema([*ROW_IDENTITY, *[(name, arrow_type(t)) for name, t in CURVE_COLUMNS.items()]])
-
-METRICS_SCHEMA = pa.schema([*ROW_IDENTITY, *[(name, arrow_type(t)) for name, t in METRIC_COLUMNS.items()]])
-HEADS_SCHEMA = pa.schema([*ROW_IDENTITY, ("layer", pa.int64()), ("head", pa.int64()), ("score", pa.float64()),
-                          ("pruned", pa.bool_())])
+def schema(table: str) -> pa.Schema:
+    """The Arrow schema of one of the four tables, from its declaration (sentinel.result.columns): every column
+    typed, so a table of failed rows (all metrics null) has the same schema as a table of good ones."""
+    return pa.schema([(name, arrow_type(kind)) for name, kind in columns(table).items()])
 
 
-def _finite_or_none(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def trial_row(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """One `trials` row: the trial's own row (TrialResult.row()) plus the runner's context columns."""
-    ctx = payload.get("context", {})
-    out = dict(payload["row"])
-    out.update({name: ctx.get(name) for name in CONTEXT_COLUMNS})  # where and when it ran
-    out["schema_version"] = SCHEMA_VERSION
-    out["version_ray"] = ctx.get("ray_version")
-    out["gpu_ids"], out["cuda_visible_devices"] = ctx.get("gpu_ids", ""), ctx.get("cuda_visible_devices", "")
-    return out
-
-
-def curve_rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    row, ctx = payload["row"], payload.get("context", {})
-    identity = _identity(row, ctx)
-    return [{**identity, **{key: _finite_or_none(point.get(key)) if kind is float else point.get(key)
-                            for key, kind in CURVE_COLUMNS.items()}}
-            for point in payload.get("curve") or []]
-
-
-def head_rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    row, ctx = payload["row"], payload.get("context", {})
-    pruned = {(int(l), int(h)) for l, h in row.get("pruned_heads") or []}
-    identity = _identity(row, ctx)
-    return [{**identity, "layer": layer, "head": head, "score": _finite_or_none(score), "pruned": (layer, head) in pruned}
-            for layer, scores in enumerate(payload.get("scores") or [])
-            for head, score in enumerate(scores)]
-
-
-def metric_rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The extra evaluations of one trial (TrialResult.metrics), a row per stage and metric, protocol as JSON."""
-    identity = _identity(payload["row"], payload.get("context", {}))
-    return [{**identity, **{key: point.get(key) for key in METRIC_COLUMNS},
-             "value": _finite_or_none(point.get("value")), "stderr": _finite_or_none(point.get("stderr")),
-             "protocol": json.dumps(point.get("protocol") or {}, sort_keys=True, default=str)}
-            for point in payload.get("metrics") or []]
-
-
-def _identity(row: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
-    """The ROW_IDENTITY columns of a trial's curve and head rows."""
-    return {"schema_version": SCHEMA_VERSION, "experiment": ctx.get("experiment"), "run_id": ctx.get("run_id"),
-            **{name: row[name] for name in ("trial_id", "model", "strategy", "level", "seed")}}
-
-
-def tables(payloads: Iterable[Mapping[str, Any]]) -> dict[str, pa.Table]:
-    """The three tables from trial payloads, rows sorted by (model, strategy, seed, level)."""
+def tables(records: Iterable[TrialRecord]) -> dict[str, pa.Table]:
+    """The four tables from trial records, rows sorted by (model, strategy, seed, level)."""
     number = lambda v: -1 if v is None else v  # noqa: E731  (a refused cell may lack a seed or a level)
-    payloads = sorted(payloads, key=lambda p: (p["row"]["model"], p["row"]["strategy"], number(p["row"]["seed"]),
-                                               number(p["row"]["level"]), p["row"]["trial_id"]))
-    trials = [trial_row(p) for p in payloads]
-    curves = [r for p in payloads for r in curve_rows(p)]
-    heads = [r for p in payloads for r in head_rows(p)]
-    metrics = [r for p in payloads for r in metric_rows(p)]
-    return {
-        "trials": pa.Table.from_pylist(trials, schema=TRIALS_SCHEMA),
-        "curves": pa.Table.from_pylist(curves, schema=CURVES_SCHEMA),
-        "heads": pa.Table.from_pylist(heads, schema=HEADS_SCHEMA),
-        "metrics": pa.Table.from_pylist(metrics, schema=METRICS_SCHEMA),
-    }
+    records = sorted(records, key=lambda r: (r.row["model"], r.row["strategy"], number(r.row["seed"]),
+                                             number(r.row["level"]), r.row["trial_id"]))
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLE_NAMES}
+    for record in records:
+        for name, table_rows in record.rows().items():
+            rows[name] += table_rows
+    return {name: pa.Table.from_pylist(rows[name], schema=schema(name)) for name in TABLE_NAMES}
 
 
-def write_part(output_dir: str, payloads: list[Mapping[str, Any]], name: str) -> None:
+def write_part(output_dir: str, records: list[TrialRecord], name: str) -> None:
     """Writes finished trials as one part per table: `<output>/parts/<table>/<name>.parquet` (atomic each)."""
-    for table_name, table in tables(payloads).items():
+    for table_name, table in tables(records).items():
         if table.num_rows:
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
@@ -166,23 +89,41 @@ def _read(fs: Any, paths: list[str], schema: pa.Schema) -> pa.Table:
 def finished_trials(output_dir: str) -> pa.Table:
     """Every trial row already stored for an experiment (compacted table and parts), before deduplication."""
     fs, parts, compacted = _files(output_dir, "trials")
-    return _read(fs, ([compacted] if compacted else []) + parts, TRIALS_SCHEMA)
+    return _read(fs, ([compacted] if compacted else []) + parts, schema("trials"))
+
+
+def has_results(output_dir: str) -> bool:
+    """Whether an experiment folder holds trial rows already (a compacted table or parts), without reading them."""
+    _, parts, compacted = _files(output_dir, "trials")
+    return bool(parts) or compacted is not None
 
 
 def latest_per_trial(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial_id (a resumed or repeated run): an ok row beats a failed one, then the newest."""
+    """One row per trial (KEY) across runs (a resumed or repeated run): an ok row beats a failed one, then the newest.
+    The one dedupe rule: compaction and the analysis both apply it."""
     order = trials.assign(_ok=trials["status"].eq("ok"), _t=trials.get("finished_at"))
     order = order.sort_values(["_ok", "_t"], na_position="first", kind="stable")
-    return order.drop_duplicates("trial_id", keep="last").drop(columns=["_ok", "_t"]).sort_index()
+    return order.drop_duplicates(KEY, keep="last").drop(columns=["_ok", "_t"]).sort_index()
 
 
-def _run_keys(table: pa.Table) -> pa.Array:
-    import pyarrow.compute as pc
+def rows_of_kept_trials(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The curve, head or metric rows that belong to a kept trial row: the same trial and, where both tables say, the
+    same run (a trial run twice keeps the curve of the run whose row was kept)."""
+    if table.empty:
+        return table
+    keys = [KEY, "run_id"] if "run_id" in set(table.columns) & set(trials.columns) else [KEY]
+    kept = trials[keys].astype("string").fillna("").drop_duplicates()
+    probe = table[keys].astype("string").fillna("")
+    return table[pd.MultiIndex.from_frame(probe).isin(pd.MultiIndex.from_frame(kept))].reset_index(drop=True)
 
-    return pc.binary_join_element_wise(pc.fill_null(table["trial_id"], ""), pc.fill_null(table["run_id"], ""), "|")
+
+@dataclass
+class Compacted:
+    paths: dict[str, str]  # table name (and "config") -> path written
+    status: dict[str, str]  # trial_id -> status of its kept row
 
 
-def compact(output_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
+def compact(output_dir: str, config: Mapping[str, Any]) -> Compacted:
     """Merges the parts (and the earlier compacted tables) into `<table>.parquet`, one row per trial_id, writes
     config.yaml, then deletes the merged parts. Curves, heads and metrics keep the rows of the kept trial rows' runs.
 
@@ -190,23 +131,19 @@ def compact(output_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
         output_dir: `<output>/<experiment>`, a local folder or a URI.
         config: the resolved experiment spec (ExperimentSpec.to_dict()).
     Returns:
-        table name -> path written.
+        the paths written and the status of every kept trial.
     """
-    import pyarrow.compute as pc
-
-    schemas = {"trials": TRIALS_SCHEMA, "curves": CURVES_SCHEMA, "heads": HEADS_SCHEMA, "metrics": METRICS_SCHEMA}
     written, merged = {}, []
-    kept_keys = None
+    trials = None
     for name in TABLE_NAMES:
         fs, parts, compacted = _files(output_dir, name)
-        table = _read(fs, ([compacted] if compacted else []) + parts, schemas[name])
+        frame = _read(fs, ([compacted] if compacted else []) + parts, schema(name)).to_pandas()
         if name == "trials":
-            frame = latest_per_trial(table.to_pandas()) if table.num_rows else table.to_pandas()
-            frame = frame.sort_values(["model", "strategy", "seed", "level", "trial_id"], kind="stable")
-            table = pa.Table.from_pandas(frame, schema=TRIALS_SCHEMA, preserve_index=False)
-            kept_keys = _run_keys(table)
+            frame = latest_per_trial(frame) if len(frame) else frame
+            trials = frame = frame.sort_values(["model", "strategy", "seed", "level", KEY], kind="stable")
         else:
-            table = table.filter(pc.is_in(_run_keys(table), value_set=kept_keys))
+            frame = rows_of_kept_trials(frame, trials)
+        table = pa.Table.from_pandas(frame, schema=schema(name), preserve_index=False)
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         path = output_dir.rstrip("/") + f"/{name}.parquet"
@@ -220,7 +157,7 @@ def compact(output_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
         fs.delete_file(part)
     if merged:
         _remove_empty_parts_folders(output_dir)
-    return written
+    return Compacted(written, dict(zip(trials[KEY], trials["status"])))
 
 
 def _remove_empty_parts_folders(output_dir: str) -> None:

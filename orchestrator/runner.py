@@ -1,7 +1,7 @@
 """The Ray Tune runner: one Tune trial per grid cell, shared work through a store actor, rows streamed to storage.
 
     spec.cells minus the cells that already have a row ──► a Tuner per 1,000 cells (CellQueue, with_resources)
-              └─ trainable(config): TrialSpec.from_dict ─► run_trial(spec, shared) ─► tune.report(payload)
+              └─ trainable(config): TrialSpec.from_dict ─► run_trial(spec, shared) ─► tune.report(TrialRecord)
     driver callbacks: Progress (a line per trial), ResultStream (a Parquet part per flush), PendingReport
     after the grid: compact parts ──► trials / curves / heads Parquet, config.yaml ──► analyze (if installed)
 
@@ -21,7 +21,6 @@ from typing import Any, Callable, Mapping, TextIO
 from orchestrator.callbacks import CellQueue, PendingReport, Progress, ResultStream
 from orchestrator.outputs import SPEC_FILE, compact_results, delete_path, output_lock, prepare
 from orchestrator.ray_session import SignalStop, StopOnSignal, start_ray, stop_ray
-from orchestrator.results import finished_trials
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import is_uri
 from orchestrator.trainable import trainable
@@ -80,9 +79,8 @@ def run_experiment(
     with output_lock(out), SignalStop() as stop:
         created = prepare(spec, resume, overwrite, run_id)
         cells = spec.cells
-        if resume:
-            compact_results(out, spec)  # what a killed driver left in parts becomes the table the cells are read from
-        done = set(finished_trials(out).column("trial_id").to_pylist())
+        # on resume, what a killed driver left in parts becomes the table the finished cells are read from
+        done = set(compact_results(out, spec).status) if resume else set()
         todo = [c for c in cells if c.trial_id() not in done]
         storage, name = spec.tune_location
         summary = RunSummary(f"{storage.rstrip('/')}/{name}/{run_id}", out, total=len(cells))
@@ -99,9 +97,9 @@ def run_experiment(
                 if owns_ray:
                     stop_ray()
         compacting = time.time()
-        summary.written = compact_results(out, spec, summary.unwritten)
+        compacted = compact_results(out, spec, summary.unwritten)
+        summary.written, status = compacted.paths, compacted.status
         summary.compact_s = time.time() - compacting
-        status = {r["trial_id"]: r["status"] for r in finished_trials(out).select(["trial_id", "status"]).to_pylist()}
         ids = [c.trial_id() for c in cells]
         summary.ok = sum(status.get(i) == "ok" for i in ids)
         summary.failed = sum(i in status and status[i] != "ok" for i in ids)

@@ -1,18 +1,19 @@
 """What runs inside a Ray worker: one grid cell as a Tune function trainable, and the device it uses.
 
-A trial whose run_trial returns status "failed" reports its failed row, then raises (TrialFailed): Tune retries it up
+A trial reports one thing: its TrialRecord as JSON (RECORD_KEY), the form it travels in to the driver's
+callbacks. A trial whose run_trial returns status "failed" reports its failed record, then raises (TrialFailed): Tune retries it up
 to `max_failures` times, and after the last try the failed row (status, error) is what the results hold.
 """
 from __future__ import annotations
 
 import gc
-import json
 import os
 import time
 from typing import Any
 
 
-from sentinel.trial import failed_row
+from sentinel.result import RunContext, TrialRecord
+from sentinel.trial import failed_record
 
 
 # Tune runs each trial's function in a new thread, and glibc gives each thread its own malloc arena: the GBs a
@@ -20,6 +21,9 @@ from sentinel.trial import failed_row
 # RSS grew ~1 GB per SmolLM2 trial and every trial paid fresh page faults (fine-tuning 6.5 s in a plain process,
 # 8.5-11 s in Tune). One arena, and a collection after each trial, keep both flat (6.0-6.6 s, RSS 3.5 GB).
 WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
+
+
+RECORD_KEY = "record"  # the reported result's key that holds the trial's record (TrialRecord.to_json())
 
 
 class TrialFailed(RuntimeError):
@@ -70,27 +74,25 @@ def trainable(config: dict[str, Any]) -> None:
     shared = RayShared(run["experiment"], owner=tune_trial_id)
     attempts = shared.count(f"attempts/{tune_trial_id}")
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    context = {
-        "experiment": run["experiment"], "run_id": run["run_id"], "tune_trial_id": tune_trial_id,
-        "attempts": attempts, "ray_version": ray.__version__, "gpu_ids": ",".join(gpu_ids),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "ray_node_id": ray.get_runtime_context().get_node_id(),  # tells apart Ray nodes that share a host
-    }
+    context = RunContext(
+        experiment=run["experiment"], run_id=run["run_id"], tune_trial_id=tune_trial_id, attempts=attempts,
+        version_ray=ray.__version__, gpu_ids=",".join(gpu_ids),
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        ray_node_id=ray.get_runtime_context().get_node_id())
     cell = config["cell"]
     try:
-        device, context["device_assigned"] = choose_device(
+        device, context.device_assigned = choose_device(
             cell.get("device", "auto"), gpu_ids, torch.cuda.is_available(), run.get("gpu_dry_run", False))
-        result = run_trial(TrialSpec.from_dict(cell), shared, device=device)
-        payload = result.payload()
-    except Exception as exc:  # the spec itself was refused (or no device): still one failed row
-        payload = {"row": failed_row(cell, f"{type(exc).__name__}: {exc}"), "curve": [], "scores": []}
+        record = TrialRecord.of(run_trial(TrialSpec.from_dict(cell), shared, device=device))
+    except Exception as exc:  # the spec itself was refused (or no device): still one failed record
+        record = failed_record(cell, f"{type(exc).__name__}: {exc}")
     finally:
         shared.close()
         gc.collect()  # the trial's model copies go now, not at some later allocation (see WORKER_ENV)
-    context["started_at"], context["finished_at"] = int(started * 1000), int(time.time() * 1000)
-    payload["context"] = context
-    row = payload["row"]
+    context.started_at, context.finished_at = int(started * 1000), int(time.time() * 1000)
+    record.context = context
+    row = record.row
     tune.report({"status": row["status"], "metric_name": row.get("metric_name", ""),
-                 "recovered": row.get("recovered"), "payload": json.dumps(payload, default=str)})
+                 "recovered": row.get("recovered"), RECORD_KEY: record.to_json()})
     if row["status"] != "ok":
         raise TrialFailed(row["error"].splitlines()[0] if row["error"] else "trial failed")

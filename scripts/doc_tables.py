@@ -43,7 +43,7 @@ BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]+?) -->\n)(?P<body>.*?)(<!-- /tab
 sys.path.insert(0, str(REPO))
 
 from orchestrator.analyze import stats  # noqa: E402
-from orchestrator.analyze.load import strategy_label  # noqa: E402
+from sentinel.result import strategy_label  # noqa: E402
 from orchestrator.analyze.report import (effect, extra_display, generation_display, markdown_table, mean_ci,  # noqa: E402
                                          speed_text, stability_display)
 from orchestrator.results import TABLE_NAMES  # noqa: E402

@@ -37,8 +37,8 @@ from sentinel.models import (HeadMask, check_compensable, head_layout, is_causal
                              prune_heads)
 from sentinel.pruning import STRATEGIES, Selection, score_heads, select_heads
 from sentinel.tasks import Prepared, prepare_task
-from sentinel.result import digest
-from sentinel.trial import DataSpec, TrialResult, TrialSpec, reference_seed  # noqa: F401  (the contract, re-exported)
+from sentinel.result import TrialResult, digest
+from sentinel.trial import DataSpec, TrialSpec, reference_seed  # noqa: F401  (the contract, re-exported)
 
 class SharedWork(Protocol):
     def get_or_compute(self, key: str, fn: Callable[[], Any]) -> tuple[Any, bool]: ...
@@ -296,14 +296,12 @@ def _servable_by(dense: nn.Module, selection: Selection) -> list[str]:
 
 def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, dense_metric: float,
                             device: torch.device) -> tuple[Selection, list]:
-    """A strategy with `during_finetune` (dynamic): a copy of the dense model fine-tunes while its
-    DynamicPruner zeroes more gates on schedule. Returns (the heads removed, the learning curve: step 0 is the
-    dense metric, the last step has every removed head masked)."""
-    from sentinel.pruning.dynamic import DynamicPruner
-
+    """A strategy with `during_finetune` (dynamic): a copy of the dense model fine-tunes while the strategy's hook
+    zeroes more gates on its schedule. Returns (the heads removed, the learning curve: step 0 is the dense metric, the
+    last step has every removed head masked)."""
     trained = copy.deepcopy(dense)
     mask = mask_heads(trained, None)
-    pruner = DynamicPruner(trained, mask, task.calibration(spec.seed).batches, level=spec.level, steps=spec.finetune.steps,
+    pruner = STRATEGIES.get(spec.strategy).during_finetune(trained, mask, task.calibration(spec.seed).batches, level=spec.level, steps=spec.finetune.steps,
                            policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer,
                            generator=torch.Generator().manual_seed(spec.seed), **spec.strategy_options)
     curve = finetune(trained, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),

@@ -1,20 +1,37 @@
-"""What one trial produced (`TrialResult`) and its `trials` row: `row()` is the one place a row is built, and
-`TrialResult.columns()` the one declaration of its columns and their types (orchestrator.results derives the Arrow
-schema from it). Plain Python, no torch: the analysis and the command line read it without loading models.
+"""What one trial produced and how it travels to the tables, declared once.
+
+`TrialResult` is the pipeline's view of a finished cell; `TrialRecord` is what leaves the worker: the trial's
+`trials` row (`TrialResult.row()`, the one place a row is built), its curve, head scores and extra metrics, and
+`RunContext` (where and when it ran, filled by the runner). `columns(table)` declares the columns and value types of
+the four tables (`trials`, `curves`, `heads`, `metrics`) from these classes: orchestrator.results derives the Arrow
+schemas from it, and the analysis its column types, its dedupe key and the identity of child rows. A failed trial's
+record has the same fields as a finished one. Plain Python, no torch: the analysis and the command line read it
+without loading models.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import socket
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, get_type_hints
+from typing import Any, ClassVar, NewType, get_type_hints
 
 from sentinel.contract import STAGES
 
+SCHEMA_VERSION = 2  # 2: protocol_<key> columns replaced by `task` + `protocol_label` (the protocol stays as JSON)
+TABLE_NAMES = ("trials", "curves", "heads", "metrics")
+KEY = "trial_id"  # one row per trial_id in a compacted `trials` table (orchestrator.results.latest_per_trial)
+# which trial a curve, head or metric row belongs to: these columns of its trial row
+IDENTITY = ("schema_version", "experiment", "run_id", "trial_id", "model", "strategy", "level", "seed")
+EpochMs = NewType("EpochMs", int)  # milliseconds since the epoch: a UTC timestamp column
+Int32 = NewType("Int32", int)  # a 32-bit integer column
+
 # a fine-tuning curve row's keys and the types of their values (None where not measured): the `curves` table's columns
 CURVE_COLUMNS: dict[str, type] = {"step": int, "train_loss": float, "eval_metric": float, "lr": float}
+# a head's score and whether the trial pruned it: the `heads` table's columns
+HEAD_COLUMNS: dict[str, type] = {"layer": int, "head": int, "score": float, "pruned": bool}
 # an extra evaluation's row (TrialSpec.extra_tasks): the `metrics` table's columns; stage is dense, pruned or recovered
 METRIC_COLUMNS: dict[str, type] = {"stage": str, "task": str, "metric": str, "value": float, "stderr": float,
                                    "higher_is_better": bool, "protocol": str}
@@ -106,13 +123,9 @@ class TrialResult:
         own = {f.name: hints[f.name] for f in fields(cls) if f.name not in cls.NESTED}
         return {**own, **cls.EXTRA_COLUMNS}
 
-    def payload(self) -> dict[str, Any]:
-        """What a trial reports: its row and the rows of its other tables (curve, head scores, extra metrics)."""
-        return {"row": self.row(), "curve": self.curve, "scores": self.scores, "metrics": self.metrics}
-
     def row(self) -> dict[str, Any]:
         """The `trials` row of this cell: flat, JSON-able, NaN as None. The runner adds only where and when it
-        ran (orchestrator.results.CONTEXT_COLUMNS); curves and scores go to their own tables."""
+        ran (RunContext); curves and scores go to their own tables (TrialRecord)."""
         return self._row(identity(self.spec.to_dict(), self.spec.trial_id()))
 
     def _row(self, identity: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +142,88 @@ class TrialResult:
         row.update({f"time_{stage}": self.timings.get(stage) for stage in STAGES})
         row.update({f"reused_{k}": self.reused.get(k) for k in self.REUSED})
         row.update({f"version_{k}": self.versions.get(k) for k in self.VERSIONS})
-        return {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
+        return {k: finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
+
+
+@dataclass
+class RunContext:
+    """Where and when a trial ran: filled by the runner (orchestrator.trainable), never by the trial itself."""
+
+    experiment: str | None = None
+    run_id: str | None = None
+    tune_trial_id: str | None = None
+    attempts: int | None = None  # how many times Tune started this trial (retries after failures)
+    device_assigned: str | None = None  # what Ray's assignment calls for: "cuda" or "cpu"
+    gpu_ids: str = ""
+    cuda_visible_devices: str = ""
+    ray_node_id: str | None = None  # tells apart Ray nodes that share a host
+    version_ray: str | None = None
+    started_at: EpochMs | None = None
+    finished_at: EpochMs | None = None
+
+
+@dataclass
+class TrialRecord:
+    """What leaves a worker for one trial, and the one form it travels in (to_json / from_json): its `trials` row
+    (TrialResult.row()), the rows of its other tables and where it ran. `rows()` gives the four tables' rows."""
+
+    row: dict[str, Any]
+    curve: list[dict[str, Any]] = field(default_factory=list)  # CURVE_COLUMNS rows
+    scores: list[list[float]] = field(default_factory=list)  # [layers][heads] head scores (higher = more important)
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # METRIC_COLUMNS rows (protocol as a mapping)
+    context: RunContext = field(default_factory=RunContext)
+
+    @classmethod
+    def of(cls, result: TrialResult) -> TrialRecord:
+        return cls(result.row(), list(result.curve), list(result.scores), list(result.metrics))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialRecord:
+        data = json.loads(text)
+        return cls(**{**data, "context": RunContext(**data.get("context") or {})})
+
+    def rows(self) -> dict[str, list[dict[str, Any]]]:
+        """The rows of the four tables, each with exactly the columns(table) and float columns finite or None."""
+        trial = {**self.row, "schema_version": SCHEMA_VERSION, **dataclasses.asdict(self.context)}
+        identity = {name: trial[name] for name in IDENTITY}
+        pruned = {(int(l), int(h)) for l, h in trial.get("pruned_heads") or []}
+        heads = [{"layer": layer, "head": head, "score": score, "pruned": (layer, head) in pruned}
+                 for layer, scores in enumerate(self.scores or []) for head, score in enumerate(scores)]
+        metrics = [{**m, "protocol": json.dumps(m.get("protocol") or {}, sort_keys=True, default=str)}
+                   for m in self.metrics or []]
+        out = {"trials": [trial], "curves": [{**identity, **c} for c in self.curve or []],
+               "heads": [{**identity, **h} for h in heads], "metrics": [{**identity, **m} for m in metrics]}
+        return {table: [_typed(row, columns(table)) for row in rows] for table, rows in out.items()}
+
+
+def columns(table: str) -> dict[str, Any]:
+    """The columns of one of the four tables with the Python type of their values (None allowed in every column):
+    the declaration the Arrow schemas (orchestrator.results) and the analysis's column types are derived from."""
+    context = get_type_hints(RunContext)
+    trials = {**TrialResult.columns(), "schema_version": Int32, **{f.name: context[f.name] for f in fields(RunContext)}}
+    if table == "trials":
+        return trials
+    own = {"curves": CURVE_COLUMNS, "heads": HEAD_COLUMNS, "metrics": METRIC_COLUMNS}[table]
+    return {**{name: trials[name] for name in IDENTITY}, **own}
+
+
+def _typed(row: dict[str, Any], declared: dict[str, Any]) -> dict[str, Any]:
+    """`row` with exactly the declared columns (absent ones None), float columns finite or None."""
+    return {name: finite_or_none(row.get(name)) if value_type(kind) is float else row.get(name)
+            for name, kind in declared.items()}
+
+
+def value_type(annotation: Any) -> Any:
+    """float for `float | None`, list for `list[int]`, EpochMs for itself: the type a column's values have."""
+    import types
+    import typing
+
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return value_type(next(a for a in typing.get_args(annotation) if a is not type(None)))
+    return typing.get_origin(annotation) or annotation
 
 
 def identity(spec: dict[str, Any], trial_id: str) -> dict[str, Any]:
@@ -148,14 +242,32 @@ def identity(spec: dict[str, Any], trial_id: str) -> dict[str, Any]:
     }
 
 
+def strategy_label(strategy: str, options: object, compensate: bool = False, policy: object = "global") -> str:
+    """The strategy as compared in tables and progress lines: its name, plus its options (a mapping or its JSON) when
+    any were set, "compensated" with bias compensation and its selection policy when it is not global (they change
+    it)."""
+    try:
+        parsed = json.loads(options) if isinstance(options, str) else options
+    except json.JSONDecodeError:
+        parsed = {}
+    parts = [f"{k}={v}" for k, v in sorted(parsed.items())] if isinstance(parsed, dict) else []
+    parts += ["compensated"] if compensate else []
+    parts += [str(policy)] if isinstance(policy, str) and policy not in ("", "global") else []
+    return f"{strategy} (" + ", ".join(parts) + ")" if parts else str(strategy)
+
+
 def _recovery_steps(finetune: Any) -> int:
     """Fine-tuning steps of a cell's recovery (0: none, its recovered value is its pruned one)."""
     steps = finetune.get("steps") if isinstance(finetune, dict) else None
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else 0
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None  # NaN and infinities: no number to store
+def finite_or_none(value: Any) -> float | None:
+    """A float column's value: NaN, infinities and None have no number to store (None)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _ratio(a: float, b: float) -> float:

@@ -1,15 +1,14 @@
-"""The trial contract: what one grid cell is (`TrialSpec`, with its `DataSpec` and `FinetuneConfig`) and what it
-produces (`TrialResult`, whose `row()` is the one place a `trials` row is built, failed cells included).
+"""The trial contract: what one grid cell is (`TrialSpec`, with its `DataSpec`, `FinetuneConfig` and
+`GenerationSpec`); what it produces is sentinel.result's (`TrialResult`, `TrialRecord`), a refused cell's included
+(`failed_record`).
 
 Every field carries its rule (sentinel.contract), so a spec is valid wherever it exists: parsed from YAML by
-the orchestrator, built by a library user, or rebuilt from JSON inside a Ray worker. Rules that need only
-local files run here too (a shipped model's type, its context length); what needs the network or the
-machine (is the hub reachable, are there enough CPUs) is the orchestrator's pre-flight.
+the orchestrator, built by a library user, or rebuilt from JSON inside a Ray worker. Rules that read local files
+(a source's documents, a shipped model's type and context length) call sentinel.preflight; what needs the
+network or the machine (is the hub reachable, are there enough CPUs) is the orchestrator's pre-flight.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -34,13 +33,13 @@ from sentinel.models.adapters import ADAPTERS
 from sentinel.models.heads import EMPTY_LAYER_FAMILIES
 from sentinel.pruning import STRATEGIES
 from sentinel.pruning.selection import POLICIES
-from sentinel.export.formats import DTYPES as GGUF_DTYPES, FAMILIES as GGUF_FAMILIES
-from sentinel.result import TrialResult, digest, identity  # noqa: F401  (TrialResult: re-exported with the contract)
+from sentinel import preflight
+from sentinel.export.formats import DTYPES as GGUF_DTYPES
+from sentinel.result import TrialRecord, TrialResult, digest, identity
 from sentinel.tasks import TASKS
 
 METHODS = ("remove", "mask")
 ENGINES = ("transformers", "llama.cpp")  # where generation speed is measured
-LORA_LAYERS = ("Linear", "Conv1D", "Embedding")  # the module types peft's LoRA adapts (a block is not one)
 LEVEL = fraction(zero=True)  # 0 is allowed: a control cell that prunes nothing and only fine-tunes
 SEED = integer(minimum=0, maximum=2**63 - 1)  # the rows' int64 column holds it (and torch, numpy accept it)
 REFERENCE_STRATEGY = "random"  # what draws the layouts of the random reference
@@ -66,7 +65,7 @@ def data_source(value: Any, name: str) -> str:
         path = Path(value).expanduser()
         if path.exists():
             stat = path.stat()
-            problem = _local_text_problem(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+            problem = preflight.local_text_problem(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
             if problem:
                 raise SpecError(f"{name}: {value!r} {problem}")
             return value
@@ -74,29 +73,6 @@ def data_source(value: Any, name: str) -> str:
             return value  # a `datasets` name, resolved when a trial loads it
     raise SpecError(f"{name}: {value!r} does not exist and is not one of {', '.join(BUNDLED)} "
                     "or a datasets name as path:name:split")
-
-
-@functools.lru_cache(maxsize=32)
-def _local_text_problem(path: str, mtime_ns: int, size: int) -> str | None:
-    """Why a local file or folder cannot be a text source (not UTF-8 text, empty, too short to split into
-    train / score / eval), or None. Read once per file version."""
-    from sentinel.data import load_documents, split_documents
-
-    try:
-        docs = load_documents(path)
-    except UnicodeDecodeError as exc:
-        return f"is not UTF-8 text (byte {exc.start} of a file)"
-    except (ValueError, OSError) as exc:
-        return str(exc).removeprefix("source: ").split(": ", 1)[-1].splitlines()[0]
-    if any("\x00" in d.text for d in docs):
-        return "holds NUL bytes: a binary file, not text"
-    if not any(d.text.strip() for d in docs):
-        return "is empty"
-    try:
-        split_documents([d for d in docs if d.text.strip()])
-    except ValueError:
-        return "is too short to split into train / score / eval text (a few hundred lines at least)"
-    return None
 
 
 CALIBRATIONS = ("resample", "fixed")
@@ -109,38 +85,10 @@ def bos_rule(value: Any, name: str) -> str:
     return one_of(("auto", "true", "false"))(value, name)
 
 
-@functools.lru_cache(maxsize=16)
-def _split_sizes(source: str, eval_source: str | None, split_seed: int) -> tuple[int, int] | None:
-    """(documents in the score split, characters in the eval split) of a bundled or local source; None for a
-    `datasets` name (not loaded before a trial does)."""
-    from sentinel.data import BUNDLED, load_documents, split_documents
-
-    def local(name: str) -> bool:
-        return name in BUNDLED or Path(name).expanduser().exists()
-
-    if not local(source) or (eval_source is not None and not local(eval_source)):
-        return None
-    try:
-        splits = split_documents(load_documents(source), seed=split_seed)
-        eval_docs = splits.eval if eval_source is None else split_documents(load_documents(eval_source), seed=split_seed).eval
-    except (ValueError, OSError, UnicodeDecodeError):
-        return None  # data_source says why
-    return len(splits.score), sum(len(d.text) for d in eval_docs)
-
-
 def device_name(value: Any, name: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise SpecError(f"{name}: {value!r} is not one of auto, cpu, cuda, cuda:N")
     return value
-
-
-@functools.lru_cache(maxsize=256)
-def _local_model(model: str) -> tuple[str | None, int | None]:
-    """(model_type, context length) of a shipped or local model, read from its files; (None, None) for hub names."""
-    from sentinel.models import loading
-
-    model_type = loading.local_model_type(model)
-    return model_type, (loading.context_length(model) if model_type else None)
 
 
 def model_name(value: Any, name: str) -> str:
@@ -149,42 +97,16 @@ def model_name(value: Any, name: str) -> str:
 
     value = text(value, name)
     try:
-        model_type, _ = _local_model(value)
+        model_type, _ = preflight.local_model(value)
     except ValueError as exc:
         raise SpecError(f"{name}: {str(exc).removeprefix('model: ')}".splitlines()[0]) from None
     if model_type is not None and model_type not in supported_model_types():
         try:  # not registered: the generic fallback must find and verify an adapter (a 2-layer random model)
-            _fallback(value)
+            preflight.check_fallback(value)
         except ValueError as exc:
             raise SpecError(f"{name}: {str(exc).splitlines()[0]} (registered: "
                             f"{', '.join(sorted(supported_model_types()))})") from None
     return value
-
-
-@functools.lru_cache(maxsize=64)
-def _local_causal(model: str) -> bool | None:
-    from sentinel.models import loading
-
-    return loading.local_is_causal(model)
-
-
-@functools.lru_cache(maxsize=16)
-def _meta_model(model: str):
-    """The local model's architecture on the meta device (sentinel.models.loading.local_meta_model); None for a hub
-    name. A bad pruned folder (its sidecar) is one SpecError line here, before Ray."""
-    from sentinel.models import loading
-
-    try:
-        return loading.local_meta_model(model)
-    except ValueError as exc:
-        raise SpecError(f"model: {str(exc).splitlines()[0]}") from None
-
-
-@functools.lru_cache(maxsize=64)
-def _fallback(model: str) -> None:
-    from sentinel.models import loading
-
-    loading.check_fallback(model)
 
 
 def strategy_name(value: Any, name: str) -> str:
@@ -209,7 +131,7 @@ def extra_task_names(value: Any, name: str) -> tuple[str, ...]:
             raise SpecError(f"{name}[{i}]: {task!r} is not a task name")
         if task.startswith(zero_shot.PREFIX):
             try:
-                _lm_eval_task(task)
+                preflight.lm_eval_task(task)
             except ValueError as exc:
                 raise SpecError(f"{name}[{i}]: {exc}") from None
         elif task not in TASKS:
@@ -218,13 +140,6 @@ def extra_task_names(value: Any, name: str) -> tuple[str, ...]:
     if len(set(value)) != len(value):
         raise SpecError(f"{name}: {list(value)!r} names a task twice")
     return tuple(value)
-
-
-@functools.lru_cache(maxsize=64)
-def _lm_eval_task(task: str) -> str:
-    from sentinel import zero_shot
-
-    return zero_shot.check_task(task)
 
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -288,7 +203,7 @@ class DataSpec(Contract):
             object.__setattr__(self, "stride", min(64, self.seq_len))
         if self.stride > self.seq_len:
             raise SpecError(f"stride: {self.stride!r} must be in (0, seq_len={self.seq_len}]")
-        sizes = _split_sizes(self.source, self.eval_source, self.split_seed)
+        sizes = preflight.split_sizes(self.source, self.eval_source, self.split_seed)
         if sizes is None:  # a datasets name: checked when a trial loads it
             return
         score_documents, eval_characters = sizes
@@ -356,11 +271,11 @@ class TrialSpec(Contract):
             raise SpecError(f"reference: a reference layout is drawn by strategy {REFERENCE_STRATEGY!r}, not "
                             f"{self.strategy!r}")
         if self.finetune is not None and self.finetune.method == "lora":
-            self._check_lora()
+            preflight.check_lora(self)
         if self.compensate and self.method != "remove":
             raise SpecError(f"compensate: bias compensation is part of physical removal (method: remove); got method "
                             f"{self.method!r}")
-        model_type, _ = _local_model(self.model)
+        model_type, _ = preflight.local_model(self.model)
         if self.compensate and model_type in ADAPTERS and ADAPTERS.get(model_type).stacks:
             raise SpecError(f"compensate: {self.model!r} is a {model_type} encoder-decoder, whose decoder layers do not "
                             "see the calibration tokens; bias compensation needs an encoder or a decoder")
@@ -376,83 +291,13 @@ class TrialSpec(Contract):
             raise SpecError("model_options.dtype: 'float16' on device 'cpu' (half-precision CPU kernels are slow or "
                             "missing); use float32 or bfloat16 there, float16 on cuda")
         if self.generation is not None and self.generation.engine == "llama.cpp":
-            self._check_llamacpp(model_type)
-        _, limit = _local_model(self.model)
+            preflight.check_llamacpp(self, model_type)
+        _, limit = preflight.local_model(self.model)
         if limit is not None and self.data.seq_len > limit:
             raise SpecError(f"data.seq_len: {self.data.seq_len} is longer than {self.model!r} accepts "
                             f"({limit} positions); use at most {limit}")
         if model_type is not None:
-            self._check_against_model(limit)
-
-    def _check_against_model(self, limit: int | None) -> None:
-        """What a local model's own files decide, before Ray: the tasks fit it (a perplexity needs a causal LM, STS-B
-        an encoder, lm-eval's tasks a causal LM), a generation fits its context, a gguf_file is in its folder, a pruned
-        folder's sidecar matches its config."""
-        from sentinel.models import loading
-        from sentinel.zero_shot import PREFIX
-
-        gguf_file = self.model_options.get("gguf_file")
-        if gguf_file:
-            folder = Path(self.model).expanduser()
-            if folder.suffix == ".gguf" or not (folder / gguf_file).is_file():
-                raise SpecError(f"model_options.gguf_file: {gguf_file!r} is not a file in {self.model!r} (gguf_file "
-                                "names a .gguf inside a folder model; a .gguf path needs none)")
-        if loading.is_pruned_checkpoint(Path(self.model).expanduser()):
-            _meta_model(self.model)  # checks the sidecar against the config's architecture
-        causal = _local_causal(self.model)
-        if causal is None:
-            return
-        kind = "a causal LM" if causal else "an encoder (no LM head)"
-        for field, task in [("task", self.task)] + [(f"extra_tasks[{i}]", t) for i, t in enumerate(self.extra_tasks)]:
-            fits = causal if task.startswith(PREFIX) else task == "auto" or TASKS.get(task).causal == causal
-            if not fits:
-                fitting = [t for t in TASKS.names() if TASKS.get(t).causal == causal] + ([f"{PREFIX}<task>"] if causal else [])
-                raise SpecError(f"{field}: {task!r} does not fit {self.model!r}, {kind}; tasks that fit: "
-                                f"{', '.join(fitting)}")
-        g = self.generation
-        if g is not None and causal and limit is not None and g.prompt_tokens + g.new_tokens > limit:
-            raise SpecError(f"generation: prompt_tokens + new_tokens = {g.prompt_tokens + g.new_tokens} is longer than "
-                            f"{self.model!r} accepts ({limit} positions)")
-
-    def _check_llamacpp(self, model_type: str | None) -> None:
-        """generation.engine llama.cpp: a physically pruned model of a family the GGUF export takes, and the bindings
-        installed, all said before any trial starts."""
-        if self.method != "remove":
-            raise SpecError(f"generation.engine: 'llama.cpp' runs a GGUF export of the pruned model, which needs method "
-                            f"'remove'; got {self.method!r}")
-        if model_type is not None and model_type not in GGUF_FAMILIES:
-            raise SpecError(f"generation.engine: 'llama.cpp' takes the Llama family ({', '.join(GGUF_FAMILIES)}); "
-                            f"{self.model!r} is a {model_type!r} model")
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise SpecError("generation.engine: 'llama.cpp' needs llama.cpp's Python bindings: run "
-                            "scripts/install_llamacpp.sh")
-
-    def _check_lora(self) -> None:
-        """LoRA recovery: physical removal only, and (for a local model) every target names one of its modules."""
-        if self.method != "remove":
-            raise SpecError("finetune.method: 'lora' needs method 'remove' (adapters on a masked model would read the "
-                            "masked heads)")
-        if STRATEGIES.get(self.strategy).during_finetune:
-            raise SpecError(f"finetune.method: 'lora' trains adapters, while strategy {self.strategy!r} prunes by gates "
-                            "on the full weights during fine-tuning; use finetune.method 'full' with it")
-        model_type, _ = _local_model(self.model)
-        meta = _meta_model(self.model) if model_type is not None else None
-        if meta is None:
-            return  # a hub model: checked when the trial loads it
-        modules = dict(meta.named_modules())
-        names = tuple(modules)
-        adapter = ADAPTERS.get(model_type) if model_type in ADAPTERS else None
-        targets = list(self.finetune.lora_targets) or ([*adapter.projections(), adapter.o] if adapter else [])
-        for target in targets:
-            matched = [name for name in names if name == target or name.endswith("." + target)]
-            if not matched:
-                raise SpecError(f"finetune.lora_targets: {target!r} matches no module of {self.model!r} (module names "
-                                f"end in e.g. {', '.join(sorted({n.split('.')[-1] for n in names if n and not n.split('.')[-1].isdigit()})[:12])})")
-            blocks = sorted({type(modules[name]).__name__ for name in matched} - set(LORA_LAYERS))
-            if blocks:
-                raise SpecError(f"finetune.lora_targets: {target!r} names a {blocks[0]} of {self.model!r}, not a layer "
-                                f"LoRA adapts ({', '.join(LORA_LAYERS)}); name its projections, e.g. "
-                                f"{', '.join(adapter.projections()) if adapter else 'q_proj'}")
+            preflight.check_against_model(self, limit)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
@@ -461,10 +306,12 @@ class TrialSpec(Contract):
         return digest(self.identity_dict(self.to_dict()))  # late fields at their defaults left out, in every part
 
 
-def failed_row(cell: Mapping[str, Any], error: str) -> dict[str, Any]:
-    """The `trials` row of a cell that produced no TrialResult (a refused spec, a worker that died), in the same shape."""
+def failed_record(cell: Mapping[str, Any], error: str) -> TrialRecord:
+    """The record of a cell that produced no TrialResult (a refused spec, a worker that died): the same fields as a
+    finished trial's, nothing measured."""
     try:
         spec = TrialSpec.from_dict(cell)
     except Exception:  # the cell itself is what failed: its raw JSON identifies it
-        return TrialResult(spec=None, status="failed", error=error, node="")._row(identity(dict(cell), digest(dict(cell))))  # type: ignore[arg-type]
-    return TrialResult(spec=spec, status="failed", error=error, node="").row()
+        failed = TrialResult(spec=None, status="failed", error=error, node="")  # type: ignore[arg-type]
+        return TrialRecord(failed._row(identity(dict(cell), digest(dict(cell)))))
+    return TrialRecord(TrialResult(spec=spec, status="failed", error=error, node="").row())

@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from orchestrator.results import compact, write_part
+from sentinel.result import TrialRecord
 
 
-def write_results(output_dir: str, payloads: Iterable[Mapping[str, Any]], config: Mapping[str, Any]) -> dict[str, str]:
-    """What a run does with its payloads: one part, then compaction into the three tables and config.yaml."""
-    write_part(output_dir, list(payloads), "test")
-    return compact(output_dir, config)
+def write_results(output_dir: str, records: Iterable[TrialRecord], config: Mapping[str, Any]) -> dict[str, str]:
+    """What a run does with its records: one part, then compaction into the four tables and config.yaml."""
+    write_part(output_dir, list(records), "test")
+    return compact(output_dir, config).paths

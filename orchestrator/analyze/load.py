@@ -7,7 +7,6 @@ AnalyzeError with one line that names the file and says what is wrong.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -18,11 +17,11 @@ import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.config_file import MAX_CONFIG_BYTES, check_size
-from orchestrator.results import latest_per_trial
+from orchestrator.results import latest_per_trial, rows_of_kept_trials
+from sentinel.result import TABLE_NAMES, Int32, columns, strategy_label, value_type
 from sentinel.contract import SpecError
 
-SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # orchestrator.results.SCHEMA_VERSION values this reader understands
-TABLES = ("trials", "curves", "heads", "metrics")
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # sentinel.result.SCHEMA_VERSION values this reader understands
 # columns without which a table cannot be analysed at all; everything else is optional and filled with NA
 REQUIRED = {
     "trials": ("schema_version", "model", "strategy", "level", "seed", "status"),
@@ -32,20 +31,11 @@ REQUIRED = {
 }
 
 
-# columns that must hold numbers (or booleans) where present: a string there is refused, never blanked
-_METRICS = ("dense", "pruned", "recovered", "params_before", "params_after", "speed_before", "speed_after",
-            "flops_before", "flops_after", "ideal_speedup", "heads_total", "heads_pruned",
-            *(f"{kind}_{when}" for kind in ("kv_bytes_per_token", "prefill_tps", "decode_tps", "decode_batch_tps")
-              for when in ("before", "after")),
-            "generation_batch_size", "ideal_prefill_speedup", "ideal_decode_speedup", "ideal_decode_batch_speedup")
-TYPED = {
-    "trials": {"level": "numeric", "seed": "numeric", **{c: "numeric" for c in _METRICS}, "higher_is_better": "boolean"},
-    "curves": {"step": "numeric", "eval_metric": "numeric", "train_loss": "numeric", "level": "numeric",
-               "seed": "numeric"},
-    "heads": {"layer": "numeric", "head": "numeric", "score": "numeric", "pruned": "boolean"},
-    "metrics": {"value": "numeric", "stderr": "numeric", "higher_is_better": "boolean", "level": "numeric",
-                "seed": "numeric"},
-}
+def typed_columns(table: str) -> dict[str, str]:
+    """The columns of `table` that must hold numbers ("numeric") or booleans ("boolean") where present, from the
+    tables' declaration (sentinel.result.columns): a string there is refused, never blanked."""
+    kinds = {int: "numeric", Int32: "numeric", float: "numeric", bool: "boolean"}
+    return {name: kinds[value_type(t)] for name, t in columns(table).items() if value_type(t) in kinds}
 
 
 def _is(value: object, kind: str) -> bool:
@@ -136,7 +126,7 @@ def _check(path: str, kind: str, df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in REQUIRED[kind] if c not in df.columns]
     if missing:
         raise AnalyzeError(f"{path}: {kind} table lacks column(s) {', '.join(missing)}")
-    for column, kind_of in TYPED[kind].items():
+    for column, kind_of in typed_columns(kind).items():
         if column in df.columns and not _has_type(df[column], kind_of):
             sample = next((v for v in df[column].dropna() if not _is(v, kind_of)), None)
             raise AnalyzeError(f"{path}: column {column!r} must be {kind_of}, found {type(sample).__name__} "
@@ -211,7 +201,7 @@ def _read_path(path: str, tables: dict[str, list[pd.DataFrame]], results: Result
         trials_path = _join(path, "trials.parquet")
         if fs.get_file_info(_join(inner, "trials.parquet")).type == pafs.FileType.NotFound:
             raise AnalyzeError(f"{path}: no trials.parquet in this folder (is it a results folder?)")
-        for name in TABLES:
+        for name in TABLE_NAMES:
             file = _join(path, f"{name}.parquet")
             if name != "trials" and fs.get_file_info(_join(inner, f"{name}.parquet")).type == pafs.FileType.NotFound:
                 if name != "metrics":  # only runs with extra_tasks (and since they exist) have metrics
@@ -249,56 +239,29 @@ def _dedupe_trials(trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return kept.sort_index().reset_index(drop=True)
 
 
-def _matching(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """Rows of curves/heads that belong to a kept trial (same trial_id and, when known, the same run)."""
-    if table.empty:
-        return table
-    keys = ["trial_id", "run_id"] if {"run_id"} <= set(table.columns) & set(trials.columns) else ["trial_id"]
-    kept = trials[keys].astype("string").fillna("").drop_duplicates()
-    probe = table[keys].astype("string").fillna("")
-    mask = pd.MultiIndex.from_frame(probe).isin(pd.MultiIndex.from_frame(kept))
-    return table[mask].reset_index(drop=True)
-
-
 def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """Types and defaults the analysis relies on, for tables written by other tools or older runs."""
     trials = trials.copy()
-    for column in ("dense", "pruned", "recovered", "params_before", "params_after", "speed_before",
-                   "speed_after", "heads_pruned", "heads_total", "ideal_speedup"):
-        trials[column] = pd.to_numeric(trials[column], errors="coerce") if column in trials else float("nan")
-    for column in ("metric_name", "error", "strategy_options", "trial_id", "run_id", "experiment", "weights"):
-        if column not in trials:
-            trials[column] = pd.NA
-    if "higher_is_better" not in trials:
-        trials["higher_is_better"] = pd.NA
+    kinds = typed_columns("trials")
+    for column, kind in kinds.items():  # numbers as numbers: a column of nulls reads as objects
+        if kind == "numeric" and column in trials:
+            trials[column] = pd.to_numeric(trials[column], errors="coerce")
     trials["level"] = trials["level"].astype(float)
     trials["seed"] = trials["seed"].astype("int64")
     compensate = trials["compensate"] if "compensate" in trials else [False] * len(trials)
     trials["compensate"] = [c is True or c == 1 for c in compensate]  # older tables: none was compensated
     reference = trials["reference"] if "reference" in trials else [False] * len(trials)
     trials["reference"] = [r is True or r == 1 for r in reference]  # older tables: no random reference
-    if "recovery_steps" not in trials:
-        trials["recovery_steps"] = pd.NA
     if "pruned_heads" not in trials:
         trials["pruned_heads"] = None
-    policy = trials["policy"] if "policy" in trials else ["global"] * len(trials)
+    if "policy" not in trials:
+        trials["policy"] = "global"
+    for column in columns("trials"):  # any other column older tables lack is there, empty
+        if column not in trials:
+            trials[column] = float("nan") if kinds.get(column) == "numeric" else pd.NA
     trials["label"] = [strategy_label(s, o, c, p) for s, o, c, p in zip(trials["strategy"], trials["strategy_options"],
-                                                                        trials["compensate"], policy)]
+                                                                        trials["compensate"], trials["policy"])]
     return trials
-
-
-def strategy_label(strategy: str, options: object, compensate: bool = False, policy: object = "global") -> str:
-    """The strategy as compared in tables and progress lines: its name, plus its options (a mapping or its JSON) when
-    any were set, "compensated" with bias compensation and its selection policy when it is not global (they change
-    it)."""
-    try:
-        parsed = json.loads(options) if isinstance(options, str) else options
-    except json.JSONDecodeError:
-        parsed = {}
-    parts = [f"{k}={v}" for k, v in sorted(parsed.items())] if isinstance(parsed, dict) else []
-    parts += ["compensated"] if compensate else []
-    parts += [str(policy)] if isinstance(policy, str) and policy not in ("", "global") else []
-    return f"{strategy} (" + ", ".join(parts) + ")" if parts else str(strategy)
 
 
 def load(paths: list[str] | str) -> Results:
@@ -316,7 +279,7 @@ def load(paths: list[str] | str) -> Results:
     if not paths:
         raise AnalyzeError("no results given: pass one or more results folders or Parquet files")
     results = Results(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
-    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLE_NAMES}
     for path in paths:
         _read_path(str(path), tables, results)
     if not tables["trials"]:
@@ -326,9 +289,9 @@ def load(paths: list[str] | str) -> Results:
     results.trials = trials = trials[~trials["reference"]].reset_index(drop=True)
     if results.trials.empty:
         raise AnalyzeError(f"{', '.join(map(str, paths))}: only random-reference layouts, no strategy trial")
-    results.curves = _with_trial_columns(_matching(_concat(tables["curves"], "curves"), trials), results.trials)
-    results.heads = _with_trial_columns(_matching(_concat(tables["heads"], "heads"), trials), results.trials)
-    metrics = _matching(_concat(tables["metrics"], "metrics"), trials)
+    results.curves = _with_trial_columns(rows_of_kept_trials(_concat(tables["curves"], "curves"), trials), results.trials)
+    results.heads = _with_trial_columns(rows_of_kept_trials(_concat(tables["heads"], "heads"), trials), results.trials)
+    metrics = rows_of_kept_trials(_concat(tables["metrics"], "metrics"), trials)
     labels = results.trials[["trial_id", "label", "status"]].drop_duplicates("trial_id")
     results.metrics = metrics.drop(columns=[c for c in ("label", "status") if c in metrics]).merge(labels, on="trial_id")
     return results

@@ -344,8 +344,9 @@ def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
                          "trial_id": failed["trial_id"], "error (first line)": first})
 
 
-def figures(results: Results) -> list[tuple[str, str, Callable[[], Figure]]]:
-    """(alt text, file stem, builder) for every plot the data supports."""
+def figures(results: Results, generation: pd.DataFrame, extra: pd.DataFrame) -> list[tuple[str, str, Callable[[], Figure]]]:
+    """(alt text, file stem, builder) for every plot the data supports; `generation` and `extra` are
+    stats.generation_table and stats.extra_table of the results."""
     out = []
     if ok_trials(results.trials).empty:
         return out
@@ -360,11 +361,9 @@ def figures(results: Results) -> list[tuple[str, str, Callable[[], Figure]]]:
         out.append((f"head scores and pruned heads, {model}", f"heads_{slug(model)}",
                     lambda m=model: plots.plot_head_heatmaps(results.heads, m)))
     out.append(("quality vs speed (Pareto)", "pareto", lambda: plots.plot_pareto(results.trials)))
-    generation = stats.generation_table(results.trials)
     if not generation.empty:
         out.append(("generation: measured and ideal speedups, KV cache", "generation",
                     lambda: plots.plot_generation(generation)))
-    extra = stats.extra_table(results.metrics)
     if not extra.empty:
         out.append(("extra evaluations against the pruning level", "extra_metrics", lambda: plots.plot_extra(extra)))
     return out
@@ -437,18 +436,19 @@ def write_report(results: Results, out: str) -> str:
     write_bytes(f"{out}/pairwise.csv", pairs.to_csv(index=False).encode())
     table = display_table(summary)
     write_bytes(f"{out}/summary.md", (markdown_table(table) + "\n").encode())
-    for name, extra in (("generation", stats.generation_table(results.trials)), ("extra", stats.extra_table(results.metrics))):
-        if not extra.empty:
-            write_bytes(f"{out}/{name}.csv", extra.to_csv(index=False).encode())
+    generation, extra = stats.generation_table(results.trials), stats.extra_table(results.metrics)
+    for name, frame in (("generation", generation), ("extra", extra)):
+        if not frame.empty:
+            write_bytes(f"{out}/{name}.csv", frame.to_csv(index=False).encode())
 
     images = []
-    for alt, stem, build in figures(results):
+    for alt, stem, build in figures(results, generation, extra):
         fig = build()
         for kind in FORMATS:
             write_bytes(f"{out}/{stem}.{kind}", figure_bytes(fig, kind))
         images.append(Block("image", (alt, stem)))
 
-    blocks = _blocks(results, summary, table, images, pairs, stability, out)
+    blocks = _blocks(results, summary, table, images, pairs, stability, generation, extra, out)
     title = f"sentinel-bench analysis: {_unique(results.trials.get('experiment'))}"
     report = f"{out}/report.md"
     markdown = render_markdown(md_text(title), blocks)
@@ -458,7 +458,8 @@ def write_report(results: Results, out: str) -> str:
 
 
 def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images: list[Block],
-            pairs: pd.DataFrame, stability: pd.DataFrame, out: str | None = None) -> list[Block]:
+            pairs: pd.DataFrame, stability: pd.DataFrame, generation: pd.DataFrame, extra: pd.DataFrame,
+            out: str | None = None) -> list[Block]:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     headline = headline_table(summary)
     lead = [image for image in images if image.content[1] == "strategies"]  # the headline figure
@@ -508,7 +509,6 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                          "overlap between random layouts (what chance gives), and the mean pairwise Spearman "
                          "correlation of the head scores across seeds. Also as [stability.csv](stability.csv)."),
               Block("table", stability_display(stability))]
-    generation = stats.generation_table(results.trials)
     if not generation.empty:
         blocks += [Block("h2", "Generation: KV cache and tokens/s"),
                    Block("p", "Greedy generation with the KV cache after random prompts, dense and pruned measured "
@@ -518,7 +518,6 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                               "memory-bound decode step can gain. Each speedup: median [min, max] of the timed rounds, "
                               "and the realised share of the ideal gain, (measured - 1) / (ideal - 1)."),
                    Block("table", generation_display(generation))]
-    extra = stats.extra_table(results.metrics)
     if not extra.empty:
         blocks += [Block("h2", "Extra evaluations"),
                    Block("p", "Evaluations beside each model's primary metric (`extra_tasks`), at every stage: mean over "

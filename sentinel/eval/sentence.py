@@ -11,7 +11,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 from torch import nn
 
 from sentinel.models.device import mean_pool, model_device
@@ -141,6 +140,8 @@ def sts_spearman(
     first = encode(model, tokenizer, [p[0] for p in pairs], batch_size, max_length)
     second = encode(model, tokenizer, [p[1] for p in pairs], batch_size, max_length)
     gold = [p[2] for p in pairs]
+    from scipy.stats import spearmanr  # here, not at the top: 0.6 s of every worker's start, and only encoders need it
+
     rho = spearmanr(cosine_pairs(first, second).numpy(), gold).statistic
     protocol = {"dataset": "stsb", "split": split, "pairs": len(pairs), "pooling": "mean", "max_length": max_length,
                 "sample": "all" if len(pairs) == available else f"seeded random {len(pairs)} of {available}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 from torch import nn
@@ -27,6 +27,20 @@ Batch = Mapping[str, torch.Tensor]  # {"input_ids": [B, T], "attention_mask": [B
 ScoreFn = Callable[..., "HeadScores"]
 OptionRule = Rule  # the trial contract's rules (sentinel.contract): (value, field path) -> value, or a SpecError
 SeedUse = Callable[[nn.Module], bool]  # model -> whether the strategy's scores on it depend on the seed
+
+
+class FinetunePruner(Protocol):
+    """A strategy's hook into fine-tuning (`on_step` of sentinel.finetune.finetune): called after every optimizer step,
+    it zeroes more gates of the trial's mask on its schedule and says whether it did."""
+
+    requested: int  # heads the trial asked for
+    notes: list[str]  # what selection said about the heads it took (Selection.notes)
+
+    def __call__(self, step: int) -> bool: ...
+
+
+# (model, mask, calibration batches, *, level, steps, policy, min_heads_per_layer, generator, **strategy options)
+PrunerFactory = Callable[..., FinetunePruner]
 
 
 @dataclass
@@ -55,9 +69,9 @@ class Strategy:
     checks: Mapping[str, OptionRule] = field(default_factory=dict)
     summary: str = ""
     uses_seed: bool | SeedUse = False
-    # True: the strategy removes heads while the model fine-tunes (it owns the schedule; see pruning/dynamic.py),
-    # and its scores are those it starts from
-    during_finetune: bool = False
+    # the strategy removes heads while the model fine-tunes: what builds its per-step hook (it owns the schedule; see
+    # pruning/dynamic.py), and its scores are those it starts from; None for a strategy that prunes at once
+    during_finetune: PrunerFactory | None = None
     uses_data: bool = True  # False: scores ignore the calibration batches (magnitude, random), shared across draws
     # "layer": every head of a layer has the layer's score and selection takes whole layers (attention_drop)
     unit: str = "head"
@@ -86,12 +100,14 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 def register_strategy(
     name: str, *, defaults: Mapping[str, Any] | None = None, checks: Mapping[str, OptionRule] | None = None,
-    uses_seed: bool | SeedUse = False, during_finetune: bool = False, uses_data: bool = True, unit: str = "head",
+    uses_seed: bool | SeedUse = False, during_finetune: PrunerFactory | None = None, uses_data: bool = True,
+    unit: str = "head",
 ) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: registers `fn` as strategy `name` accepting the options in `defaults`.
 
     `uses_seed`: whether the scores depend on the seed (a bool, or model -> bool when it depends on the model).
-    `during_finetune`: the strategy prunes during fine-tuning (the pipeline then runs its schedule).
+    `during_finetune`: the strategy prunes during fine-tuning: the factory of its hook (PrunerFactory), which the
+        pipeline builds and fine-tuning calls after every step.
     `uses_data`: whether the scores read the calibration batches (if not, one scoring serves every draw).
     `unit`: "head", or "layer" for a strategy that scores and removes whole attention sublayers.
     """

@@ -38,31 +38,6 @@ from sentinel.pruning.gradient import gate_importance, l2_normalized
 from sentinel.pruning.selection import select_heads
 
 
-@register_strategy(
-    "dynamic", defaults={"updates": 5, "end": 0.75, "normalize_per_layer": True},
-    checks={"updates": integer(minimum=1), "end": fraction(zero=False), "normalize_per_layer": boolean},
-    uses_seed=lambda model: not is_causal_lm(model), during_finetune=True,
-)
-def dynamic_scores(
-    model: nn.Module, batches: list[Batch], *, generator: torch.Generator, updates: int = 5, end: float = 0.75,
-    normalize_per_layer: bool = True,
-) -> HeadScores:
-    """Heads removed during fine-tuning on a cubic schedule, rescored by gradient importance at each event.
-
-    Args:
-        updates: pruning events during the fine-tune.
-        end: fraction of the fine-tuning steps by which the level is reached.
-        normalize_per_layer: L2-normalise each layer's importances (as `iterative`).
-    The scores returned here are the starting point (gradient importance on the dense model); the heads are
-    chosen by `DynamicPruner` while the model trains.
-    """
-    importance, used = gate_importance(model, batches, generator)
-    if normalize_per_layer:
-        importance = l2_normalized(importance)
-    return HeadScores(scores=score_grid(importance), strategy="dynamic",
-                      meta={"forward_passes": used, "backward_passes": used})
-
-
 def schedule(level: float, steps: int, updates: int = 5, end: float = 0.75) -> dict[int, float]:
     """{fine-tuning step: cumulative level} of the pruning events (cubic, reaching `level` at the last)."""
     events: dict[int, float] = {}
@@ -104,3 +79,28 @@ class DynamicPruner:
                 self.mask.gates[layer][heads] = 0.0
         self.history.append({"step": step, "level": self.events[step], "heads_removed": selection.selected})
         return True
+
+
+@register_strategy(
+    "dynamic", defaults={"updates": 5, "end": 0.75, "normalize_per_layer": True},
+    checks={"updates": integer(minimum=1), "end": fraction(zero=False), "normalize_per_layer": boolean},
+    uses_seed=lambda model: not is_causal_lm(model), during_finetune=DynamicPruner,
+)
+def dynamic_scores(
+    model: nn.Module, batches: list[Batch], *, generator: torch.Generator, updates: int = 5, end: float = 0.75,
+    normalize_per_layer: bool = True,
+) -> HeadScores:
+    """Heads removed during fine-tuning on a cubic schedule, rescored by gradient importance at each event.
+
+    Args:
+        updates: pruning events during the fine-tune.
+        end: fraction of the fine-tuning steps by which the level is reached.
+        normalize_per_layer: L2-normalise each layer's importances (as `iterative`).
+    The scores returned here are the starting point (gradient importance on the dense model); the heads are
+    chosen by `DynamicPruner` while the model trains.
+    """
+    importance, used = gate_importance(model, batches, generator)
+    if normalize_per_layer:
+        importance = l2_normalized(importance)
+    return HeadScores(scores=score_grid(importance), strategy="dynamic",
+                      meta={"forward_passes": used, "backward_passes": used})

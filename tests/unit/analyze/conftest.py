@@ -67,42 +67,42 @@ def cells(model: str, source: str) -> list[dict]:
     return specs + [broken]
 
 
-def payloads(model: str, source: str) -> list[dict]:
-    """What the orchestrator's trainable reports per trial: the row, curve, scores and run context."""
+def records(model: str, source: str) -> list:
+    """What the orchestrator's trainable reports per trial: its TrialRecord, run context included."""
     from sentinel.contract import SpecError
     from sentinel.pipeline import LocalShared, TrialSpec, run_trial
-    from sentinel.trial import failed_row
+    from sentinel.result import RunContext, TrialRecord
+    from sentinel.trial import failed_record
 
     shared, out = LocalShared(), []
     for cell in cells(model, source):
         started = time.time()
         try:
-            result = run_trial(TrialSpec.from_dict(cell), shared)
-            payload = result.payload()
-        except SpecError as exc:  # as the trainable does: the refused cell is still one failed row
-            payload = {"row": failed_row(cell, f"SpecError: {exc}"), "curve": [], "scores": []}
-        payload["context"] = {"experiment": EXPERIMENT, "run_id": f"{EXPERIMENT}-0001", "tune_trial_id": "local",
-                              "attempts": 1, "started_at": int(started * 1000), "finished_at": int(time.time() * 1000)}
-        out.append(payload)
+            record = TrialRecord.of(run_trial(TrialSpec.from_dict(cell), shared))
+        except SpecError as exc:  # as the trainable does: the refused cell is still one failed record
+            record = failed_record(cell, f"SpecError: {exc}")
+        record.context = RunContext(experiment=EXPERIMENT, run_id=f"{EXPERIMENT}-0001", tune_trial_id="local",
+                                    attempts=1, started_at=int(started * 1000), finished_at=int(time.time() * 1000))
+        out.append(record)
     return out
 
 
 @pytest.fixture(scope="session")
-def real_payloads(tmp_path_factory) -> list[dict]:
+def real_records(tmp_path_factory) -> list:
     model = save_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")
-    return payloads(str(model), str(small_corpus(tmp_path_factory.mktemp("corpus"))))
+    return records(str(model), str(small_corpus(tmp_path_factory.mktemp("corpus"))))
 
 
 @pytest.fixture(scope="session")
-def results_dir(tmp_path_factory, real_payloads) -> Path:
+def results_dir(tmp_path_factory, real_records) -> Path:
     """`<tmp>/analyze-test/` with trials/curves/heads.parquet and config.yaml, as `sentinel-bench run` writes it."""
     from tests.tables import write_results
 
     folder = tmp_path_factory.mktemp("results") / EXPERIMENT
-    model = real_payloads[0]["row"]["model"]
+    model = real_records[0].row["model"]
     config = {"experiment": EXPERIMENT, "models": [model], "strategies": ["random", "magnitude", "entropy"],
               "levels": [0.25, 0.5], "seeds": [0, 1, 2, 3]}
-    write_results(str(folder), real_payloads, config)
+    write_results(str(folder), real_records, config)
     return folder
 
 

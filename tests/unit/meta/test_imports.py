@@ -17,7 +17,7 @@ ALLOWED = {
     "pruning": {"models", "registry", "contract"},
     "export": {"models", "eval", "registry", "contract", "files"},  # GGUF files and llama.cpp
 }
-TOP = {"finetune", "pipeline", "trial", "tasks", "zero_shot", "__init__"}  # the pipeline layer: may import any of the above
+TOP = {"finetune", "pipeline", "trial", "preflight", "tasks", "zero_shot", "__init__"}  # the pipeline layer: may import any of the above
 
 
 def _imports(path: Path) -> list[str]:

@@ -7,17 +7,18 @@ import json
 from types import SimpleNamespace
 
 from orchestrator.callbacks import Progress, ResultStream
-from tests.unit.orchestrator.test_results import ok_payload
+from orchestrator.trainable import RECORD_KEY
+from tests.unit.orchestrator.test_results import ok_record
 
 
 def test_the_done_line_waits_for_the_rows_part_file(tmp_path):
     stream = io.StringIO()
     progress = Progress(total=3, stream=stream, done=1)  # one cell done by an earlier run
     results = ResultStream(str(tmp_path / "e"), "e-1", flush_s=3600, progress=progress)  # nothing flushes by time
-    payload = ok_payload(0.5)
-    payload["context"] = {**payload["context"], "tune_trial_id": "t1"}
-    trial = SimpleNamespace(trial_id="t1", config={"cell": json.loads(payload["row"]["spec"])}, last_result={})
-    result = {"payload": json.dumps(payload)}
+    record = ok_record(0.5)
+    record.context.tune_trial_id = "t1"
+    trial = SimpleNamespace(trial_id="t1", config={"cell": json.loads(record.row["spec"])}, last_result={})
+    result = {RECORD_KEY: record.to_json()}
     for callback in (progress, results):  # Tune calls them in the runner's order
         callback.on_trial_result(0, [], trial, result)
     for callback in (progress, results):

@@ -411,7 +411,7 @@ def test_a_strategy_entry_can_have_its_own_policy_and_models(tmp_path, base, cap
     assert sorted((Path(c.model).name, c.strategy, c.policy) for c in cells) == [
         ("gpt2-folder", "entropy", "global"), ("llama-folder", "entropy", "global"),
         ("llama-folder", "entropy", "uniform")]
-    from orchestrator.analyze.load import strategy_label
+    from sentinel.result import strategy_label
     assert strategy_label("entropy", {}, False, "uniform") == "entropy (uniform)"
     bad = {**raw, "strategies": [{"name": "entropy", "models": ["elsewhere"]}]}
     assert "strategies[0].models: 'elsewhere' is not one of the experiment's models" in run_cli(tmp_path, bad, capsys)

@@ -90,9 +90,9 @@ def test_seeds_are_bounded_by_the_rows_integer_column(tmp_path):
     spec = parse_spec(base(tmp_path, "sentinel/tiny-gpt2", seeds=[2**63 - 1]))
     import pyarrow as pa
 
-    from orchestrator.results import TRIALS_SCHEMA
+    from orchestrator.results import schema
 
-    pa.array([spec.cells[0].seed], TRIALS_SCHEMA.field("seed").type)  # the row's column holds it
+    pa.array([spec.cells[0].seed], schema("trials").field("seed").type)  # the row's column holds it
 
 
 @pytest.mark.parametrize("field, value", [("finetune.lr", math.inf), ("finetune.lr", "inf"), ("finetune.lr", "1e400"),
@@ -108,7 +108,7 @@ def test_every_float_field_refuses_nan_and_infinity(tmp_path, field, value):
 
 def test_a_trial_whose_metric_is_not_finite_fails_with_the_reason():
     from sentinel.pipeline import _check_finite
-    from sentinel.trial import TrialResult
+    from sentinel.result import TrialResult
 
     result = TrialResult(spec=None, metric_name="perplexity", dense=10.0, pruned=math.inf, recovered=math.nan)  # type: ignore[arg-type]
     with pytest.raises(ArithmeticError, match=r"^pruned: the perplexity is inf \(not finite\)"):

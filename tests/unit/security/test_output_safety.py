@@ -17,7 +17,7 @@ from orchestrator.results import write_part
 from orchestrator.outputs import LOCK_FILE, SPEC_FILE, output_lock, prepare
 from orchestrator.spec import SpecError, parse_spec
 from orchestrator.storage import write_bytes
-from sentinel.trial import failed_row
+from sentinel.trial import failed_record
 
 
 def raw(name: str, output: Path, **extra) -> dict:
@@ -29,9 +29,7 @@ def raw(name: str, output: Path, **extra) -> dict:
 
 def finished(spec, out: Path) -> None:
     """Rows for every cell of `spec` (failed rows: they count as done) streamed as a part, as a run leaves them."""
-    payloads = [{"row": failed_row(c.to_dict(), "x"), "curve": [], "scores": [], "context": {}}
-                for c in spec.cells]
-    write_part(str(out), payloads, "run-000000")
+    write_part(str(out), [failed_record(c.to_dict(), "x") for c in spec.cells], "run-000000")
 
 
 def test_overwrite_never_deletes_another_experiments_results(tmp_path):
