@@ -18,6 +18,8 @@ from typing import Any, Iterator
 from orchestrator.results import Compacted, compact, has_results
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
+from sentinel.result import TABLE_NAMES, digest
+from sentinel.trial import TrialSpec
 
 
 SPEC_FILE = "sentinel_spec.json"  # the resolved spec, beside the results: what --resume compares against
@@ -80,7 +82,7 @@ def _saved_spec(text: str, out: str) -> dict[str, Any]:
 def _delete_results(out: str) -> None:
     """What --overwrite replaces: the tables, their parts, the saved spec (an `analysis/` folder is rewritten later)."""
     delete_path(f"{out}/parts", folder=True)
-    for name in ("trials.parquet", "curves.parquet", "heads.parquet", "config.yaml", SPEC_FILE):
+    for name in [f"{table}.parquet" for table in TABLE_NAMES] + ["config.yaml", SPEC_FILE]:
         delete_path(f"{out}/{name}")
 
 
@@ -175,9 +177,10 @@ def _check_resumable(saved: dict[str, Any], spec: ExperimentSpec) -> None:
     changed = _changed_fields(saved["spec"], current)
     if not changed:
         return
-    old_cells = {json.dumps(c, sort_keys=True, default=str) for c in saved["cells"]}
-    new_cells = {json.dumps(c.to_dict(), sort_keys=True, default=str) for c in spec.cells}
-    if old_cells <= new_cells:
+    # cells compared by their trial ids: a field a later release added at its default (which the saved cells lack)
+    # changes neither an id nor whether the grid still holds every finished cell
+    old_cells = {digest(TrialSpec.identity_dict(c)) for c in saved["cells"] if isinstance(c, dict)}
+    if old_cells <= {c.trial_id() for c in spec.cells}:
         return  # more seeds, levels, strategies or models: every finished cell is still a cell of this grid
     raise SpecError(f"--resume: the config changed since the experiment started ({', '.join(changed)}); "
                     "resume with the original config, add cells only, or start again with --overwrite")

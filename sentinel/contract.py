@@ -35,10 +35,12 @@ class Contract:
 
     LATE_DEFAULTS: the fields added after results were published, with their defaults. `identity_dict` leaves each
     out while it holds its default, in this contract and every nested one, so a field added to any part of a trial
-    (data, finetune, generation, ...) does not change the ids of the cells that existed before it.
+    (data, finetune, generation, ...) does not change the ids of the cells that existed before it. RETIRED: fields
+    removed since, with the value every published cell held; `identity_dict` puts them back, so ids hold too.
     """
 
     LATE_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    RETIRED: ClassVar[dict[str, Any]] = {}  # fields removed after results were published, with the value ids held
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -82,7 +84,7 @@ class Contract:
     def identity_dict(cls, value: Mapping[str, Any]) -> dict[str, Any]:
         """`value` (this contract as plain data) without the late fields that hold their defaults, nested contracts
         included: what an id is computed from."""
-        out = dict(value)
+        out = {**cls.RETIRED, **value}
         for name, default in cls.LATE_DEFAULTS.items():
             if name in out and out[name] == default:
                 del out[name]

@@ -49,7 +49,6 @@ class FinetuneConfig(Contract):
     max_grad_norm: float = checked(1.0, number(above=0))
     batch_size: int = checked(8, integer(minimum=1))
     eval_every: int = checked(50, integer(minimum=1))
-    seed: int = checked(0, integer(minimum=0))
     # "full": every parameter trains; "lora": low-rank adapters (peft, the extra `lora`) on `lora_targets`, merged
     # into the weights after the last step, so the result is a plain model of the same shape
     method: str = checked("full", one_of(("full", "lora")))
@@ -60,6 +59,8 @@ class FinetuneConfig(Contract):
 
     # fields added after results were published: left out of a trial's id while at their default
     LATE_DEFAULTS = {"method": "full", "lora_rank": 8, "lora_alpha": 16.0, "lora_targets": []}
+    # `seed` was a field the trial's seed always overwrote: gone, and kept in ids at the value every cell held
+    RETIRED = {"seed": 0}
 
     def check_together(self) -> None:
         if self.warmup_steps > self.steps:
@@ -224,6 +225,7 @@ def finetune(
     train_batches: list[Batch],
     config: FinetuneConfig,
     *,
+    seed: int = 0,
     evaluate: Callable[[nn.Module], float] | None = None,
     teacher: nn.Module | None = None,
     mask: HeadMask | None = None,
@@ -238,8 +240,9 @@ def finetune(
         model: a pruned (or masked) causal LM or encoder; trained in train mode, returned in eval mode.
         train_batches: {"input_ids", "attention_mask"} [B, T] batches (any larger than
             config.batch_size are split), cycled in an order drawn from a torch.Generator seeded
-            with config.seed (a new permutation per pass).
+            with `seed` (a new permutation per pass).
         config: the hyper-parameters.
+        seed: the batch order and any randomness of training (the pipeline passes the trial's seed).
         evaluate: model -> float, called in eval mode before training (step 0), every
             config.eval_every steps, and after the last step.
         teacher: the dense model, required for encoders (embedding distillation); not for causal LMs.
@@ -273,13 +276,13 @@ def finetune(
     frozen = _snapshot(masked_slices(model, mask)) if mask is not None else []
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    order = _batch_order(len(train_batches), config.steps, torch.Generator().manual_seed(config.seed))
+    order = _batch_order(len(train_batches), config.steps, torch.Generator().manual_seed(seed))
 
     # dropout draws from torch's global RNG; fork it (the caller's state is restored afterwards) and
     # seed the fork, so two runs with the same seed are identical
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(seed)
         model.train()
         start = initial_metric if initial_metric is not None else _evaluate(model, evaluate)
         curve: Curve = [{"step": 0, "train_loss": None, "eval_metric": start, "lr": None}]

@@ -203,7 +203,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
     elif recovers:
         with stage("finetune"):
             result.curve = finetune(
-                model, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
+                model, task.train_batches(spec.finetune.batch_size), spec.finetune, seed=spec.seed,
                 evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, mask=mask, device=device,
                 bf16=spec.bf16, initial_metric=result.pruned,
             )
@@ -304,7 +304,7 @@ def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, d
     pruner = STRATEGIES.get(spec.strategy).during_finetune(trained, mask, task.calibration(spec.seed).batches, level=spec.level, steps=spec.finetune.steps,
                            policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer,
                            generator=torch.Generator().manual_seed(spec.seed), **spec.strategy_options)
-    curve = finetune(trained, task.train_batches(spec.finetune.batch_size), replace(spec.finetune, seed=spec.seed),
+    curve = finetune(trained, task.train_batches(spec.finetune.batch_size), spec.finetune, seed=spec.seed,
                      evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, mask=mask, device=device,
                      bf16=spec.bf16, initial_metric=dense_metric, on_step=pruner)
     heads = mask.masked()

@@ -192,7 +192,8 @@ def test_lora_recovery_is_merged_into_a_plain_model_of_the_pruned_shape(shared):
     default = spec(strategy="magnitude", level=0.5).to_dict()
     from sentinel.trial import digest
     legacy = {k: v for k, v in default.items() if k not in TrialSpec.LATE_DEFAULTS}
-    legacy["finetune"] = {k: v for k, v in legacy["finetune"].items() if k not in FinetuneConfig.LATE_DEFAULTS}
+    legacy["finetune"] = {**{k: v for k, v in legacy["finetune"].items() if k not in FinetuneConfig.LATE_DEFAULTS},
+                          **FinetuneConfig.RETIRED}  # and its removed `seed`, which every earlier cell held at 0
     assert spec(strategy="magnitude", level=0.5).trial_id() == digest(legacy)  # full recovery keeps its old id
 
 
