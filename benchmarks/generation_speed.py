@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 import sentinel
-from orchestrator.analyze.report import speed_text
+from orchestrator.analyze.formatting import speed_text
 from orchestrator.analyze.stats import rounds_spread
 from sentinel.eval.generation import compare_generation, ideal_generation_ratios, kv_cache_bytes_per_token
 from sentinel.models import head_layout

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 import sentinel
-from orchestrator.analyze.report import speed_text
+from orchestrator.analyze.formatting import speed_text
 from orchestrator.analyze.stats import rounds_spread
 from sentinel.data.blocks import batches, pack_blocks, split_tokens
 from sentinel.export import export_gguf, export_architecture

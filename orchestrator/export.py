@@ -71,7 +71,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ValueError as exc:  # ExportError, and load_model's one-line errors on a bad folder
         raise SpecError(str(exc).splitlines()[0]) from None
     from sentinel.export.gguf_export import export_architecture
-    from sentinel.models.heads import head_layout
+    from sentinel.models.layout import head_layout
 
     layout = head_layout(model)
     print(f"{path}: {export_architecture(layout.heads, layout.kv_heads)} architecture, {layout.total_heads} query heads "

@@ -250,6 +250,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 
 
 TOP_LEVEL = tuple(f.name for f in dataclasses.fields(ExperimentSpec) if f.name != "trial") + TRIAL_FIELDS
+# what a config that leaves a field out gets: the dataclass's own defaults, declared once there
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentSpec) if f.default is not dataclasses.MISSING}
 
 
 def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
@@ -271,16 +273,16 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
         strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name,
                                   extra_keys=("compensate", "policy", "models"))),
         levels=tuple(_levels(raw["levels"])),
-        seeds=tuple(_seeds(raw.get("seeds", [0]))),
+        seeds=tuple(_seeds(raw.get("seeds", list(DEFAULTS["seeds"])))),
         trial=_trial_fields(raw),
         resources=_resources(raw.get("resources") or {}),
         max_concurrent_trials=None if raw.get("max_concurrent_trials") is None
         else integer(minimum=1)(raw["max_concurrent_trials"], "max_concurrent_trials"),
-        max_failures=integer(minimum=0)(raw.get("max_failures", 1), "max_failures"),
+        max_failures=integer(minimum=0)(raw.get("max_failures", DEFAULTS["max_failures"]), "max_failures"),
         storage_path=None if raw.get("storage_path") is None else _path(raw["storage_path"], "storage_path"),
-        output=_path(raw.get("output", "results"), "output"),
-        gpu_dry_run=boolean(raw.get("gpu_dry_run", False), "gpu_dry_run"),
-        pending_report_s=number(above=0)(raw.get("pending_report_s", 300), "pending_report_s"),
+        output=_path(raw.get("output", DEFAULTS["output"]), "output"),
+        gpu_dry_run=boolean(raw.get("gpu_dry_run", DEFAULTS["gpu_dry_run"]), "gpu_dry_run"),
+        pending_report_s=number(above=0)(raw.get("pending_report_s", DEFAULTS["pending_report_s"]), "pending_report_s"),
         random_reference=None if raw.get("random_reference") is None
         else RandomReference.from_dict(raw["random_reference"], "random_reference"),
     )

@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from orchestrator.analyze import stats  # noqa: E402
 from sentinel.result import strategy_label  # noqa: E402
-from orchestrator.analyze.report import (effect, extra_display, generation_display, markdown_table, mean_ci,  # noqa: E402
-                                         speed_text, stability_display)
+from orchestrator.analyze.formatting import effect, markdown_table, mean_ci, speed_text  # noqa: E402
+from orchestrator.analyze.report_tables import extra_display, generation_display, stability_display  # noqa: E402
 from orchestrator.results import TABLE_NAMES  # noqa: E402
 
 

@@ -193,3 +193,8 @@ def mapping(value: Any, name: str) -> dict[str, Any]:
 
 def optional(rule: Rule) -> Rule:
     return lambda value, name: None if value is None else rule(value, name)
+
+
+# the grid's two coordinates, one rule each wherever they are read (the trial contract, select_heads, score_heads)
+LEVEL = fraction(zero=True)  # 0 is allowed: a control cell that prunes nothing and only fine-tunes
+SEED = integer(minimum=0, maximum=2**63 - 1)  # the rows' int64 column holds it (and torch, numpy accept it)

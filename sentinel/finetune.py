@@ -28,7 +28,7 @@ from torch import nn
 from sentinel.contract import Contract, SpecError, checked, integer, number, one_of
 from sentinel.models import HeadMask, get_adapter, head_layout, is_causal_lm
 from sentinel.models.device import autocast, mean_pool, model_device
-from sentinel.models.heads import blocks, head_slices, slice_parameters
+from sentinel.models.layout import blocks, head_slices, slice_parameters
 
 Batch = dict[str, torch.Tensor]
 Curve = list[dict[str, Any]]  # rows {step, train_loss, eval_metric, lr}: sentinel.result.CURVE_COLUMNS

@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from sentinel.contract import (
+from sentinel.contract import (  # LEVEL and SEED: re-exported with the contract
+    LEVEL,
+    SEED,
     Contract,
     SpecError,
     boolean,
     checked,
-    fraction,
     integer,
     mapping,
     nested,
@@ -30,7 +31,7 @@ from sentinel.contract import (
 )
 from sentinel.finetune import FinetuneConfig
 from sentinel.models.adapters import ADAPTERS
-from sentinel.models.heads import EMPTY_LAYER_FAMILIES
+from sentinel.models.removal import EMPTY_LAYER_FAMILIES
 from sentinel.pruning import STRATEGIES
 from sentinel.pruning.selection import POLICIES
 from sentinel import preflight
@@ -40,8 +41,6 @@ from sentinel.tasks import TASKS
 
 METHODS = ("remove", "mask")
 ENGINES = ("transformers", "llama.cpp")  # where generation speed is measured
-LEVEL = fraction(zero=True)  # 0 is allowed: a control cell that prunes nothing and only fine-tunes
-SEED = integer(minimum=0, maximum=2**63 - 1)  # the rows' int64 column holds it (and torch, numpy accept it)
 REFERENCE_STRATEGY = "random"  # what draws the layouts of the random reference
 
 

@@ -1,6 +1,7 @@
 """The report: tables (CSV + markdown), plots (PNG + SVG) and report.md / report.html in one folder.
 
-The report is built as a list of blocks (heading, text, bullet list, table, image) rendered to markdown;
+The report is built as a list of blocks (heading, text, bullet list, table, image: orchestrator.analyze.formatting)
+rendered to markdown, with the tables of orchestrator.analyze.report_tables;
 report.html is that markdown rendered by markdown-it-py with raw HTML off, so both say the same thing.
 Result tables are untrusted input: every string that comes from them (model names, errors, versions...) goes
 through `md_text`, which escapes what markdown would turn into a link or markup, so data never becomes a link
@@ -9,186 +10,23 @@ local folders, one PUT per object for s3:// and other pyarrow.fs URIs.
 """
 from __future__ import annotations
 
-import io
 import os
-import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from orchestrator.analyze import plots, stats
+from orchestrator.analyze.formatting import (FORMATS, Block, code, effect, figure_bytes, fmt, markdown_table, md_text,
+                                             render_markdown, slug)
 from orchestrator.analyze.html import render_html
 from orchestrator.analyze.load import Results
 from orchestrator.analyze.reference import reference_notes, seed_percentiles, stability_table
+from orchestrator.analyze.report_tables import (display_table, extra_display, failed_table, generation_display,
+                                                headline_table, pairwise_display, stability_display)
 from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
 from orchestrator.storage import write_bytes
-
-FORMATS = ("png", "svg")
-
-
-@dataclass
-class Block:
-    kind: str  # "h2", "h3", "p", "ul", "table", "image"
-    content: object  # str, list[str], DataFrame, or (alt, file name)
-
-
-def fmt(value: object, digits: int = 4) -> str:
-    """A number for a table: 4 significant digits (one decimal from 1000 up, no exponent), '' for missing."""
-    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
-        return ""
-    if isinstance(value, float):
-        return f"{value:,.1f}" if 1e3 <= abs(value) < 1e12 else f"{value:.{digits}g}"
-    return str(value)
-
-
-def mean_ci(mean: float, low: float, high: float, spread: float = float("nan")) -> str:
-    """'12.3 [11.9, 12.8]' (mean and 95% CI on the metric's scale); '12.3 (no spread)' when every seed gave the
-    same value (never a zero-width interval); the mean alone when there is no CI (too few seeds)."""
-    if pd.isna(mean):
-        return ""
-    if spread == 0:
-        return f"{fmt(mean)} (no spread)"
-    return fmt(mean) if pd.isna(low) else f"{fmt(mean)} [{fmt(low, 3)}, {fmt(high, 3)}]"
-
-
-def effect(value: float, low: float, high: float, log_scale: bool) -> str:
-    """'0.21x [0.08x, 0.55x]' (ratio of geometric means, log-scale metrics) or '+0.012 [-0.003, +0.027]'."""
-    if pd.isna(value):
-        return ""
-    one = (lambda v: f"{v:.3g}x") if log_scale else (lambda v: f"{v:+.3g}")  # noqa: E731
-    return one(value) + ("" if pd.isna(low) else f" [{one(low)}, {one(high)}]")
-
-
-def versus(value: float, low: float, high: float, log_scale: bool, p: float, p_adj: float, n: float,
-           verdict: object) -> str:
-    if pd.isna(n):
-        return ""
-    p_text = "p n/a" if pd.isna(p) else f"p={p:.2g}, Holm {p_adj:.2g}"
-    return f"{effect(value, low, high, log_scale)} ({p_text}, n={int(n)}; {verdict})"
-
-
-def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as strings for the report: one column per quantity, mean ± CI in one cell."""
-    out = pd.DataFrame({
-        "model": summary["model"], "strategy": summary["label"], "level": summary["level"].map(lambda v: f"{v:g}"),
-        "seeds": summary["n_seeds"], "metric": summary["metric_name"].fillna(""),
-    })
-    out["dense"] = summary["dense_mean"].map(fmt)  # one model, one number: never an interval around it
-    for value in ("pruned", "recovered"):
-        spread = summary[f"{value}_spread"] if f"{value}_spread" in summary else pd.Series(float("nan"), summary.index)
-        out[value] = [mean_ci(*v) for v in zip(*(summary[f"{value}_{k}"] for k in ("mean", "low", "high")), spread)]
-    log_scale = summary["scale"].eq("log")
-    for value in ("pruned", "recovered"):
-        cols = [summary[f"vs_random_{value}_{c}"] for c in ("effect", "effect_low", "effect_high")]
-        cols += [log_scale] + [summary[f"vs_random_{value}_{c}"] for c in ("p", "p_adj", "n_pairs", "verdict")]
-        out[f"{value} vs random"] = [versus(*v) for v in zip(*cols)]
-        if summary[f"{value}_percentile"].notna().any():
-            out[f"{value} percentile"] = [
-                "" if pd.isna(m) else f"{m:.0%} [{lo:.0%}, {hi:.0%}]" for m, lo, hi in
-                zip(*(summary[f"{value}_{c}"] for c in ("percentile", "percentile_min", "percentile_max")))]
-    out["params before → after"] = [f"{b:,.0f} → {a:,.0f}" if pd.notna(b) else ""
-                                    for b, a in zip(summary["params_before"], summary["params_after"])]
-    out["tokens/s before → after"] = [f"{fmt(b)} → {fmt(a)}" if pd.notna(b) else "not measured"
-                                      for b, a in zip(summary["speed_before"], summary["speed_after"])]
-    out["speedup [rounds] of ideal: share of the ideal gain"] = [
-        speed_text(*values) for values in
-        zip(*(summary[f"speedup{suffix}"] for suffix in stats.SPREAD_COLUMNS), summary["ideal_speedup"])]
-    out["note"] = summary["note"]
-    return out
-
-
-def md_text(value: object) -> str:
-    """A data-derived string as literal markdown text: one line, with every character that opens code, emphasis,
-    HTML, a link or an image escaped (brackets too: data may sit inside our own link or image text)."""
-    return re.sub(r"([\\`*_<>|\[\]!])", r"\\\1", " ".join(str(value).split()))
-
-
-def code(value: object) -> str:
-    """A data-derived name as a markdown code span (nothing inside a code span is parsed)."""
-    text = " ".join(str(value).split())
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub markdown table (DataFrame.to_markdown needs tabulate, which this project does not depend on).
-    Cells are data: escaped by md_text."""
-    cell = lambda v: md_text(fmt(v))  # noqa: E731
-    align = ["---:|" if _numeric(df[column]) else "---|" for column in df.columns]  # numbers right-aligned
-    lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "".join(align)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-NUMBER = re.compile(r"^[-+]?(\d|\.\d|inf|nan)", re.I)
-
-
-def _numeric(column: pd.Series) -> bool:
-    """A column of numbers, or of texts that start with one ("1.04x [1.03, 1.05]", "44.67 [44.1, 45.2]")."""
-    values = [v for v in column if not (isinstance(v, float) and pd.isna(v)) and v != ""]
-    return bool(values) and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-                                or isinstance(v, str) and NUMBER.match(v) for v in values)
-
-
-def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per model, level and stage: the strategies better and worse than random after Holm's adjustment, each with its
-    effect [95% interval] and the share of random layouts it beats, and how many are not separated from random."""
-    rows = []
-    for (model, level), cell in summary[summary["n_seeds"].gt(0)].groupby(["model", "level"], sort=True):
-        strategies = cell[~cell["label"].eq(BASELINE)]
-        log_scale = bool(cell["scale"].eq("log").any())
-        for stage in ("pruned", "recovered"):
-            verdict = f"vs_random_{stage}_verdict"
-            if verdict not in cell or cell[verdict].isna().all():
-                continue
-
-            def named(kind: str) -> str:
-                out = []
-                for r in strategies[strategies[verdict].eq(kind)].to_dict("records"):
-                    share = r.get(f"{stage}_percentile")
-                    beats = "" if share is None or pd.isna(share) else f", beats {share:.0%} of random layouts"
-                    size = effect(*(r[f"vs_random_{stage}_effect{part}"] for part in ("", "_low", "_high")), log_scale)
-                    out.append(f"{r['label']} ({size}{beats})")
-                return "; ".join(out) or "none"
-
-            rows.append({"model": model, "level": f"{level:g}", "stage": stage, "better than random": named("better"),
-                         "worse than random": named("worse"),
-                         "not separated": int((~strategies[verdict].isin(["better", "worse"])).sum())})
-    return pd.DataFrame(rows)
-
-
-def render_markdown(title: str, blocks: list[Block]) -> str:
-    parts = [f"# {title}"]
-    for block in blocks:
-        if block.kind in ("h2", "h3"):
-            parts.append(("## " if block.kind == "h2" else "### ") + md_text(block.content))
-        elif block.kind == "p":
-            parts.append(str(block.content))
-        elif block.kind == "ul":
-            parts.append("\n".join(f"- {item}" for item in block.content))
-        elif block.kind == "table":
-            parts.append(markdown_table(block.content))
-        elif block.kind == "image":
-            alt, name = block.content
-            parts.append(f"![{md_text(alt)}]({name}.png)\n\n[SVG]({name}.svg)")  # name: a slug
-    return "\n\n".join(parts) + "\n"
-
-
-def figure_bytes(fig: Figure, fmt_: str) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt_, dpi=120)
-    return buffer.getvalue()
-
-
-def slug(text: str) -> str:
-    """A file-name-safe model name; a local path contributes its last folder name (tmp paths are long)."""
-    text = text.rstrip("/").rsplit("/", 1)[-1] if text.startswith(("/", ".")) else text
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
 def _unique(series: pd.Series | None) -> str:
@@ -311,39 +149,6 @@ def _versus_text(results: Results) -> str:
             "for a strategy whose layout does not change with the seed it is the honest number.")
 
 
-def stability_display(table: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "model": table["model"], "strategy": table["label"], "level": table["level"].map(lambda v: f"{v:g}"),
-        "seeds": table["n_seeds"], "distinct layouts": table["distinct_layouts"],
-        "Jaccard across seeds": table["jaccard"].map(lambda v: fmt(v, 3)),
-        "random's Jaccard": table["random_jaccard"].map(lambda v: fmt(v, 3)),
-        "score Spearman across seeds": table["score_spearman"].map(lambda v: fmt(v, 3)),
-    })
-
-
-def pairwise_display(pairs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
-    """The head-to-head table for the report: one row per pair, effect of a against b with its interval."""
-    log = set(summary.loc[summary["scale"].eq("log"), "model"])
-    return pd.DataFrame({
-        "model": pairs["model"], "stage": pairs["stage"], "level": pairs["level"].map(lambda v: f"{v:g}"),
-        "a vs b": pairs["a"] + " vs " + pairs["b"],
-        "effect [95% CI]": [effect(e, lo, hi, m in log) for e, lo, hi, m in
-                            zip(pairs["effect"], pairs["effect_low"], pairs["effect_high"], pairs["model"])],
-        "p": pairs["p"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
-        "Holm p": pairs["p_adj"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
-        "n": pairs["n_pairs"], "a is": pairs["verdict"],
-    })
-
-
-def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Failed trials with the first line of their error."""
-    failed = trials[~trials["status"].eq("ok")]
-    first = failed["error"].fillna("").astype(str).map(lambda e: e.strip().splitlines()[0] if e.strip() else "")
-    return pd.DataFrame({"model": failed["model"], "strategy": failed["label"],
-                         "level": failed["level"].map(lambda v: f"{v:g}"), "seed": failed["seed"],
-                         "trial_id": failed["trial_id"], "error (first line)": first})
-
-
 def figures(results: Results, generation: pd.DataFrame, extra: pd.DataFrame) -> list[tuple[str, str, Callable[[], Figure]]]:
     """(alt text, file stem, builder) for every plot the data supports; `generation` and `extra` are
     stats.generation_table and stats.extra_table of the results."""
@@ -367,52 +172,6 @@ def figures(results: Results, generation: pd.DataFrame, extra: pd.DataFrame) -> 
     if not extra.empty:
         out.append(("extra evaluations against the pruning level", "extra_metrics", lambda: plots.plot_extra(extra)))
     return out
-
-
-def extra_display(table: pd.DataFrame) -> pd.DataFrame:
-    """The extra evaluations for the report: per cell, task and metric, dense and mean [CI] after pruning and recovery."""
-    return pd.DataFrame({
-        "model": table["model"], "task": table["task"], "metric": table["metric"], "strategy": table["label"],
-        "level": table["level"].map(lambda v: f"{v:g}"), "seeds": table["n_seeds"], "dense": table["dense"].map(fmt),
-        **{stage: [mean_ci(m, lo, hi, float("nan")) for m, lo, hi in
-                   zip(table[f"{stage}_mean"], table[f"{stage}_low"], table[f"{stage}_high"])]
-           for stage in ("pruned", "recovered")},
-    })
-
-
-def speed_text(median: float, low: float, high: float, share: float, share_low: float, share_high: float,
-               ideal: float) -> str:
-    """'1.04x [1.03, 1.05] of ideal 1.10x: 42% [31%, 50%] of the ideal gain': a speedup with the spread of its timed
-    rounds and the realised share of the ideal gain, (measured - 1) / (ideal - 1)."""
-    if pd.isna(median):
-        return "not measured" if pd.isna(ideal) else f"(ideal {fmt(ideal, 3)}x)"
-    text = f"{fmt(median, 3)}x" + ("" if pd.isna(low) else f" [{fmt(low, 3)}, {fmt(high, 3)}]")
-    if pd.isna(ideal):
-        return text
-    text += f" of ideal {fmt(ideal, 3)}x"
-    if pd.isna(share):  # a table written before timed rounds: the share of its one ratio, no spread to give
-        share = stats.realised_share(median, ideal)
-        return text + ("" if pd.isna(share) else f": {share:.0%} of the ideal gain (one timing, no spread)")
-    return text + f": {share:.0%} [{share_low:.0%}, {share_high:.0%}] of the ideal gain"
-
-
-def generation_display(table: pd.DataFrame) -> pd.DataFrame:
-    """The generation table for the report: per cell, the KV cache kept and each speedup beside its ideal ratio."""
-    def speed(kind: str) -> list[str]:
-        missing = pd.Series(float("nan"), index=table.index)  # tables written before speed had rounds
-        return [speed_text(*values) for values in
-                zip(*(table.get(f"{kind}{suffix}", missing) for suffix in stats.SPREAD_COLUMNS), table[f"{kind}_ideal"])]
-
-    return pd.DataFrame({
-        "model": table["model"], "strategy": table["label"], "level": table["level"].map(lambda v: f"{v:g}"),
-        "seeds": table["n_seeds"], "engine": table.get("engine", pd.Series("transformers", index=table.index)),
-        "KV cache bytes/token (kept)": [f"{fmt(b)} → {fmt(a)} ({fmt(100 * a / b, 3)}%)" for b, a in
-                                        zip(table["kv_bytes_per_token_before"], table["kv_bytes_per_token_after"])],
-        "prefill speedup": speed("prefill"), "decode speedup (batch 1)": speed("decode"),
-        "decode speedup (batch B)": speed("decode_batch"),
-        "B": [b if e == "transformers" else "—" for b, e in zip(table["batch_size"], table.get(
-            "engine", pd.Series("transformers", index=table.index)))],
-    })
 
 
 def write_report(results: Results, out: str) -> str:

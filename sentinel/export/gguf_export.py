@@ -29,7 +29,8 @@ from torch import nn
 
 from sentinel.export.formats import DTYPES, FAMILIES
 from sentinel.export.gguf_tokenizer import write_tokenizer
-from sentinel.models.heads import head_layout, kept_heads
+from sentinel.models.layout import head_layout
+from sentinel.models.removal import kept_heads
 
 QUANT = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
          "q8_0": gguf.GGMLQuantizationType.Q8_0}

@@ -3,7 +3,7 @@
 An adapter is data, not code. It names the dotted paths (relative to one transformer block) of the
 q/k/v projections (or the fused qkv projection), the output projection, the attribute that holds
 head_dim, and the attributes the forward pass reads that must change when heads are removed.
-One generic piece of code (`sentinel.models.heads`) masks and slices every family from this.
+One generic piece of code (`sentinel.models.layout`, `masking`, `removal`) masks and slices every family from this.
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def get_adapter(model: nn.Module) -> AttentionAdapter:
 
 
 # model -> the generic adapter verified on its class (a one-line ValueError if none): installed by
-# sentinel.models.fallback, which builds and runs models with heads.py, so this module never imports it
+# sentinel.models.fallback, which builds and runs models with masking and removal, so this module never imports it
 _FALLBACK: Callable[[nn.Module], AttentionAdapter] | None = None
 
 

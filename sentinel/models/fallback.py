@@ -26,7 +26,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from sentinel.models import heads as H
+from sentinel.models.layout import head_layout
+from sentinel.models.masking import mask_heads
+from sentinel.models.removal import prune_heads
 from sentinel.models.adapters import AttentionAdapter, set_fallback
 
 NAMES = {
@@ -170,16 +172,16 @@ def _verify(small: nn.Module, adapter: AttentionAdapter) -> str | None:
     heads function explicitly: it is not registered until it passes); else what went wrong, in one line."""
     config = small.config
     try:
-        layout = H.head_layout(small, adapter)
+        layout = head_layout(small, adapter)
         group = layout.group_size(0)
         remove = {0: list(range(group)), 1: list(range(layout.heads[1] - group, layout.heads[1]))}
         ids = torch.randint(0, min(int(config.vocab_size), 1000), (2, 8), generator=torch.Generator().manual_seed(0))
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         with torch.no_grad():
             dense = _output(small, batch)
-            with H.mask_heads(small, remove, adapter=adapter):
+            with mask_heads(small, remove, adapter=adapter):
                 masked = _output(small, batch)
-            pruned_model = H.prune_heads(copy.deepcopy(small), remove, adapter=adapter)
+            pruned_model = prune_heads(copy.deepcopy(small), remove, adapter=adapter)
             pruned = _output(pruned_model, batch)
     except Exception as exc:  # any failure of the inferred adapter is a refusal, in one line
         return f"{type(exc).__name__} while checking it: {str(exc).splitlines()[0] if str(exc) else ''}"

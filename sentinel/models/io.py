@@ -27,8 +27,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sentinel.files import regular_file_size
-from sentinel.models.heads import (attention_modules, head_layout, kept_heads, output_projections, prune_heads,
-                                   pruned_heads_v4)
+from sentinel.models.layout import attention_modules, head_layout, output_projections
+from sentinel.models.removal import kept_heads, prune_heads, pruned_heads_v4
 
 SIDECAR = "sentinel_heads.json"
 SIDECAR_VERSION = 1

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sentinel.models.adapters import ADAPTERS, AttentionAdapter
-from sentinel.models.heads import attention_modules
+from sentinel.models.layout import attention_modules
 
 
 def keep_full_position_bias(model: nn.Module) -> None:

@@ -3,12 +3,12 @@
 He et al. 2024 ("What Matters in Transformers? Not All Attention Is Needed", Attention Drop): an attention sublayer
 with input X (the residual stream entering the decoder layer) and output Y = X + Attn(LN(X)) matters by
 1 - cos(X, Y), averaged over the calibration tokens; the sublayers that turn the stream least go first, removed
-whole (every head, its projections and its KV cache; sentinel.models.heads' empty attention).
+whole (every head, its projections and its KV cache; sentinel.models.removal's empty attention).
 
 Every head of a layer gets its layer's score and `select_heads` takes whole layers (the strategy's `unit` is
 "layer"), so a level removes round-half-up(level x layers) sublayers. Layer 0 keeps its attention (score +inf): the
 KV cache and llama.cpp read the sequence length and the head size from it. Llama-family models only (the families
-whose attention can be removed whole: sentinel.models.heads.EMPTY_LAYER_FAMILIES).
+whose attention can be removed whole: sentinel.models.removal.EMPTY_LAYER_FAMILIES).
 
 Data: one forward pass per calibration batch; no backward.
 """
@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from sentinel.models import head_layout
-from sentinel.models.heads import EMPTY_LAYER_FAMILIES, attention_modules, blocks, forward_with_hooks
+from sentinel.models.activations import forward_with_hooks
+from sentinel.models.layout import attention_modules, blocks
+from sentinel.models.removal import EMPTY_LAYER_FAMILIES
 from sentinel.pruning.base import Batch, HeadScores, register_strategy
 
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from sentinel.models.device import eval_mode, model_device, to_device  # noqa: F401  (re-exported for the strategies)
-from sentinel.models.heads import visit_output_inputs  # noqa: F401  (re-exported for the strategies)
+from sentinel.models.activations import visit_output_inputs  # noqa: F401  (re-exported for the strategies)
 from sentinel.models import get_adapter, head_layout
-from sentinel.contract import Rule, SpecError
+from sentinel.contract import SEED, Rule, SpecError
 from sentinel.registry import Registry
 
 Batch = Mapping[str, torch.Tensor]  # {"input_ids": [B, T], "attention_mask": [B, T]}
@@ -212,8 +212,7 @@ def score_heads(strategy: str, model: nn.Module, batches: list[Batch], *, seed: 
     """
     scorer = STRATEGIES.get(strategy)
     resolved = scorer.resolve(options)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed: {seed!r} is not an int")
+    SEED(seed, "seed")  # the trial contract's rule: a SpecError, a ValueError
     validate_model(model)
     tokens = validate_batches(batches)
     generator = torch.Generator().manual_seed(seed)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sentinel.contract import LEVEL
 from sentinel.pruning.base import HeadScores, round_half_up
 
 POLICIES = ("global", "per_layer", "uniform")
@@ -127,8 +128,7 @@ def _describe(value: object) -> str:
 
 
 def _check_arguments(level: float, policy: str, min_heads_per_layer: int, group_size: int) -> None:
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 <= level < 1:
-        raise ValueError(f"level: {level!r} is not a fraction in [0, 1)")
+    LEVEL(level, "level")  # the trial contract's rule: a SpecError, a ValueError
     if policy not in POLICIES:
         raise ValueError(f"policy: {policy!r} is not one of {', '.join(POLICIES)}")
     for name, value, least in (("min_heads_per_layer", min_heads_per_layer, 0), ("group_size", group_size, 1)):

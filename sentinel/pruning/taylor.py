@@ -27,7 +27,7 @@ from torch import nn
 
 from sentinel.contract import one_of
 from sentinel.models import get_adapter, head_layout, is_causal_lm
-from sentinel.models.heads import blocks, head_slices, slice_parameters
+from sentinel.models.layout import blocks, head_slices, slice_parameters
 from sentinel.pruning.base import (Batch, HeadScores, eval_mode, model_device, register_strategy,
                                    score_grid, to_device)
 from sentinel.pruning.gradient import embedding_projection_loss, frozen_parameters, lm_loss, lm_targets

@@ -2,7 +2,7 @@
 
 One convention for every family: a projection's weight is seen as Linear's [out, in]. GPT-2's Conv1D
 stores [in, out] (outputs are COLUMNS), so it is transposed first. Which features belong to which head is
-`sentinel.models.heads.head_slices`, the geometry masking and removal use too. Only weights are returned: biases are not per-head for the output
+`sentinel.models.layout.head_slices`, the geometry masking and removal use too. Only weights are returned: biases are not per-head for the output
 projection, and the strategies here score weights only.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from sentinel.models import get_adapter, head_layout
-from sentinel.models.heads import blocks, head_slices
+from sentinel.models.layout import blocks, head_slices
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def out_in_weight(module: nn.Module) -> torch.Tensor:
 
 def layer_head_weights(model: nn.Module, layer: int) -> LayerHeadWeights:
     """Splits layer `layer`'s q/k/v rows and o columns by head, for any family in the adapter registry, through
-    the same per-head geometry that masking and removal use (sentinel.models.heads.head_slices).
+    the same per-head geometry that masking and removal use (sentinel.models.layout.head_slices).
 
     Args:
         model: a transformers model with a head adapter.

@@ -118,7 +118,7 @@ def test_failed_trial_is_listed_with_its_error_and_left_out_of_means(results_dir
     assert cell["n_failed"] == 1 and cell["n_seeds"] == 3 and "1 failed" in cell["note"]
     text = report.read_text()
     assert "## Failed trials (1)" in text
-    from orchestrator.analyze.report import md_text
+    from orchestrator.analyze.formatting import md_text
 
     assert md_text(failed["error"].iloc[0].splitlines()[0]) in text  # "ValueError: seq_len: 128 is not in 1..64 ..."
 
@@ -157,7 +157,7 @@ def test_tables_are_written_as_csv_and_markdown(report):
 
 
 def display_table_of(summary: pd.DataFrame) -> pd.DataFrame:
-    from orchestrator.analyze.report import display_table
+    from orchestrator.analyze.report_tables import display_table
 
     return display_table(summary.fillna({"note": ""}))
 
@@ -296,7 +296,7 @@ def test_best_is_named_only_where_it_beats_every_other_strategy_after_adjustment
 
 
 def test_no_verdict_below_three_seeds_and_zero_spread_is_labelled_not_an_interval():
-    from orchestrator.analyze.report import display_table
+    from orchestrator.analyze.report_tables import display_table
 
     two = summary_table(synthetic({"random": [1000.0, 900.0], "magnitude": [50.0, 50.0]})).set_index("label")
     assert two.loc["magnitude", "vs_random_pruned_verdict"] == "too few seeds"

@@ -73,7 +73,7 @@ def test_report_markdown_renders_data_as_text(hostile_report):
 def test_md_text_and_code_render_as_the_literal_text():
     from markdown_it import MarkdownIt
 
-    from orchestrator.analyze.report import code, md_text
+    from orchestrator.analyze.formatting import code, md_text
 
     md = MarkdownIt("commonmark", {"html": False})
     for value in HOSTILE:

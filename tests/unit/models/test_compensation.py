@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import sentinel
-from sentinel.models.heads import output_projections
+from sentinel.models.layout import output_projections
 from tests.tiny_models import CONFIGS, GQA, outputs, padded_batch, tiny_model
 from tests.unit.models.test_t5 import REQUEST as T5_REQUEST, inputs as t5_inputs, t5
 

@@ -8,7 +8,7 @@ import torch
 
 from sentinel.finetune import FinetuneConfig, finetune
 from sentinel.models import get_adapter, head_layout, mask_heads, prune_heads
-from sentinel.models.heads import blocks, head_slices, slice_parameters
+from sentinel.models.layout import blocks, head_slices, slice_parameters
 from sentinel.pruning import score_heads
 from sentinel.pruning.dynamic import DynamicPruner, schedule
 from sentinel.trial import SpecError, TrialSpec

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.submit import SubmitError, plan_shipment, stage_working_dir
+from orchestrator.ray_jobs import SubmitError
+from orchestrator.shipment import plan_shipment, stage_working_dir
 
 SECRETS = [".env", ".env.local", ".netrc", ".aws/credentials", ".ray/auth_token", ".ssh/id_ed25519", ".ssh/id_rsa.pub",
            "deploy/server.pem", "deploy/tls.key", ".git-credentials", ".pypirc", "conf/credentials.json"]

@@ -1,0 +1,185 @@
+"""What a cluster job takes with it: a copy of the working dir (default: the project root) without results/,
+.venv, .git, what .gitignore / .rayignore match, and credentials by name or content (docs/SECURITY.md); a link out
+of the folder is refused; the resolved config as `sentinel-job.yaml` at its root."""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.ray_jobs import SubmitError
+
+JOB_CONFIG = "sentinel-job.yaml"  # the resolved config, at the root of the job's working dir
+TOP_LEVEL_EXCLUDES = ("results", ".venv", ".git")  # never shipped: outputs, the local venv, history
+ANY_LEVEL_EXCLUDES = ("__pycache__", ".pytest_cache", "*.pyc", "*.egg-info")
+
+
+# Never shipped, whatever the ignore files say: credentials a working dir may hold (docs/SECURITY.md)
+SECRET_FILES = (".env", ".env.*", "*.env", ".netrc", "_netrc", ".pypirc", ".npmrc", ".git-credentials", ".dockercfg",
+                "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key", "*.p12", "*.pfx", "*.kdbx",
+                "*.keystore", "*.jks", "auth_token", "credentials", "credentials.*", "*.tfstate", "*.tfstate.*",
+                "secrets.*", "service-account*.json")
+SECRET_DIRS = (".ssh", ".aws", ".ray", ".gnupg", ".docker", ".kube", ".azure", "gcloud", ".password-store",
+               ".git", ".cache", ".config")  # at any depth: a nested repo's config holds tokens; caches and user
+#                                               config hold hub tokens (huggingface/token) and CLI logins (gh/hosts.yml)
+SECRET_FILES += (".pgpass", ".s3cfg", "kubeconfig", "*.kubeconfig", ".bash_history", ".zsh_history", "*_history",
+                 ".htpasswd", "token", "hosts.yml")
+# what a file *is*, read from its first bytes: a private key or a token of a well-known service, whatever its name
+SECRET_CONTENT = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----|AKIA[0-9A-Z]{16}|(?:ghp|gho|ghu|ghs)_[A-Za-z0-9]{36}|"
+                            rb"github_pat_[A-Za-z0-9_]{40,}|hf_[A-Za-z0-9]{30,}|xox[baprs]-[A-Za-z0-9-]{10,}")
+SECRET_SCAN_BYTES = 64 * 1024
+MAX_FILE_BYTES = 100 * 2**20  # a file over this is withheld and said (a data set, a checkpoint, a sparse file)
+MAX_SHIPMENT_BYTES = 500 * 2**20  # Ray's own limit for a working_dir package
+IGNORE_FILES = (".gitignore", ".rayignore")  # at the working dir's root
+
+
+@dataclass
+class Shipment:
+    """What `submit` ships from a working dir: files (relative paths) and what it withheld, with why."""
+
+    files: list[str] = field(default_factory=list)
+    withheld: list[str] = field(default_factory=list)  # "path (secret)", "path (ignored)", ...
+    size: int = 0
+
+
+def _ignore_patterns(source: Path) -> list[str]:
+    """Patterns of the root's .gitignore and .rayignore (negations are not honoured: nothing is re-included)."""
+    patterns = []
+    for name in IGNORE_FILES:
+        try:
+            lines = (source / name).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        patterns += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith(("#", "!"))]
+    return patterns
+
+
+def _ignored(rel: str, is_dir: bool, patterns: list[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if pattern.endswith("/"):
+            if not is_dir:
+                continue
+            pattern = pattern.rstrip("/")
+        anchored = "/" in pattern
+        if fnmatch.fnmatch(rel if anchored else name, pattern.lstrip("/")):
+            return True
+    return False
+
+
+def _secret(rel: str, is_dir: bool) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    if is_dir:
+        return name in SECRET_DIRS
+    return any(fnmatch.fnmatch(name, p) for p in SECRET_FILES)
+
+
+def plan_shipment(source: Path) -> Shipment:
+    """The files `submit` would ship from `source`, walking it without following links.
+
+    Left out: results/, .venv, .git at the top; caches anywhere; what the root's .gitignore / .rayignore
+    match; credentials by name (SECRET_FILES, SECRET_DIRS), always; anything not a regular file. A link is
+    shipped as the file it points to only when that file is inside `source`; a link that leads outside is
+    refused (SubmitError), because Ray's packaging would follow it and ship what it points to.
+    """
+    source = source.resolve()
+    patterns = _ignore_patterns(source)
+    caches = ANY_LEVEL_EXCLUDES
+    plan = Shipment()
+    for folder, dirs, files in os.walk(source, followlinks=False):
+        base = Path(folder)
+        rel_base = base.relative_to(source).as_posix()
+        for name in sorted(dirs):
+            rel = name if rel_base == "." else f"{rel_base}/{name}"
+            path = base / name
+            why = ("excluded" if (rel_base == "." and name in TOP_LEVEL_EXCLUDES) or any(fnmatch.fnmatch(name, c) for c in caches)
+                   else "secret" if _secret(rel, True) else "ignored" if _ignored(rel, True, patterns) else None)
+            if why is None and path.is_symlink():
+                _check_link(path, source, rel)
+                why = "link to a folder inside (shipped where it is)"
+            if why is not None:
+                dirs.remove(name)
+                if why != "excluded":
+                    plan.withheld.append(f"{rel}/ ({why})")
+        for name in sorted(files):
+            rel = name if rel_base == "." else f"{rel_base}/{name}"
+            path = base / name
+            if any(fnmatch.fnmatch(name, c) for c in caches) or _ignored(rel, False, patterns):
+                continue
+            if _secret(rel, False):
+                plan.withheld.append(f"{rel} (secret)")
+                continue
+            if path.is_symlink():
+                _check_link(path, source, rel)
+                target = path.resolve().relative_to(source).as_posix()
+                if _secret_path(target):  # innocent.txt -> .env: judged by what it points at, not by its name
+                    plan.withheld.append(f"{rel} (secret: a link to {target})")
+                    continue
+            if not path.is_file():  # a fifo, a socket, a dangling link
+                plan.withheld.append(f"{rel} (not a regular file)")
+                continue
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                plan.withheld.append(f"{rel} (too large: {size / 2**20:,.0f} MiB, over {MAX_FILE_BYTES // 2**20} MiB)")
+                continue
+            if _secret_content(path):
+                plan.withheld.append(f"{rel} (secret: holds a private key or a token)")
+                continue
+            plan.files.append(rel)
+            plan.size += size
+    if plan.size > MAX_SHIPMENT_BYTES:
+        raise SubmitError(f"--working-dir: {plan.size / 2**20:,.0f} MiB to ship, over the {MAX_SHIPMENT_BYTES // 2**20} "
+                          "MiB a job's working dir may hold; list large files in .rayignore")
+    plan.files.sort()
+    return plan
+
+
+def _secret_path(rel: str) -> bool:
+    """Whether a path inside the folder is a credential by name: its file name, or any folder on its way."""
+    parts = rel.split("/")
+    return _secret(rel, False) or any(part in SECRET_DIRS for part in parts[:-1])
+
+
+def _secret_content(path: Path) -> bool:
+    """Whether a file's first bytes hold a private key or a well-known service's token."""
+    try:
+        with open(path, "rb") as f:
+            return bool(SECRET_CONTENT.search(f.read(SECRET_SCAN_BYTES)))
+    except OSError:
+        return False
+
+
+def _check_link(path: Path, source: Path, rel: str) -> None:
+    target = path.resolve()
+    if target != source and source not in target.parents:
+        raise SubmitError(f"--working-dir: {rel!r} is a link to {str(target)!r}, outside the folder shipped; "
+                          "remove it or list it in .rayignore (submit never ships what lies outside)")
+
+
+def stage_working_dir(source: Path, raw_config: dict[str, Any], dest: Path, plan: Shipment | None = None) -> Path:
+    """Copies the planned files of `source` (plan_shipment) into `dest` as regular files and writes the job's
+    config there.
+
+    Args:
+        source: the working dir to ship.
+        raw_config: the resolved config mapping (written as sentinel-job.yaml).
+        dest: a folder that does not exist yet.
+        plan: plan_shipment(source), if already made.
+    Returns:
+        `dest`.
+    """
+    plan = plan or plan_shipment(source)
+    source = source.resolve()
+    dest.mkdir(parents=True)
+    for rel in plan.files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / rel, target)  # the content, never a link
+    (dest / JOB_CONFIG).write_text(yaml.safe_dump(raw_config, sort_keys=False), encoding="utf-8")
+    return dest
