@@ -15,6 +15,8 @@ import hashlib
 import json
 import math
 import socket
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, NewType, get_type_hints
 
@@ -218,9 +220,6 @@ def _typed(row: dict[str, Any], declared: dict[str, Any]) -> dict[str, Any]:
 
 def value_type(annotation: Any) -> Any:
     """float for `float | None`, list for `list[int]`, EpochMs for itself: the type a column's values have."""
-    import types
-    import typing
-
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return value_type(next(a for a in typing.get_args(annotation) if a is not type(None)))
     return typing.get_origin(annotation) or annotation

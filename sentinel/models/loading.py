@@ -129,7 +129,7 @@ def gguf_file_type(path: Path | str) -> str:
     try:
         import gguf
 
-        return gguf.LlamaFileType(int(_gguf_field(path, "general.file_type")[0])).name.removeprefix("MOSTLY_")
+        return gguf.LlamaFileType(int(_gguf_field(path, "general.file_type"))).name.removeprefix("MOSTLY_")
     except Exception:  # a hub file not downloaded here, an old header: the name usually says it
         name = Path(path).name.upper()
         return next((q for q in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "BF16", "F32") if q in name), "?")
@@ -144,7 +144,7 @@ def context_length(name: str) -> int | None:
     source = Path(resolve_source(name))
     if source.suffix == ".gguf":
         value = _gguf_field(source, f"{gguf_architecture(source)}.context_length")
-        return int(value[0]) if value is not None else None
+        return int(value) if isinstance(value, int) else None
     config = source / "config.json"
     if not config.is_file():
         return None
@@ -183,23 +183,21 @@ def local_model_type(name: str) -> str | None:
 
 def gguf_architecture(path: Path | str) -> str:
     """`general.architecture` of a GGUF file (llama, qwen2, ...): its transformers model_type."""
-    return bytes(_gguf_field(path, "general.architecture")).decode()
+    value = _gguf_field(path, "general.architecture")
+    if not isinstance(value, bytes):
+        raise ValueError(f"{path}: general.architecture is not a string")
+    return value.decode()
 
 
-def _gguf_field(path: Path | str, key: str):
-    """The value array of one metadata field of a GGUF file's header (None if absent); no tensor is read."""
+def _gguf_field(path: Path | str, key: str) -> object:
+    """One metadata field of a GGUF file's header: a number or a string's bytes (None if absent); no tensor is read."""
     return _gguf_header(str(Path(path).resolve()), Path(path).stat().st_mtime_ns).get(key)
 
 
 @functools.lru_cache(maxsize=8)
 def _gguf_header(path: str, mtime_ns: int) -> dict:
-    """The scalar and string fields of a GGUF header, read once per file version: gguf's reader walks every field
-    (SmolLM2's tokenizer arrays included) item by item, about 3 s a read on one core."""
-    import gguf
-
-    check_gguf(path)  # every count the header declares fits in the file, before gguf's reader believes it
-    fields = gguf.GGUFReader(path).fields
-    return {key: field.parts[field.data[0]] for key, field in fields.items() if len(field.data) == 1}
+    """The metadata of a GGUF header, read once per file version by the bounded walk that checks it (check_gguf)."""
+    return check_gguf(path)
 
 
 def resolve_source(name: str) -> str:
