@@ -56,7 +56,7 @@ def run_experiment(
     overwrite: bool = False,
     trainable_fn: Callable[[dict], None] | None = None,
     ray_init: Mapping[str, Any] | None = None,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
 ) -> RunSummary:
     """Runs (or resumes) the experiment's grid with Ray Tune, streaming rows to storage, then compacts them.
 
@@ -67,10 +67,12 @@ def run_experiment(
         overwrite: delete a previous experiment of the same name instead of refusing to start.
         trainable_fn: replaces `trainable` (tests wrap it to observe concurrency).
         ray_init: extra ray.init arguments (tests: num_cpus, num_gpus).
-        stream: where progress lines go.
+        stream: where progress lines go (None: sys.stdout as it is when the run starts, not when this module was
+            imported: a redirected stdout gets them).
     Returns:
         A RunSummary (paths, counts of ok / failed / missing trials).
     """
+    stream = stream or sys.stdout
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the progress line and the row carry the error
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SignalStop handles Ctrl-C and SIGTERM alike

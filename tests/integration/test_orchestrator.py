@@ -140,7 +140,7 @@ def test_a_worker_that_dies_without_reporting_gets_tunes_error_in_its_row(ray_cl
     assert "Died" in error or "died" in error or "exit" in error  # Tune's own words for a dead worker
 
 
-def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, tiny_gpt2, tiny_corpus, tmp_path,
+def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path,
                                                                       capsys):
     from orchestrator import cli
 
@@ -184,11 +184,12 @@ def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_home, 
     refused = capsys.readouterr().err.strip().splitlines()
     assert len(refused) == 1 and "changed since the experiment started (finetune.steps)" in refused[0]
 
-    # one that only adds cells (a third seed) resumes: the stored rows stay, everything else runs once
-    result = subprocess.run(command + ["--resume", "--set", "seeds=[0,1,2]", "--set", "max_concurrent_trials=2"],
-                            capture_output=True, text=True, env=env, timeout=300)  # how many at once is not a cell
-    assert result.returncode == 0, result.stdout + result.stderr
-    second = progress(result.stdout, 12)
+    # one that only adds cells (a third seed) resumes: the stored rows stay, everything else runs once (in this
+    # process, on the module's Ray: what is tested is the resume, not a second start of a local Ray)
+    code = cli.main(command[3:] + ["--resume", "--set", "seeds=[0,1,2]", "--set", "max_concurrent_trials=2"])
+    out = capsys.readouterr()  # how many at once is not a cell
+    assert code == 0, out.out + out.err
+    second = progress(out.out, 12)
     assert len(second) == 12 - len(stored) and second[-1].startswith("[12/12]")
     trials = pd.read_parquet(tmp_path / "out" / "resume" / "trials.parquet")
     assert len(trials) == 12 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
