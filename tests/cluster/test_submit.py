@@ -66,7 +66,7 @@ def wait_for_job(head, job_id: str, timeout_s: float = 240) -> str:
         status = str(client.get_job_status(job_id))
         if status.split(".")[-1] in TERMINAL:
             return status.split(".")[-1]
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not finish in {timeout_s}s:\n{client.get_job_logs(job_id)[-3000:]}")
 
 
