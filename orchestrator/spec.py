@@ -35,7 +35,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlparse
 
 import yaml
@@ -52,23 +52,57 @@ from sentinel.trial import (LEVEL, REFERENCE_STRATEGY, SEED, DataSpec, TrialSpec
 __all__ = ["SpecError", "ExperimentSpec", "load_spec", "parse_spec", "apply_overrides", "check_local_run"]
 
 
+def entry_field(default: Any, rule: Callable[[Any, str], Any], *, always: bool = False, key: bool = False) -> Any:
+    """A field of a model or strategy entry: its default, the rule its YAML value passes, whether the resolved config
+    always lists it (`always`) and whether it tells two entries apart as grid cells (`key`)."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"rule": rule, "always": always, "key": key})
+
+
+def _mapping_of_options(value: Any, at: str) -> dict[str, Any]:
+    if value is None:  # `options:` left empty in the YAML
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{at}: {value!r} is not a mapping")
+    return dict(value)
+
+
 @dataclass(frozen=True)
-class Entry:
-    """A model or a strategy: a name plus options (model options go to load_model, strategy options to score)."""
+class ModelEntry:
+    """A model of the grid and what it changes for its own cells. Each field is declared once, with its rule: the
+    YAML keys an entry accepts, their checks, the resolved config and the duplicate check all read these fields."""
 
     name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    finetune: Mapping[str, Any] = field(default_factory=dict)  # models only: overrides of the finetune section
-    levels: tuple[float, ...] = ()  # models only: this model's levels instead of the experiment's
-    seeds: tuple[int, ...] = ()  # models only: this model's seeds instead of the experiment's
-    compensate: bool | None = None  # strategies only: bias compensation for this entry (None: the experiment's)
-    extra_tasks: tuple[str, ...] | None = None  # models only: this model's extra evaluations (None: the experiment's)
-    policy: str | None = None  # strategies only: this entry's selection policy (None: the experiment's)
-    only_models: tuple[str, ...] = ()  # strategies only: the models this entry runs on (empty: every model)
+    options: Mapping[str, Any] = entry_field(dict, _mapping_of_options, always=True, key=True)  # for load_model
+    finetune: Mapping[str, Any] = entry_field(dict, _mapping_of_options, always=True, key=True)  # section overrides
+    levels: tuple[float, ...] = entry_field((), lambda v, at: () if v is None else tuple(_levels(v, at)),
+                                            always=True)  # (): the experiment's levels
+    seeds: tuple[int, ...] = entry_field((), lambda v, at: () if v is None else tuple(_seeds(v, at)),
+                                         always=True)  # (): the experiment's seeds
+    extra_tasks: tuple[str, ...] | None = entry_field(None, lambda v, at: extra_task_names(v or [], at))  # None: grid's
 
     def key(self) -> str:
-        return json.dumps([self.name, dict(self.options), dict(self.finetune), self.compensate, self.policy],
-                          sort_keys=True, default=str)
+        return _entry_key(self)
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    """A strategy of the grid and what it changes for its own cells (declared once, as ModelEntry)."""
+
+    name: str
+    options: Mapping[str, Any] = entry_field(dict, _mapping_of_options, always=True, key=True)  # for the scorer
+    compensate: bool | None = entry_field(None, boolean, key=True)  # bias compensation (None: the experiment's)
+    policy: str | None = entry_field(None, one_of(POLICIES), key=True)  # selection policy (None: the experiment's)
+    models: tuple[str, ...] = entry_field((), lambda v, at: _model_names(v, at))  # () every model
+
+    def key(self) -> str:
+        return _entry_key(self)
+
+
+def _entry_key(entry: Any) -> str:
+    """What makes two entries the same grid cells: the name and the fields marked `key`."""
+    return json.dumps([entry.name, *[getattr(entry, f.name) for f in dataclasses.fields(entry) if f.metadata.get("key")]],
+                      sort_keys=True, default=_plain)
 
 
 @dataclass(frozen=True)
@@ -112,8 +146,8 @@ class ExperimentSpec:
     """The grid (models x strategies x seeds x levels), the fields every trial shares, and how Ray runs them."""
 
     experiment: str
-    models: tuple[Entry, ...]
-    strategies: tuple[Entry, ...]
+    models: tuple[ModelEntry, ...]
+    strategies: tuple[StrategyEntry, ...]
     levels: tuple[float, ...]
     seeds: tuple[int, ...] = (0,)
     trial: Mapping[str, Any] = field(default_factory=dict)  # TRIAL_FIELDS -> value, as TrialSpec.from_dict reads them
@@ -139,7 +173,7 @@ class ExperimentSpec:
             if finetune is not None and model.finetune:  # this model's overrides of the section, checked as such
                 finetune = FinetuneConfig.from_dict({**finetune, **model.finetune}, f"models[{i}].finetune").to_dict()
             for strategy in self.strategies:
-                if strategy.only_models and model.name not in strategy.only_models:
+                if strategy.models and model.name not in strategy.models:
                     continue
                 shared = {**self.trial, "finetune": finetune, "model": model.name, "model_options": dict(model.options),
                           "strategy": strategy.name, "strategy_options": dict(strategy.options)}
@@ -158,7 +192,7 @@ class ExperimentSpec:
             cells += self._reference_cells(model, finetune)
         return cells
 
-    def _reference_cells(self, model: Entry, finetune: Mapping[str, Any] | None) -> list[TrialSpec]:
+    def _reference_cells(self, model: ModelEntry, finetune: Mapping[str, Any] | None) -> list[TrialSpec]:
         """The random reference's layouts of one model: draw d at each level is a cell of strategy random with seed d
         (its heads from reference_seed(d)), recovered with the model's recipe for the first `recovered` draws; no
         speed, generation or extra evaluations (a property of the strategies' layouts, not of the reference)."""
@@ -176,13 +210,8 @@ class ExperimentSpec:
         d = dataclasses.asdict(self)
         d.update(d.pop("trial"))
         d["random_reference"] = None if self.random_reference is None else self.random_reference.to_dict()
-        d["models"] = [{"name": e.name, "options": dict(e.options), "finetune": dict(e.finetune),
-                        "levels": list(e.levels), "seeds": list(e.seeds),
-                        **({} if e.extra_tasks is None else {"extra_tasks": list(e.extra_tasks)})} for e in self.models]
-        d["strategies"] = [{"name": e.name, "options": dict(e.options),
-                            **({} if e.compensate is None else {"compensate": e.compensate}),
-                            **({} if e.policy is None else {"policy": e.policy}),
-                            **({"models": list(e.only_models)} if e.only_models else {})} for e in self.strategies]
+        d["models"] = [_entry_dict(e) for e in self.models]
+        d["strategies"] = [_entry_dict(e) for e in self.strategies]
         return json.loads(json.dumps(d, default=_plain))
 
     @property
@@ -196,6 +225,17 @@ class ExperimentSpec:
         if self.storage_path is None:
             return self.output_dir, "tune"
         return absolute(self.storage_path), self.experiment
+
+
+def _entry_dict(entry: ModelEntry | StrategyEntry) -> dict[str, Any]:
+    """An entry in the config's own shape: its name, the fields it always lists, and the others it sets."""
+    out = {"name": entry.name}
+    for f in dataclasses.fields(entry)[1:]:
+        value = getattr(entry, f.name)
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if f.metadata["always"] or value != default:
+            out[f.name] = value
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -267,11 +307,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
             raise SpecError(f"{required}: is required (a non-empty list)")
     spec = ExperimentSpec(
         experiment=_experiment_name(raw.get("experiment")),
-        models=tuple(_entries(raw["models"], "models", model_name,
-                             extra_keys=("finetune", "levels", "seeds", "extra_tasks"),
-                             options_rule=model_options)),
-        strategies=tuple(_entries(raw["strategies"], "strategies", strategy_name,
-                                  extra_keys=("compensate", "policy", "models"))),
+        models=tuple(_entries(raw["models"], "models", ModelEntry, model_name, options_rule=model_options)),
+        strategies=tuple(_entries(raw["strategies"], "strategies", StrategyEntry, strategy_name)),
         levels=tuple(_levels(raw["levels"])),
         seeds=tuple(_seeds(raw.get("seeds", list(DEFAULTS["seeds"])))),
         trial=_trial_fields(raw),
@@ -289,7 +326,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
     names = [m.name for m in spec.models]
     for j, strategy in enumerate(spec.strategies):  # options named as the YAML has them, before the grid
         STRATEGIES.get(strategy.name).resolve(strategy.options, where=f"strategies[{j}].options")
-        for name in strategy.only_models:
+        for name in strategy.models:
             if name not in names:
                 raise SpecError(f"strategies[{j}].models: {name!r} is not one of the experiment's models "
                                 f"({', '.join(names)})")
@@ -406,43 +443,28 @@ def _model_names(value: Any, at: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), options_rule=None) -> list[Entry]:
+def _entries(value: Any, where: str, kind: type, check: Callable[[Any, str], Any],
+             options_rule: Callable[[Any, str], Any] | None = None) -> list:
+    """The entries of `models` or `strategies`: a name, or a mapping of `kind`'s fields, each checked by its rule
+    (messages name the entry: models[1].levels); the same entry twice is refused (duplicate grid cells)."""
     if isinstance(value, (str, dict)):
         value = [value]
     if not isinstance(value, list):
         raise SpecError(f"{where}: {value!r} is not a list of names or {{name, options}} mappings")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
     entries, seen = [], set()
-    for i, item in enumerate(value):
+    for i, raw in enumerate(value):
         at = f"{where}[{i}]"
-        levels: tuple[float, ...] = ()
-        seeds: tuple[int, ...] = ()
-        compensate, tasks, policy, only = None, None, None, ()
-        if isinstance(item, dict):
-            _known_keys(item, ("name", "options", *extra_keys), at)
-            name, options, finetune = item.get("name"), item.get("options") or {}, item.get("finetune") or {}
-            if item.get("levels") is not None:
-                levels = tuple(_levels(item["levels"], f"{at}.levels"))
-            if item.get("seeds") is not None:
-                seeds = tuple(_seeds(item["seeds"], f"{at}.seeds"))
-            if "compensate" in item:
-                compensate = boolean(item["compensate"], f"{at}.compensate")
-            if "extra_tasks" in item:
-                tasks = extra_task_names(item["extra_tasks"] or [], f"{at}.extra_tasks")
-            if "policy" in item:
-                policy = one_of(POLICIES)(item["policy"], f"{at}.policy")
-            if "models" in item:
-                only = _model_names(item["models"], f"{at}.models")
-        else:
-            name, options, finetune = item, {}, {}
+        item = raw if isinstance(raw, dict) else {"name": raw}
+        _known_keys(item, tuple(fields), at)
+        name = item.get("name")
         if not isinstance(name, str) or not name:
-            raise SpecError(f"{at}: {item!r} has no name (a string, or a mapping with 'name')")
-        for key, mapping in (("options", options), ("finetune", finetune)):
-            if not isinstance(mapping, dict):
-                raise SpecError(f"{at}.{key}: {mapping!r} is not a mapping")
+            raise SpecError(f"{at}: {raw!r} has no name (a string, or a mapping with 'name')")
         check(name, at)
-        if options_rule is not None:  # typed here, so the message names the entry: models[1].options.dtype
-            options = options_rule(options, f"{at}.options")
-        entry = Entry(name, options, finetune, levels, seeds, compensate, tasks, policy, only)
+        given = {key: fields[key].metadata["rule"](v, f"{at}.{key}") for key, v in item.items() if key != "name"}
+        if options_rule is not None and "options" in given:  # typed here, so the message names the entry
+            given["options"] = options_rule(given["options"], f"{at}.options")
+        entry = kind(name=name, **given)
         if entry.key() in seen:
             raise SpecError(f"{where}: {name!r} appears twice with the same options (duplicate grid cells)")
         seen.add(entry.key())
@@ -450,7 +472,7 @@ def _entries(value: Any, where: str, check, extra_keys: Sequence[str] = (), opti
     return entries
 
 
-def _same_model_once(models: Sequence[Entry]) -> None:
+def _same_model_once(models: Sequence[ModelEntry]) -> None:
     """One model under two names (a hub name and its shipped alias, a path and a symlink to it) would run every
     cell twice under two labels: refused, naming both entries."""
     from sentinel.models import loading

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -51,8 +50,10 @@ def s3_env(tmp_path):
         proc.wait()
 
 
-def test_results_on_s3_are_analyzed_from_s3(s3_env, tiny_gpt2, scratch):
+def test_results_on_s3_are_analyzed_from_s3(s3_env, tiny_gpt2, scratch, capsys):
     import pyarrow.fs as pafs
+
+    from orchestrator import cli
 
     root = scratch
     prefix = f"s3://{BUCKET}/runs"
@@ -66,14 +67,13 @@ def test_results_on_s3_are_analyzed_from_s3(s3_env, tiny_gpt2, scratch):
     assert any(info.base_name.startswith("experiment_state") for info in tune_state)  # --resume reads this
     assert not (REPO / "results" / "on-s3").exists()
 
-    # the real CLI, a fresh process: reads the tables from s3 and writes its report next to them
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}, **s3_env,
-           "MPLBACKEND": "Agg"}
-    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "analyze", f"{prefix}/on-s3"], env=env,
-                            capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{prefix}/on-s3/analysis" in result.stdout
+    # the real CLI, Ray shut down and only the AWS_* variables in common with the run: reads the tables from s3 and
+    # writes its report next to them
     with in_process_ray_env(root, **s3_env):  # the AWS_* variables for pyarrow in this process
+        capsys.readouterr()
+        code, out = cli.main(["analyze", f"{prefix}/on-s3"]), capsys.readouterr()
+        assert code == 0, out.out + out.err
+        assert f"{prefix}/on-s3/analysis" in out.out
         fs, inner = pafs.FileSystem.from_uri(f"{prefix}/on-s3")
         names = {info.base_name for info in fs.get_file_info(pafs.FileSelector(inner, recursive=True))}
         with fs.open_input_file(f"{inner}/trials.parquet") as f:

@@ -51,6 +51,28 @@ def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Com
                           env=env, timeout=timeout, cwd=Path(__file__).resolve().parents[2])
 
 
+@pytest.fixture
+def cli_here(monkeypatch, capsys):
+    """`sentinel-bench ARGS` in this process, seeing exactly what `env` says of HOME and RAY_*: what a fresh process
+    given `env` would see, without starting one (a refusal before any connection, or a client with the right
+    token). Returns what subprocess.run would."""
+    from orchestrator import cli as command_line
+
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as patch:
+            for key in [k for k in os.environ if k.startswith("RAY_")]:
+                patch.delenv(key)
+            for key, value in env.items():
+                if key == "HOME" or key.startswith("RAY_"):
+                    patch.setenv(key, value)
+            capsys.readouterr()
+            code = command_line.main(list(args))
+            out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return run
+
+
 def one_error_line(result: subprocess.CompletedProcess) -> str:
     """The single stderr line of a refused command (exit code 2)."""
     lines = result.stderr.strip().splitlines()
@@ -70,7 +92,7 @@ def wait_for_job(head, job_id: str, timeout_s: float = 240) -> str:
     raise AssertionError(f"job {job_id} did not finish in {timeout_s}s:\n{client.get_job_logs(job_id)[-3000:]}")
 
 
-def test_submitted_job_succeeds_and_writes_complete_parquet(head, tiny_gpt2, tmp_path, client_env):
+def test_submitted_job_succeeds_and_writes_complete_parquet(head, tiny_gpt2, tmp_path, client_env, cli_here):
     out = tmp_path / "shared"  # same machine: stands in for NFS
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(tiny_experiment("submitted", [tiny_gpt2], "/placeholder")))
@@ -90,14 +112,14 @@ def test_submitted_job_succeeds_and_writes_complete_parquet(head, tiny_gpt2, tmp
     assert not (out / "submitted" / "analysis").exists()  # --no-analyze reached `run`
 
     # status: the address from RAY_ADDRESS, the token from RAY_AUTH_TOKEN_PATH
-    status = cli("status", job_id, env=client_env(RAY_ADDRESS=head.dashboard_url,
+    status = cli_here("status", job_id, env=client_env(RAY_ADDRESS=head.dashboard_url,
                                                   RAY_AUTH_TOKEN_PATH=head.env["RAY_AUTH_TOKEN_PATH"]))
     assert status.returncode == 0 and status.stdout.startswith(f"{job_id}: SUCCEEDED"), status.stderr
     # logs, and logs --follow of a finished job (returns at its end): the token from RAY_AUTH_TOKEN
     token_env = client_env(RAY_AUTH_TOKEN=head.token)
-    logs = cli("logs", job_id, "--address", head.dashboard_url, env=token_env)
+    logs = cli_here("logs", job_id, "--address", head.dashboard_url, env=token_env)
     assert logs.returncode == 0 and "submitted: 4 ok, 0 failed" in logs.stdout, logs.stderr
-    follow = cli("logs", job_id, "--address", head.dashboard_url, "--follow", env=token_env)
+    follow = cli_here("logs", job_id, "--address", head.dashboard_url, "--follow", env=token_env)
     assert follow.returncode == 0 and "submitted: 4 ok, 0 failed" in follow.stdout, follow.stderr
 
 
@@ -126,16 +148,16 @@ def test_unreachable_address_fails_fast(client_env):
     assert "cannot reach the Ray job server" in line and time.time() - started < 20
 
 
-def test_invalid_config_is_rejected_before_submission(head, tiny_gpt2, tmp_path, client_env):
+def test_invalid_config_is_rejected_before_submission(head, tiny_gpt2, tmp_path, client_env, cli_here):
     before = len(head.client().list_jobs())
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(tiny_experiment("bad", [tiny_gpt2], str(tmp_path), strategies=["entropi"])))
     env = client_env(RAY_AUTH_TOKEN=head.token)
-    line = one_error_line(cli("submit", str(config), "--address", head.dashboard_url, env=env))
+    line = one_error_line(cli_here("submit", str(config), "--address", head.dashboard_url, env=env))
     assert line.startswith("sentinel-bench: error: strategies[0]") and "'entropi' is not one of" in line
     # a relative output would land in the job's temporary working dir: refused too
-    line = one_error_line(cli("submit", str(config), "--address", head.dashboard_url, "--set",
-                              "strategies=[random]", "--set", "output=results", env=env))
+    line = one_error_line(cli_here("submit", str(config), "--address", head.dashboard_url, "--set",
+                                   "strategies=[random]", "--set", "output=results", env=env))
     assert "output: 'results' is a relative path" in line
     assert len(head.client().list_jobs()) == before
 

@@ -198,8 +198,10 @@ def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_cluste
     assert not (tmp_path / "out" / "resume" / "parts").exists()
 
 
-def test_sigterm_stops_like_ctrl_c_writes_every_finished_row_and_a_second_run_is_locked_out(ray_home, tiny_gpt2,
+def test_sigterm_stops_like_ctrl_c_writes_every_finished_row_and_a_second_run_is_locked_out(ray_cluster, tiny_gpt2,
                                                                                             tiny_corpus, tmp_path, capsys):
+    import ray
+
     from orchestrator import cli
 
     raw = experiment("term", tmp_path / "out", [tiny_gpt2], tiny_corpus, max_concurrent_trials=1,
@@ -207,7 +209,9 @@ def test_sigterm_stops_like_ctrl_c_writes_every_finished_row_and_a_second_run_is
     config = tmp_path / "term.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "orchestrator.cli", "run", str(config), "--no-analyze"]
+    # a driver on the module's Ray (the SIGKILL test covers a driver's own local Ray): the signal is what is tested
+    address = ray.get_runtime_context().gcs_address
+    command = [sys.executable, "-m", "orchestrator.cli", "run", str(config), "--no-analyze", "--address", address]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
@@ -226,7 +230,7 @@ def test_sigterm_stops_like_ctrl_c_writes_every_finished_row_and_a_second_run_is
     assert proc.returncode == 143, stderr[-2000:]
     assert "Traceback" not in stderr
     done = [l for l in (line + stdout).splitlines() if l.startswith("[") and "/12]" in l and "FAILED" not in l]
-    assert f"run {config} --resume" in stdout, stdout
+    assert f"run {config} --address {address} --resume" in stdout, stdout  # how to go on, on the same cluster
     trials = pd.read_parquet(tmp_path / "out" / "term" / "trials.parquet")
     assert 1 <= len(trials) == len(done) < 12 and set(trials.status) == {"ok"}  # every finished row, no other
     assert not (tmp_path / "out" / "term" / ".sentinel.lock").exists()
