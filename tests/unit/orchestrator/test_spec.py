@@ -417,3 +417,15 @@ def test_a_strategy_entry_can_have_its_own_policy_and_models(tmp_path, base, cap
     assert "strategies[0].models: 'elsewhere' is not one of the experiment's models" in run_cli(tmp_path, bad, capsys)
     bad = {**raw, "strategies": [{"name": "entropy", "policy": "sideways"}]}
     assert "strategies[0].policy: 'sideways' is not one of global, per_layer, uniform" in run_cli(tmp_path, bad, capsys)
+
+
+def test_an_object_store_endpoint_the_uri_names_is_dialled_before_its_client_retries(monkeypatch):
+    from orchestrator.spec import check_storage, store_endpoint
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert store_endpoint("s3://bucket/x") == ("127.0.0.1", 9)
+    assert store_endpoint("s3://bucket/x?endpoint_override=example.org&scheme=https") == ("example.org", 443)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert store_endpoint("s3://bucket/x") is None  # AWS's own endpoint: left to the client
+    with pytest.raises(SpecError, match=r"cannot be reached \(its endpoint 127\.0\.0\.1:9: Connection refused\)"):
+        check_storage("s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http", "output")
