@@ -68,6 +68,10 @@ def trainable(config: dict[str, Any]) -> None:
     from orchestrator.shared import RayShared
     from sentinel.pipeline import TrialSpec, run_trial
 
+    # what is alive as a trial starts (imports, the dense models and data this worker caches, Ray's own objects) is
+    # moved out of the collector's reach, so the collection after the trial walks only what the trial made: 0.14 s
+    # a trial with tiny models before. A frozen object is never collected again; the caches live as long as the worker
+    gc.freeze()
     run = config["run"]
     tune_trial_id = tune.get_context().get_trial_id()
     started = time.time()
