@@ -125,11 +125,20 @@ def evaluate_lm_eval(model: nn.Module, tokenizer: Any, name: str, *, batch_size:
     spec = LOCAL_TASKS[task]() if task in LOCAL_TASKS else task
     training = model.training
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    # lm-eval bootstraps a perplexity's stderr in a forked multiprocessing Pool unless DISABLE_MULTIPROC is set; a
+    # fork of a process running torch's and Ray's threads can inherit a held lock and hang (it did, in a Ray worker
+    # and in the test suite). In-process it draws the same seeded chunks: the same stderr.
+    previous = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
     try:
         out = lm_eval.simple_evaluate(model=lm, tasks=[spec], task_manager=_task_manager(), log_samples=False,
                                       bootstrap_iters=1000, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
     finally:
         model.train(training)
+        if previous is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = previous
     rows = []
     for reported, results in out["results"].items():
         higher = out.get("higher_is_better", {}).get(reported, {})
