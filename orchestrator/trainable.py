@@ -1,8 +1,8 @@
 """What runs inside a Ray worker: one grid cell as a Tune function trainable, and the device it uses.
 
-A trial reports one thing: its TrialRecord as JSON (RECORD_KEY), the form it travels in to the driver's
-callbacks. A trial whose run_trial returns status "failed" reports its failed record, then raises (TrialFailed): Tune retries it up
-to `max_failures` times, and after the last try the failed row (status, error) is what the results hold.
+A trial reports one thing: its TrialRecord as JSON (RECORD_KEY), the form it travels in to the driver's callbacks.
+A trial whose run_trial returns status "failed" reports its failed record, then raises (TrialFailed): Tune retries
+it up to `max_failures` times, and after the last try the failed row (status, error) is what the results hold.
 """
 from __future__ import annotations
 

@@ -2,19 +2,8 @@
 `head_slices`), whole attention sublayers of Llama-family layers, bias compensation (FLAP: the removed heads'
 calibration means through W_O into its bias), and provenance (which original heads each layer still holds).
 
-Head ids. `prune_heads` and `mask_heads` take *original* head ids by default, as transformers 4's
-`prune_heads` did: head 3 of layer 0 is the head that was number 3 in the dense model, however many prunes
-came before, so composed prunes cannot silently hit a different head. A head that is already gone is
-ignored with a warning (v4's behaviour). `ids="current"` takes positions in the model as it is now (what
-scores of an already-pruned model are indexed by). Each attention module remembers which original heads it
-still holds (`sentinel_heads` / `sentinel_kv_heads`), and `config.pruned_heads` says which are gone, in v4's
-format, so checkpoints load in either library.
-
-GQA unit (Llama, Mistral, Qwen2): query head h reads KV head h // group_size (transformers'
-`repeat_kv`). A removal request is honoured when every KV group that keeps any query head keeps the
-*same number* of them; a group left with none is removed whole (its K/V rows go too). Removing whole
-groups, or the same number of query heads from every group, both satisfy this. Anything else is a
-ValueError naming the layer and the per-group counts it would leave.
+Heads are named by their original ids, and a GQA request must leave every kept KV group the same number of query
+heads: both rules are sentinel.models.layout's (its docstring says them), as masking reads them too.
 """
 from __future__ import annotations
 
