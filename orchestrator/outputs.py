@@ -71,7 +71,7 @@ def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool, run_id: str) ->
 def _saved_spec(text: str, out: str) -> dict[str, Any]:
     try:
         saved = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # the file is untrusted: nested past Python's stack is refused too
         saved = None
     if not isinstance(saved, dict) or not isinstance(saved.get("spec"), dict) or not isinstance(saved.get("cells"), list):
         raise SpecError(f"output: {out}/{SPEC_FILE} is not a saved experiment spec; not touching {out!r}: "

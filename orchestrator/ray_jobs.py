@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+from orchestrator.network import dial, port_of
 from sentinel.contract import SpecError
 
 CONNECT_TIMEOUT_S = 5.0  # an address that does not answer within this is reported as unreachable
@@ -37,7 +37,7 @@ def resolve_address(address: str | None) -> str:
                           "(or set RAY_ADDRESS)")
     url = address if "://" in address else f"http://{address}"
     parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port_of(parsed, 0) is None:
         raise SubmitError(f"--address: {address!r} is not a job server URL; expected http://HEAD:8265 "
                           "(the dashboard port, not ray:// or the GCS port)")
     return url.rstrip("/")
@@ -74,14 +74,10 @@ def read_token() -> tuple[str | None, str]:
 def _check_reachable(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Fails fast (one TCP connect with a timeout) where requests would wait for the OS's connect timeout."""
     parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
+    reason = dial(parsed.hostname, port_of(parsed, 443 if parsed.scheme == "https" else 80), timeout_s)
+    if reason is not None:
         raise SubmitError(f"--address: cannot reach the Ray job server at {url} ({reason}); is the cluster up "
-                          "and the port forwarded (`ray dashboard CLUSTER.yaml`)?") from None
+                          "and the port forwarded (`ray dashboard CLUSTER.yaml`)?")
 
 
 def connect(address: str | None) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from ray.tune import Stopper
 
 from orchestrator import watchdog
+from orchestrator.network import dial, port_of
 from orchestrator.spec import SpecError
 from orchestrator.trainable import WORKER_ENV
 
@@ -33,18 +33,12 @@ def check_address(address: str | None) -> None:
     if parsed.scheme in ("http", "https"):
         raise SpecError(f"{field}: {given!r} is a job server URL; submit jobs to it with `sentinel-bench submit`, "
                         "or give run the cluster's GCS address (HOST:6379, ray://HOST:10001 or auto)")
-    try:
-        port = parsed.port
-    except ValueError:
-        port = None
+    port = port_of(parsed)
     if parsed.scheme not in ("tcp", "ray") or not parsed.hostname or port is None:
         raise SpecError(f"{field}: {given!r} is not a Ray address; expected HOST:PORT, ray://HOST:PORT or auto")
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
-        raise SpecError(f"{field}: no Ray cluster answers at {given!r} ({reason}); is it up (`ray status`)?") from None
+    reason = dial(parsed.hostname, port, CONNECT_TIMEOUT_S)
+    if reason is not None:
+        raise SpecError(f"{field}: no Ray cluster answers at {given!r} ({reason}); is it up (`ray status`)?")
 
 
 def start_ray(address: str | None = None, **init_kwargs: Any) -> bool:

@@ -86,12 +86,6 @@ def _read(fs: Any, paths: list[str], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(out) if out else schema.empty_table()
 
 
-def finished_trials(output_dir: str) -> pa.Table:
-    """Every trial row already stored for an experiment (compacted table and parts), before deduplication."""
-    fs, parts, compacted = _files(output_dir, "trials")
-    return _read(fs, ([compacted] if compacted else []) + parts, schema("trials"))
-
-
 def has_results(output_dir: str) -> bool:
     """Whether an experiment folder holds trial rows already (a compacted table or parts), without reading them."""
     _, parts, compacted = _files(output_dir, "trials")

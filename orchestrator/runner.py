@@ -3,7 +3,7 @@
     spec.cells minus the cells that already have a row ──► a Tuner per 1,000 cells (CellQueue, with_resources)
               └─ trainable(config): TrialSpec.from_dict ─► run_trial(spec, shared) ─► tune.report(TrialRecord)
     driver callbacks: Progress (a line per trial), ResultStream (a Parquet part per flush), PendingReport
-    after the grid: compact parts ──► trials / curves / heads Parquet, config.yaml ──► analyze (if installed)
+    after the grid: compact parts ──► trials / curves / heads / metrics Parquet, config.yaml ──► analyze (if installed)
 
 This module is the driver loop; its parts live beside it: trainable.py (what a worker runs), callbacks.py (the
 driver's Tune callbacks and the cell queue), outputs.py (the results folder: checks, lock, resume, compaction) and

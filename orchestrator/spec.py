@@ -41,6 +41,7 @@ from urllib.parse import urlparse
 import yaml
 
 from orchestrator.config_file import read_config
+from orchestrator.network import dial, port_of
 from orchestrator.storage import REMOTE_SCHEMES, absolute, is_uri, join, unwritable
 from sentinel.contract import Contract, SpecError, boolean, checked, integer, number, one_of
 from sentinel.finetune import FinetuneConfig
@@ -404,28 +405,24 @@ def store_endpoint(uri: str) -> tuple[str, int] | None:
         return None
     scheme = (query.get("scheme") or ["https"])[0]
     target = urlparse(endpoint if "://" in endpoint else f"{scheme}://{endpoint}")
-    if not target.hostname:
-        return None
-    return target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    port = port_of(target, 443 if target.scheme == "https" else 80)
+    if not target.hostname or port is None:
+        return None  # not host:port: the store's client says what is wrong with it
+    return target.hostname, port
 
 
 def check_storage(uri: str, at: str, timeout_s: float = STORAGE_TIMEOUT_S) -> None:
     """An object-store output must answer (credentials, endpoint, bucket) before Ray starts: one listing of its
     prefix, given `timeout_s` (pyarrow's S3 client retries for minutes on an unreachable endpoint). An endpoint the
     URI names is first dialled once: a refused connection is said at once, not after the client's retries (6 s)."""
-    import socket
     import threading
 
     import pyarrow.fs as pafs
 
     endpoint = store_endpoint(uri)
-    if endpoint is not None:
-        try:
-            socket.create_connection(endpoint, timeout=min(5.0, timeout_s)).close()
-        except OSError as exc:
-            reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
-            raise SpecError(f"{at}: {uri!r} cannot be reached (its endpoint {endpoint[0]}:{endpoint[1]}: {reason})") \
-                from None
+    reason = dial(*endpoint, min(5.0, timeout_s)) if endpoint is not None else None
+    if reason is not None:
+        raise SpecError(f"{at}: {uri!r} cannot be reached (its endpoint {endpoint[0]}:{endpoint[1]}: {reason})")
 
     outcome: list[BaseException | None] = []
 

@@ -14,7 +14,8 @@ import subprocess
 import sys
 from typing import Sequence
 
-GRACE_S = 2.0  # a killed driver's Ray serves no one: SIGKILL whatever ignores SIGTERM this long (its agents ignore it for 10 s)
+# a killed driver's Ray serves no one: SIGKILL whatever ignores SIGTERM this long (its agents ignore it for 10 s)
+GRACE_S = 2.0
 
 
 def children_of_this_process() -> list[str]:

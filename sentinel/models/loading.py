@@ -144,7 +144,7 @@ def context_length(name: str) -> int | None:
     source = Path(resolve_source(name))
     if source.suffix == ".gguf":
         value = _gguf_field(source, f"{gguf_architecture(source)}.context_length")
-        return int(value) if isinstance(value, int) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None  # the header is untrusted
     config = source / "config.json"
     if not config.is_file():
         return None

@@ -427,5 +427,18 @@ def test_an_object_store_endpoint_the_uri_names_is_dialled_before_its_client_ret
     assert store_endpoint("s3://bucket/x?endpoint_override=example.org&scheme=https") == ("example.org", 443)
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     assert store_endpoint("s3://bucket/x") is None  # AWS's own endpoint: left to the client
+    for hostile in ("127.0.0.1:99999", "127.0.0.1:abc"):  # urllib raises on reading such a port: never a traceback
+        assert store_endpoint(f"s3://bucket/x?endpoint_override={hostile}") is None
     with pytest.raises(SpecError, match=r"cannot be reached \(its endpoint 127\.0\.0\.1:9: Connection refused\)"):
         check_storage("s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http", "output")
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:99999", "127.0.0.1:abc"])
+def test_an_address_whose_port_is_no_port_is_one_line(address):
+    from orchestrator.ray_jobs import SubmitError, resolve_address
+    from orchestrator.ray_session import check_address
+
+    with pytest.raises(SubmitError, match="is not a job server URL"):
+        resolve_address(address)
+    with pytest.raises(SpecError, match="is not a Ray address"):
+        check_address(address.removeprefix("http://"))

@@ -189,3 +189,10 @@ def test_a_full_disk_when_the_lock_is_written_is_one_line_and_leaves_no_lock(tmp
         with output_lock(str(out)):
             pass
     assert not out.exists()  # the folder it created, and the empty lock in it, are gone
+
+
+def test_a_saved_spec_nested_past_pythons_stack_is_one_line(tmp_path):
+    from orchestrator.outputs import _saved_spec
+
+    with pytest.raises(SpecError, match="is not a saved experiment spec"):
+        _saved_spec("[" * 100_000 + "]" * 100_000, str(tmp_path))
