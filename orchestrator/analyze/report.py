@@ -174,17 +174,18 @@ def figures(results: Results, generation: pd.DataFrame, extra: pd.DataFrame) -> 
     return out
 
 
-def write_report(results: Results, out: str) -> str:
+def write_report(results: Results, out: str, settings=None) -> str:
     """Writes summary.csv, summary.md, the plots, report.md and report.html into `out`.
 
     Args:
         results: the merged inputs (orchestrator.analyze.load).
         out: output folder, local path or URI.
+        settings: the test against the random reference (reference.TestSettings; default when None).
     Returns:
         The path of report.md.
     """
     out = out.rstrip("/")
-    summary = summary_table(results.trials, results.reference)
+    summary = summary_table(results.trials, results.reference, settings)
     write_bytes(f"{out}/summary.csv", summary.to_csv(index=False).encode())
     stability = stability_table(results.trials, results.heads, results.reference)
     write_bytes(f"{out}/stability.csv", stability.to_csv(index=False).encode())

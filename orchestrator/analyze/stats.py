@@ -149,10 +149,14 @@ GENERATION = {  # ratio name -> (after column, before column, ideal column or No
 }
 
 
+MIN_IDEAL_FOR_SHARE = 1.2  # below this the share divides timing noise by a small gain (0.996-1.07 / 0.07 read 94-168%)
+
+
 def realised_share(measured: float | np.ndarray, ideal: float) -> float | np.ndarray:
     """The realised share of the ideal gain, (measured - 1) / (ideal - 1): 1 = every FLOP or byte removed became
-    time saved, 0 = no gain at all, negative = slower. NaN where the ideal gain is nil (ideal within 0.1% of 1)."""
-    if not ideal > 1.001:  # also NaN
+    time saved, 0 = no gain at all, negative = slower. NaN where the ideal is within 20% of 1: a share of so small a
+    gain is timing noise stretched (measured/ideal of 0.996-1.07 became "94-168%" of a 1.07-1.17 ideal)."""
+    if not ideal >= MIN_IDEAL_FOR_SHARE:  # also NaN
         return np.full_like(np.asarray(measured, float), np.nan) if np.ndim(measured) else float("nan")
     return (np.asarray(measured, float) - 1) / (ideal - 1) if np.ndim(measured) else (float(measured) - 1) / (ideal - 1)
 
@@ -277,9 +281,15 @@ def holm(p: pd.Series) -> pd.Series:
     return pd.Series(adjusted, index=values.index).reindex(p.index)
 
 
-def verdict(direction: float, p_adj: float, n: int, higher_is_better: bool) -> str:
+def verdict(direction: float, p_adj: float, n: int, higher_is_better: bool, spread: bool = True) -> str:
     """"better" / "worse" when the Holm-adjusted p is below ALPHA (in the metric's direction), otherwise "no
-    significant difference"; "too few seeds" below MIN_SEEDS_FOR_CI pairs."""
+    significant difference"; "too few seeds" below MIN_SEEDS_FOR_CI pairs. A pair whose every seed gives the same
+    difference has no test (no spread to test against): "deterministic: better" / "deterministic: worse" (or
+    "identical"), never "no difference"."""
+    if not spread and n >= 1:
+        if direction == 0:
+            return "identical"
+        return "deterministic: " + ("better" if (direction > 0) == higher_is_better else "worse")
     if n < MIN_SEEDS_FOR_CI:
         return "too few seeds"
     if not p_adj < ALPHA:  # also NaN: identical differences give no evidence either way
@@ -353,8 +363,9 @@ def pairwise(trials: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     table = pd.DataFrame(rows)
     table["p_adj"] = pd.concat([holm(g["p"]) for _, g in table.groupby(["model", "stage"])]).reindex(table.index)
-    table["verdict"] = [verdict(r.direction, r.p_adj, r.n_pairs, r.higher) for r in table.itertuples()]
-    return table[columns]
+    table["verdict"] = [verdict(r.direction, r.p_adj, r.n_pairs, r.higher, r.spread) for r in table.itertuples()]
+    table["unit"], table["family"] = "seeds (paired)", "exploratory"
+    return table[columns + ["unit", "family"]]
 
 
 def best(pairs: pd.DataFrame, model: str, level: float, stage: str) -> str | None:
@@ -379,7 +390,7 @@ def not_separated(pairs: pd.DataFrame, model: str, level: float, stage: str, lab
     return sorted(out)
 
 
-def summary_table(trials: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+def summary_table(trials: pd.DataFrame, reference: pd.DataFrame | None = None, settings=None) -> pd.DataFrame:
     """The comparison table: cell statistics joined with the comparison to random, pruned and recovered.
 
     Args:
@@ -387,18 +398,20 @@ def summary_table(trials: pd.DataFrame, reference: pd.DataFrame | None = None) -
         reference: the random reference's rows (Results.reference); when it holds layouts, every strategy is tested
             against them (orchestrator.analyze.reference.vs_reference); without one (older runs), each strategy is
             paired by seed with the `random` trials (paired_vs_random).
+        settings: the test against the reference (reference.TestSettings; default: studentized, 9,999 resamples).
     Returns:
         cell_stats columns plus `vs_random_<value>_{diff,ratio,effect,effect_low,effect_high,p,p_adj,n_pairs,
         verdict,test}` for pruned and recovered (`n_pairs`: the strategy's distinct layouts against a reference),
         `<value>_percentile` (mean share of reference layouts beaten; NaN without a reference), and a `note`.
     """
-    from orchestrator.analyze.reference import vs_reference
+    from orchestrator.analyze.reference import TestSettings, vs_reference
 
+    settings = settings if settings is not None else TestSettings()
     table = cell_stats(trials)
     with_reference = reference is not None and not ok_trials(reference).empty
     for value in ("pruned", "recovered"):
         if with_reference:
-            versus = vs_reference(trials, reference, value).rename(columns={"n_layouts": "n_pairs"})
+            versus = vs_reference(trials, reference, value, settings).rename(columns={"n_layouts": "n_pairs"})
             table = table.merge(versus[CELL + ["percentile", "percentile_min", "percentile_max", "n_reference"]]
                                 .rename(columns=lambda c: c if c in CELL else f"{value}_{c}"), on=CELL, how="left")
             versus = versus.drop(columns=["percentile", "percentile_min", "percentile_max", "n_reference", "direction"])
