@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
 from typing import Any, Iterator
@@ -58,7 +59,7 @@ def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool, run_id: str) ->
         if saved is None:
             raise SpecError(f"--overwrite: {out!r} holds result tables that no sentinel-bench run recorded "
                             f"(no {SPEC_FILE}); they are not deleted: move them, or choose another output")
-        _delete_results(out)
+        _delete_results(out, [r for r in saved.get("runs", []) if isinstance(r, str)])
         storage, name = spec.tune_location
         for run in saved.get("runs", []):  # Tune state of the runs this experiment made, nothing else
             if isinstance(run, str) and run.startswith(f"{spec.experiment}-") and "/" not in run:
@@ -79,14 +80,60 @@ def _saved_spec(text: str, out: str) -> dict[str, Any]:
     return saved
 
 
-def _delete_results(out: str) -> None:
-    """What --overwrite replaces: the tables, their parts, the saved spec (an `analysis/` folder is rewritten later)."""
-    delete_path(f"{out}/parts", folder=True)
+def _delete_results(out: str, runs: list[str]) -> None:
+    """What --overwrite replaces, by the experiment's manifest: its tables, config.yaml and saved spec, and the part
+    files its recorded runs wrote (`parts/<table>/<run id>-NNNNNN.parquet`, the only names a run gives its parts),
+    then the part folders left empty. Nothing else: another experiment may live in `<out>/parts/` (experiment `parts`
+    with output `<out>`'s parent), and a link is removed as a link, never followed (an `analysis/` folder is
+    rewritten later)."""
+    for table in TABLE_NAMES:
+        for part in _listed(f"{out}/parts/{table}"):
+            if any(part.startswith(f"{run}-") for run in runs) and _PART.fullmatch(part.rsplit("-", 1)[-1]):
+                delete_path(f"{out}/parts/{table}/{part}")
+        _remove_if_empty(f"{out}/parts/{table}")
+    _remove_if_empty(f"{out}/parts")
     for name in [f"{table}.parquet" for table in TABLE_NAMES] + ["config.yaml", SPEC_FILE]:
         delete_path(f"{out}/{name}")
 
 
+_PART = re.compile(r"\d{6}\.parquet")
+
+
+def _listed(folder: str) -> list[str]:
+    """The names of the regular files directly in `folder` (nothing through a link: a linked folder lists nothing)."""
+    if is_uri(folder):
+        import pyarrow.fs as pafs
+
+        fs, inner = filesystem(folder)
+        infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+        return [i.base_name for i in infos if i.type == pafs.FileType.File]
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return []
+    with os.scandir(folder) as entries:
+        return [e.name for e in entries if e.is_file(follow_symlinks=False)]
+
+
+def _remove_if_empty(folder: str) -> None:
+    """Removes a folder that holds nothing (a link or a folder with anything in it stays)."""
+    if is_uri(folder):
+        import pyarrow.fs as pafs
+
+        fs, inner = filesystem(folder)
+        if (fs.get_file_info(inner).type == pafs.FileType.Directory
+                and not fs.get_file_info(pafs.FileSelector(inner, recursive=True))):
+            fs.delete_dir(inner)
+        return
+    if not os.path.islink(folder):
+        with contextlib.suppress(OSError):  # not empty, or absent
+            os.rmdir(folder)
+
+
 def delete_path(path: str, folder: bool = False) -> None:
+    """Deletes a file (or a folder of this run's own, e.g. its Tune folder); a local link is unlinked, never followed."""
+    if not is_uri(path) and os.path.islink(path.removeprefix("file://")):
+        with contextlib.suppress(OSError):
+            os.unlink(path.removeprefix("file://"))
+        return
     fs, inner = filesystem(path)
     try:
         fs.delete_dir(inner) if folder else fs.delete_file(inner)

@@ -51,6 +51,30 @@ def test_overwrite_never_deletes_another_experiments_results(tmp_path):
     assert json.loads((tmp_path / "other" / "A" / SPEC_FILE).read_text())["runs"] == ["A-0000000c"]
 
 
+def test_overwrite_of_an_outer_experiment_keeps_one_that_lives_in_its_parts_folder(tmp_path):
+    """Round three's finding: experiment `parts` with output `out/fz`, then experiment `fz` with output `out` and
+    --overwrite deleted `out/fz/parts` whole, i.e. all of `parts`. Only fz's own manifest entries go now."""
+    inner = parse_spec(raw("parts", tmp_path / "out" / "fz"))
+    prepare(inner, resume=False, overwrite=False, run_id="parts-00000001")
+    write_part(inner.output_dir, [failed_record(c.to_dict(), "x") for c in inner.cells], "parts-00000001-000000")
+    write_bytes(f"{inner.output_dir}/trials.parquet", b"parts' table")
+    outer = parse_spec(raw("fz", tmp_path / "out"))
+    assert Path(inner.output_dir) == Path(outer.output_dir) / "parts"
+    prepare(outer, resume=False, overwrite=False, run_id="fz-00000001")
+    write_part(outer.output_dir, [failed_record(c.to_dict(), "x") for c in outer.cells], "fz-00000001-000000")
+    inner_files = sorted(p.relative_to(tmp_path) for p in Path(inner.output_dir).rglob("*")
+                         if p.is_file() and not p.name.startswith("fz-"))  # fz's own part lands inside parts' folder
+    planted = tmp_path / "elsewhere"
+    planted.mkdir()
+    (planted / "fz-00000001-000001.parquet").write_bytes(b"not fz's")
+    os.symlink(planted, Path(outer.output_dir) / "parts" / "metrics")  # a link where a table's parts go
+    prepare(outer, resume=False, overwrite=True, run_id="fz-00000002")
+    assert sorted(p.relative_to(tmp_path) for p in Path(inner.output_dir).rglob("*") if p.is_file()) == inner_files
+    assert (Path(inner.output_dir) / "trials.parquet").read_bytes() == b"parts' table"
+    assert not list((Path(outer.output_dir) / "parts" / "trials").glob("fz-*"))  # fz's own part: gone
+    assert (planted / "fz-00000001-000001.parquet").read_bytes() == b"not fz's"  # never through the link
+
+
 def test_overwrite_refuses_tables_no_run_recorded(tmp_path):
     spec = parse_spec(raw("x", tmp_path))
     finished(spec, Path(spec.output_dir))  # rows, but no saved spec: not ours to delete
