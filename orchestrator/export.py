@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sentinel.contract import SpecError
 from sentinel.export.formats import DTYPES, FAMILIES  # plain facts: a bad-input answer imports no torch
+from sentinel.files import UnsafeTarget, check_target
 
 TARGETS = ("gguf",)
 
@@ -52,6 +53,10 @@ def check_request(args: argparse.Namespace) -> None:
         raise SpecError(f"--out: {args.out!r} is a folder; name the .gguf file to write")
     if (out.exists() or out.is_symlink()) and not args.overwrite:
         raise SpecError(f"--out: {args.out!r} exists; pass --overwrite to replace it")
+    try:
+        check_target(out)  # a link, device or FIFO is never replaced, --overwrite or not
+    except UnsafeTarget as exc:
+        raise SpecError(f"--out: {exc}") from None
     if not out.parent.is_dir():
         raise SpecError(f"--out: the folder {str(out.parent)!r} does not exist")
     model_type = _model_type(args.model)
@@ -70,6 +75,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = export_gguf(model, tokenizer, args.out, dtype=args.dtype, overwrite=args.overwrite)
     except ValueError as exc:  # ExportError, and load_model's one-line errors on a bad folder
         raise SpecError(str(exc).splitlines()[0]) from None
+    except OSError as exc:  # a full disk, a read-only folder, a name too long, a link planted since the check
+        raise SpecError(f"--out: cannot write {args.out!r} ({exc.strerror or exc}); nothing was left there") from None
     from sentinel.export.gguf_export import export_architecture
     from sentinel.models.layout import head_layout
 

@@ -5,6 +5,8 @@ import os
 import tempfile
 from urllib.parse import urlparse
 
+from sentinel.files import write_file
+
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # storage handled by pyarrow.fs
 
 
@@ -58,22 +60,9 @@ def unwritable(path: str) -> str | None:
     return None
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (os.umask both sets and returns)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_bytes(path: str, data: bytes) -> None:
-    """Writes a file atomically: temp file + os.replace locally, one object PUT via pyarrow.fs for URIs."""
+    """Writes a file atomically: an exclusive temp file renamed over the target locally (a link, device or FIFO there
+    is refused: sentinel.files.UnsafeTarget), one object PUT via pyarrow.fs for URIs."""
     if is_uri(path):
         import pyarrow.fs as pafs
 
@@ -83,15 +72,5 @@ def write_bytes(path: str, data: bytes) -> None:
             out.write(data)
         return
     path = path.removeprefix("file://")
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; results are the team's to read
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_file(path, data)  # exclusive temp file, renamed over a regular file or nothing (sentinel.files)

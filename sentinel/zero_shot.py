@@ -28,6 +28,8 @@ from typing import Any
 
 from torch import nn
 
+from sentinel.files import write_file
+
 PREFIX = "lm_eval:"
 CLOZE_ITEMS = 200
 EXTRA = "lmeval"  # the optional dependency group that installs lm-eval
@@ -71,9 +73,7 @@ def _cloze_file() -> str:
         folder = Path(tempfile.mkdtemp(prefix="sentinel-cloze-"))
     path = folder / f"gutenberg_cloze-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        partial = folder / f".{path.name}.{os.getpid()}"
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
+        write_file(path, text.encode("utf-8"))
     return str(path)
 
 

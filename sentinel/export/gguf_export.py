@@ -19,7 +19,6 @@ a layer without heads cannot carry a compensation bias (llama.cpp skips an empty
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import gguf
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from sentinel.export.formats import DTYPES, FAMILIES
+from sentinel.files import UnsafeTarget, atomic_output, check_target
 from sentinel.export.gguf_tokenizer import write_tokenizer
 from sentinel.models.layout import head_layout
 from sentinel.models.removal import kept_heads
@@ -158,13 +158,23 @@ def export_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f16
         raise ExportError(f"out: {str(path)!r} exists; pass overwrite=True (--overwrite) to replace it")
     if path.is_dir():
         raise ExportError(f"out: {str(path)!r} is a folder, not a .gguf file")
+    try:
+        check_target(path)
+    except UnsafeTarget as exc:
+        raise ExportError(f"out: {exc}") from None
     layout = head_layout(model)
     heads, kv_heads = list(layout.heads), list(layout.kv_heads)
     kv_heads = [kv if h else 0 for h, kv in zip(heads, kv_heads)]
     architecture = export_architecture(tuple(heads), tuple(kv_heads))
     state = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in model.state_dict().items()}
 
-    partial = path.with_name(f".{path.name}.partial")
+    with atomic_output(path) as partial:  # an exclusive temp name: no planted link is followed, none left behind
+        _write_gguf(partial, model, tokenizer, state, architecture, layout, heads, kv_heads, dtype)
+    return path
+
+
+def _write_gguf(partial: Path, model: nn.Module, tokenizer, state: dict, architecture: str, layout, heads: list,
+                kv_heads: list, dtype: str) -> None:
     writer = gguf.GGUFWriter(partial, architecture)
     try:
         _hyperparameters(writer, model, heads, kv_heads, layout.head_dim, architecture == "deci", dtype)
@@ -187,10 +197,5 @@ def export_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f16
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
+    finally:
         writer.close()
-        os.replace(partial, path)
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    return path
