@@ -1,6 +1,9 @@
-"""What a cluster job takes with it: a copy of the working dir (default: the project root) without results/,
-.venv, .git, what .gitignore / .rayignore match, and credentials by name or content (docs/SECURITY.md); a link out
-of the folder is refused; the resolved config as `sentinel-job.yaml` at its root."""
+"""What a cluster job takes with it, by allow-list (docs/SECURITY.md): from the working dir (default: the project
+root) only the project's own code (PROJECT_CODE), the local files and folders the config names (a text source, a
+model folder) and what `--include PATTERN` adds; inside those, never results/, .venv, .git, caches, what
+.gitignore / .rayignore match, or credentials by name (case-insensitive) or content (keys of the common providers,
+tokens, passwords in URLs). A link out of the folder is refused; the resolved config goes as `sentinel-job.yaml` at
+its root. Everything else stays, counted in one line."""
 from __future__ import annotations
 
 import fnmatch
@@ -20,19 +23,28 @@ TOP_LEVEL_EXCLUDES = ("results", ".venv", ".git")  # never shipped: outputs, the
 ANY_LEVEL_EXCLUDES = ("__pycache__", ".pytest_cache", "*.pyc", "*.egg-info")
 
 
-# Never shipped, whatever the ignore files say: credentials a working dir may hold (docs/SECURITY.md)
-SECRET_FILES = (".env", ".env.*", "*.env", ".netrc", "_netrc", ".pypirc", ".npmrc", ".git-credentials", ".dockercfg",
+PROJECT_CODE = ("sentinel", "orchestrator", "pyproject.toml")  # the project's own code, at the working dir's root
+
+# Never shipped, whatever the ignore files say or --include asks: credentials a working dir may hold, matched on the
+# lower-cased name (docs/SECURITY.md)
+SECRET_FILES = (".env", ".env.*", "*.env", ".envrc", ".boto", ".my.cnf", ".vault-token", "*.tfvars", "*.tfvars.json",
+                "application_default_credentials.json", "*credentials*", ".netrc", "_netrc", ".pypirc", ".npmrc", ".git-credentials", ".dockercfg",
                 "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key", "*.p12", "*.pfx", "*.kdbx",
                 "*.keystore", "*.jks", "auth_token", "credentials", "credentials.*", "*.tfstate", "*.tfstate.*",
                 "secrets.*", "service-account*.json")
-SECRET_DIRS = (".ssh", ".aws", ".ray", ".gnupg", ".docker", ".kube", ".azure", "gcloud", ".password-store",
+SECRET_DIRS = (".ssh", ".aws", ".ray", ".gnupg", ".docker", ".kube", ".azure", "gcloud", ".password-store", ".terraform",
                ".git", ".cache", ".config")  # at any depth: a nested repo's config holds tokens; caches and user
 #                                               config hold hub tokens (huggingface/token) and CLI logins (gh/hosts.yml)
 SECRET_FILES += (".pgpass", ".s3cfg", "kubeconfig", "*.kubeconfig", ".bash_history", ".zsh_history", "*_history",
                  ".htpasswd", "token", "hosts.yml")
 # what a file *is*, read from its first bytes: a private key or a token of a well-known service, whatever its name
-SECRET_CONTENT = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----|AKIA[0-9A-Z]{16}|(?:ghp|gho|ghu|ghs)_[A-Za-z0-9]{36}|"
-                            rb"github_pat_[A-Za-z0-9_]{40,}|hf_[A-Za-z0-9]{30,}|xox[baprs]-[A-Za-z0-9-]{10,}")
+SECRET_CONTENT = re.compile(
+    rb"-----BEGIN [A-Z ]*PRIVATE KEY-----|AKIA[0-9A-Z]{16}|(?:ghp|gho|ghu|ghs)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{40,}"
+    rb"|hf_[A-Za-z0-9]{30,}|xox[baprs]-[A-Za-z0-9-]{10,}|sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AIza[0-9A-Za-z_-]{35}"
+    rb"|glpat-[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36}|pypi-[A-Za-z0-9_-]{50,}"
+    rb"|(?i:refresh_token|client_secret|private_key|aws_secret_access_key|secret_access_key|api[_-]?key)[\"']?\s*[:=]"
+    rb"|(?i:password|passwd|token|secret)\s*[:=]\s*[\"']?[^\s\"']{6,}"
+    rb"|[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")  # user:password@host in a URL (a pip.conf index-url)
 SECRET_SCAN_BYTES = 64 * 1024
 MAX_FILE_BYTES = 100 * 2**20  # a file over this is withheld and said (a data set, a checkpoint, a sparse file)
 MAX_SHIPMENT_BYTES = 500 * 2**20  # Ray's own limit for a working_dir package
@@ -46,6 +58,7 @@ class Shipment:
     files: list[str] = field(default_factory=list)
     withheld: list[str] = field(default_factory=list)  # "path (secret)", "path (ignored)", ...
     size: int = 0
+    other: int = 0  # files left because neither the code, the config nor --include asks for them
 
 
 def _ignore_patterns(source: Path) -> list[str]:
@@ -74,21 +87,25 @@ def _ignored(rel: str, is_dir: bool, patterns: list[str]) -> bool:
 
 
 def _secret(rel: str, is_dir: bool) -> bool:
-    name = rel.rsplit("/", 1)[-1]
+    name = rel.rsplit("/", 1)[-1].lower()  # .ENV, .NETRC and .AWS/Credentials are the same files to their tools
     if is_dir:
         return name in SECRET_DIRS
     return any(fnmatch.fnmatch(name, p) for p in SECRET_FILES)
 
 
-def plan_shipment(source: Path) -> Shipment:
+def plan_shipment(source: Path, needed: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> Shipment:
     """The files `submit` would ship from `source`, walking it without following links.
 
-    Left out: results/, .venv, .git at the top; caches anywhere; what the root's .gitignore / .rayignore
-    match; credentials by name (SECRET_FILES, SECRET_DIRS), always; anything not a regular file. A link is
-    shipped as the file it points to only when that file is inside `source`; a link that leads outside is
-    refused (SubmitError), because Ray's packaging would follow it and ship what it points to.
+    Shipped: only PROJECT_CODE, the `needed` paths (relative to `source`: the local files the config names) and
+    files matching an `include` pattern (a glob on the path or the name). Within those, left out: results/, .venv,
+    .git at the top; caches anywhere; what the root's .gitignore / .rayignore match; credentials by name
+    (SECRET_FILES, SECRET_DIRS) or content, always; anything not a regular file. A link is shipped as the file it
+    points to only when that file is inside `source`; a link that leads outside is refused (SubmitError), because
+    Ray's packaging would follow it and ship what it points to. `other` counts the files left because nothing
+    asked for them.
     """
     source = source.resolve()
+    allow = tuple(PROJECT_CODE) + tuple(p.strip("/") for p in needed if p.strip("/") not in ("", "."))
     patterns = _ignore_patterns(source)
     caches = ANY_LEVEL_EXCLUDES
     plan = Shipment()
@@ -100,6 +117,10 @@ def plan_shipment(source: Path) -> Shipment:
             path = base / name
             why = ("excluded" if (rel_base == "." and name in TOP_LEVEL_EXCLUDES) or any(fnmatch.fnmatch(name, c) for c in caches)
                    else "secret" if _secret(rel, True) else "ignored" if _ignored(rel, True, patterns) else None)
+            if why is None and not _allowed(rel, True, allow, include):
+                plan.other += sum(len(f) for _, _, f in os.walk(path, followlinks=False))
+                dirs.remove(name)
+                continue
             if why is None and path.is_symlink():
                 _check_link(path, source, rel)
                 why = "link to a folder inside (shipped where it is)"
@@ -111,6 +132,9 @@ def plan_shipment(source: Path) -> Shipment:
             rel = name if rel_base == "." else f"{rel_base}/{name}"
             path = base / name
             if any(fnmatch.fnmatch(name, c) for c in caches) or _ignored(rel, False, patterns):
+                continue
+            if not _allowed(rel, False, allow, include) and not _secret(rel, False):
+                plan.other += 1
                 continue
             if _secret(rel, False):
                 plan.withheld.append(f"{rel} (secret)")
@@ -142,8 +166,25 @@ def plan_shipment(source: Path) -> Shipment:
 
 def _secret_path(rel: str) -> bool:
     """Whether a path inside the folder is a credential by name: its file name, or any folder on its way."""
-    parts = rel.split("/")
+    parts = rel.lower().split("/")
     return _secret(rel, False) or any(part in SECRET_DIRS for part in parts[:-1])
+
+
+def _allowed(rel: str, is_dir: bool, allow: tuple[str, ...], include: tuple[str, ...]) -> bool:
+    """Whether `rel` is (a folder on the way to, or inside) an allowed path, or matches an --include pattern."""
+    for root in allow:
+        if rel == root or rel.startswith(f"{root}/") or (is_dir and root.startswith(f"{rel}/")):
+            return True
+    if is_dir:
+        return bool(include)  # a file below may match a pattern
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in include)
+
+
+def shown(rel: str) -> str:
+    """A path as the terminal shows it: a name with a newline or another control character is quoted, so it cannot
+    forge a line of the listing."""
+    return rel if rel.isprintable() else ascii(rel)
 
 
 def _secret_content(path: Path) -> bool:

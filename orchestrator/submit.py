@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from orchestrator.ray_jobs import SubmitError, connect, first_line, job_request
-from orchestrator.shipment import JOB_CONFIG, plan_shipment, stage_working_dir
+from orchestrator.shipment import JOB_CONFIG, plan_shipment, shown, stage_working_dir
 from orchestrator.storage import is_uri
 from sentinel.contract import SpecError
 
@@ -79,6 +79,20 @@ def resolve_config(config: str, overrides: list[str], working_dir: Path) -> tupl
     return raw, spec
 
 
+def local_inputs(spec: ExperimentSpec, working_dir: Path) -> tuple[str, ...]:
+    """The local files and folders the config names (models, text sources), relative to the working dir: what the
+    job needs besides the project's code. A name that is no local path inside the working dir (a hub model, a
+    built-in source) is not one."""
+    root = working_dir.resolve()
+    names = {n for c in spec.cells for n in (c.model, c.data.source, c.data.eval_source) if isinstance(n, str) and n}
+    out = []
+    for name in sorted(names):
+        path = (root / os.path.expanduser(name)).resolve()
+        if path.exists() and (path == root or root in path.parents):
+            out.append(path.relative_to(root).as_posix())
+    return tuple(out)
+
+
 def project_root() -> Path:
     """The folder holding pyproject.toml next to this package (a source checkout), else the current directory."""
     root = Path(__file__).resolve().parents[1]
@@ -98,13 +112,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not working_dir.is_dir():
         raise SubmitError(f"--working-dir: {args.working_dir!r} is not a folder")
     raw, spec = resolve_config(args.config, args.overrides, working_dir)
-    plan = plan_shipment(working_dir)
+    plan = plan_shipment(working_dir, local_inputs(spec, working_dir), tuple(args.include))
+    other = (f"; {plan.other} other files not asked for (the project's code, the config's local files and --include "
+             "are shipped)") if plan.other else ""
     if args.dry_run:
-        print("\n".join([*plan.files, JOB_CONFIG]))
+        print("\n".join([shown(f) for f in plan.files] + [JOB_CONFIG]))
         for item in plan.withheld:
-            print(f"not shipped: {item}", file=sys.stderr)
-        print(f"{len(plan.files) + 1} files, {plan.size / 1e6:.1f} MB from {working_dir} (dry run: nothing sent)",
-              file=sys.stderr)
+            print(f"not shipped: {shown(item)}", file=sys.stderr)
+        print(f"{len(plan.files) + 1} files, {plan.size / 1e6:.1f} MB from {working_dir}{other} (dry run: nothing "
+              "sent)", file=sys.stderr)
         return 0
     client = connect(args.address)
     job_id = f"sentinel-{spec.experiment}-{uuid.uuid4().hex[:8]}"
@@ -116,8 +132,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         secrets = [w for w in plan.withheld if "(secret" in w]
         large = [w for w in plan.withheld if "(too large" in w]
         print(f"shipping {len(plan.files) + 1} files ({plan.size / 1e6:.1f} MB) from {working_dir}"
-              + (f"; withheld as credentials: {', '.join(secrets)}" if secrets else "")
-              + (f"; withheld as too large: {', '.join(large)}" if large else "")
+              + (f"; withheld as credentials: {', '.join(shown(s) for s in secrets)}" if secrets else "")
+              + (f"; withheld as too large: {', '.join(shown(s) for s in large)}" if large else "") + other
               + " (--dry-run lists them)", file=sys.stderr)
         try:
             client.submit_job(entrypoint=entrypoint(args), submission_id=job_id, runtime_env=runtime_env,
@@ -169,6 +185,8 @@ def add_cli(subparsers) -> None:
     _add_address(submit)
     submit.add_argument("--working-dir", default=None, metavar="DIR",
                         help="folder shipped as the job's working dir (default: the project root)")
+    submit.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                        help="ship files matching this glob too (path or name; repeatable); credentials still withheld")
     submit.add_argument("--pip", action="append", default=[], metavar="PKG",
                         help="extra pip package for the job's runtime env (repeatable)")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

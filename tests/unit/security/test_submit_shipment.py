@@ -1,4 +1,5 @@
-"""`submit` ships the working dir's code and data, never its credentials nor what links lead to outside it."""
+"""`submit` ships by allow-list: the project's code, the files the config names and what --include adds; never
+credentials (by name, case-insensitive, or content) nor what links lead to outside the working dir."""
 from __future__ import annotations
 
 import os
@@ -28,8 +29,14 @@ def workdir(tmp_path: Path) -> Path:
     return root
 
 
-def test_plan_withholds_secrets_and_ignored_files_and_ships_code_and_data(workdir):
-    plan = plan_shipment(workdir)
+def test_by_default_only_the_code_and_the_configs_local_inputs_are_shipped(workdir):
+    plan = plan_shipment(workdir, needed=("data",))
+    assert sorted(plan.files) == ["data/alias.txt", "data/corpus.txt", "sentinel/__init__.py"]
+    assert plan.other >= 3  # configs/exp.yaml, big.ckpt, .rayignore, ...: nothing asked for them
+
+
+def test_what_include_adds_still_passes_the_credential_and_ignore_checks(workdir):
+    plan = plan_shipment(workdir, include=("*",))
     assert sorted(plan.files) == [".rayignore", "configs/exp.yaml", "data/alias.txt", "data/corpus.txt",
                                   "sentinel/__init__.py"]
     withheld = " ".join(plan.withheld)
@@ -40,9 +47,10 @@ def test_plan_withholds_secrets_and_ignored_files_and_ships_code_and_data(workdi
 
 
 def test_staged_job_folder_holds_only_regular_planned_files(workdir, tmp_path):
-    dest = stage_working_dir(workdir, {"experiment": "x"}, tmp_path / "job")
+    plan = plan_shipment(workdir, needed=("data",))
+    dest = stage_working_dir(workdir, {"experiment": "x"}, tmp_path / "job", plan)
     staged = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
-    assert staged == sorted([*plan_shipment(workdir).files, "sentinel-job.yaml"])
+    assert staged == sorted([*plan.files, "sentinel-job.yaml"])
     assert not [p for p in dest.rglob("*") if p.is_symlink()]
     assert (dest / "data" / "alias.txt").read_text() == "content of data/corpus.txt"
 
@@ -55,7 +63,7 @@ def test_a_link_out_of_the_folder_is_refused_naming_it(workdir, tmp_path, target
         target = str(tmp_path / "outside-dir")
     os.symlink(target, workdir / "data" / "escape")
     with pytest.raises(SubmitError, match=r"^--working-dir: 'data/escape' is a link to .* outside the folder"):
-        plan_shipment(workdir)
+        plan_shipment(workdir, needed=("data",))
 
 
 def test_submit_dry_run_lists_the_shipment_and_sends_nothing(workdir, tmp_path, capsys, monkeypatch):
@@ -68,8 +76,9 @@ def test_submit_dry_run_lists_the_shipment_and_sends_nothing(workdir, tmp_path, 
     code = cli.main(["submit", str(config), "--working-dir", str(workdir), "--dry-run"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert captured.out.split() == sorted(plan_shipment(workdir).files) + ["sentinel-job.yaml"]
+    assert captured.out.split() == ["data/corpus.txt", "sentinel/__init__.py", "sentinel-job.yaml"]
     assert "not shipped: .env (secret)" in captured.err and "dry run: nothing sent" in captured.err
+    assert "other files not asked for" in captured.err
     assert not (tmp_path / "shared").exists()
 
 
@@ -95,7 +104,7 @@ def test_dry_run_withholds_credentials_by_link_by_nesting_by_content_and_by_size
         "experiment": "x", "models": ["sentinel/tiny-gpt2"], "strategies": ["random"], "levels": [0.5],
         "data": {"source": "data/corpus.txt"}, "output": str(tmp_path / "shared")}))
     (workdir / "data" / "corpus.txt").write_text("".join(f"line {i} of a small corpus\n" for i in range(300)))
-    assert cli.main(["submit", str(config), "--working-dir", str(workdir), "--dry-run"]) == 0
+    assert cli.main(["submit", str(config), "--working-dir", str(workdir), "--dry-run", "--include", "*"]) == 0
     captured = capsys.readouterr()
     shipped = captured.out.split()
     for rel in ("innocent.txt", "data/notes.md", "vendor/lib/.git/config", ".cache/huggingface/token",
@@ -108,3 +117,34 @@ def test_dry_run_withholds_credentials_by_link_by_nesting_by_content_and_by_size
                  "data/huge.bin (too large: 1,024 MiB, over 100 MiB)"):
         assert said in captured.err, said
     assert "data/corpus.txt" in shipped
+
+
+ROUND_THREE = {".envrc": "export OPENAI_API_KEY=sk-" + "a1" * 24, ".ENV": "X=1", ".NETRC": "machine h login u",
+               ".AWS/Credentials": "[default]", ".boto": "[Credentials]", ".my.cnf": "[client]",
+               ".vault-token": "s.abc", "gcloud-adc/application_default_credentials.json": '{"type": "authorized_user"}',
+               "pip.conf": "[global]\nindex-url = https://user:hunter2@pypi.example/simple",
+               "terraform.tfvars": 'db = "x"', "notes/keys.txt": "anthropic sk-ant-" + "b" * 40,
+               "notes/oauth.json": '{"refresh_token": "1//0g"}'}
+
+
+@pytest.mark.parametrize("include", [(), ("*",)])
+def test_round_three_credentials_are_never_shipped(tmp_path, include):
+    """Round three shipped each of these under `submit --dry-run`: names off the list, upper case, content the scan
+    did not know. Not shipped by default (nothing asks for them), nor when --include '*' asks for everything."""
+    root = tmp_path / "work"
+    for rel, text in {**ROUND_THREE, "sentinel/__init__.py": ""}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    plan = plan_shipment(root, include=include)
+    assert plan.files == ["sentinel/__init__.py"]
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_line_of_the_listing(workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (workdir / "sentinel" / "x\nnot shipped: .env (secret)").write_text("")
+    config = workdir / "configs" / "exp.yaml"
+    config.write_text(yaml.safe_dump({"experiment": "x", "models": ["sentinel/tiny-gpt2"], "strategies": ["random"],
+                                      "levels": [0.5], "output": str(tmp_path / "shared")}))
+    assert cli.main(["submit", str(config), "--working-dir", str(workdir), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "'sentinel/x\\nnot shipped: .env (secret)'" in out and not any(l.startswith("not shipped") for l in out)
