@@ -10,7 +10,7 @@ folder with a random reference:
   ratio of 0.1, 0.5, 1, 2 or 10; the centre is random's mean (the null the test is about: equal means) and, in a second
   table, random's median. The reference is resampled too. The share of runs rejected at 0.05 (unadjusted), for the
   decision analyze makes (orchestrator.analyze.reference.vs_reference: the exact rank test for one layout; for five or
-  more whose sd is at most 1.5x random's, the permutation test of Welch's t; otherwise no verdict, never a false
+  more whose sd is at most random's, the permutation test of Welch's t; otherwise no verdict, never a false
   positive) and for the former test (permuted mean difference). One layout has no spread: its null is "a random
   layout", under which the rank test is exact.
 - power: for each strategy with a verdict, its distinct layouts drawn from a normal with its observed mean and sd on the
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "# The test against the random reference: false positives at unequal spreads, and power",
         "", f"`python benchmarks/reference_power.py {args.results} --runs {args.runs}`", "",
         "False-positive rate at a nominal 0.05 (unadjusted), the worst over the run's (model, level) cells, of the "
-        "decision analyze makes (one layout: the exact rank test; five or more spread at most 1.5x random's: "
+        "decision analyze makes (one layout: the exact rank test; five or more spread no more than random's: "
         "Welch's t permuted; otherwise no verdict), by the null strategy's distinct layouts (rows) and its spread "
         "relative to random's (columns); the null strategy has random's mean on the test's scale. A run without a "
         "verdict counts as no rejection; blank: no run got a verdict. One layout has no spread: its null is a "

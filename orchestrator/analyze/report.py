@@ -22,7 +22,8 @@ from orchestrator.analyze.formatting import (FORMATS, Block, code, effect, figur
                                              render_markdown, slug)
 from orchestrator.analyze.html import render_html
 from orchestrator.analyze.load import Results
-from orchestrator.analyze.reference import reference_notes, seed_percentiles, stability_table
+from orchestrator.analyze.reference import reference_notes, seed_percentiles
+from orchestrator.analyze.stability import stability_table
 from orchestrator.analyze.report_tables import (display_table, extra_display, failed_table, generation_display,
                                                 headline_table, pairwise_display, stability_display)
 from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table

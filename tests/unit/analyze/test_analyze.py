@@ -318,8 +318,11 @@ def test_generation_table_plot_and_report_section(results_dir, report):
     ideal = cell["ideal_decode_batch_speedup"].iloc[0]
     assert len(ratios) == 3 and row["decode_batch"] == pytest.approx(np.median(ratios))
     assert (row["decode_batch_min"], row["decode_batch_max"]) == pytest.approx((min(ratios), max(ratios)))
-    assert row["decode_batch_share"] == pytest.approx((np.median(ratios) - 1) / (ideal - 1))
-    assert row["decode_batch_share_min"] == pytest.approx((min(ratios) - 1) / (ideal - 1))
+    if ideal >= analysis_stats.MIN_IDEAL_FOR_SHARE:
+        assert row["decode_batch_share"] == pytest.approx((np.median(ratios) - 1) / (ideal - 1))
+        assert row["decode_batch_share_min"] == pytest.approx((min(ratios) - 1) / (ideal - 1))
+    else:  # an ideal gain this small: no share (timing noise over a small denominator)
+        assert np.isnan(row["decode_batch_share"]) and np.isnan(row["decode_batch_share_min"])
     assert row["kv_cache"] == pytest.approx((cell["kv_bytes_per_token_after"] / cell["kv_bytes_per_token_before"]).mean())
     assert 0 < row["kv_cache"] < 1 and int(row["batch_size"]) == 2
     text = report.read_text()

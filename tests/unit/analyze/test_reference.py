@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.analyze import reference as ref
+from orchestrator.analyze.stability import expected_jaccard, stability_table
 from orchestrator.analyze.stats import compare, pairwise, summary_table
 
 LEVEL = 0.3
@@ -156,7 +157,7 @@ def test_stability_table_measures_overlap_against_random():
     base = rows("random", np.exp(rng.normal(6, 1, 30)), layouts=layouts, reference=True)
     heads = pd.DataFrame([{"trial_id": t, "layer": l, "head": h, "score": float(l * 10 + h)}
                           for t in stable["trial_id"] for l in range(2) for h in range(2)])
-    table = ref.stability_table(stable, heads, base).iloc[0]
+    table = stability_table(stable, heads, base).iloc[0]
     assert table["jaccard"] == 1.0 and table["distinct_layouts"] == 1 and table["score_spearman"] == pytest.approx(1.0)
     assert 0 <= table["random_jaccard"] < 0.3  # two of 72 heads: random layouts rarely share one
 
@@ -164,3 +165,26 @@ def test_stability_table_measures_overlap_against_random():
 def test_percentile_counts_ties_as_half():
     assert ref.percentile(5.0, np.array([4.0, 5.0, 6.0, 7.0]), higher_is_better=False) == pytest.approx(0.625)
     assert ref.percentile(5.0, np.array([4.0, 5.0, 6.0, 7.0]), higher_is_better=True) == pytest.approx(0.375)
+
+
+def test_randoms_expected_overlap_under_per_layer_quotas_is_the_hypergeometric_one():
+    """Two random layouts taking 2 of 3 units in each of 4 layers: the closed form against 20,000 simulated pairs."""
+    rng = np.random.default_rng(9)
+    exact = expected_jaccard([3] * 4, [2] * 4)
+    draw = lambda: {(layer, int(u)) for layer in range(4) for u in rng.permutation(3)[:2]}  # noqa: E731
+    simulated = np.mean([len(a & b) / len(a | b) for a, b in ((draw(), draw()) for _ in range(20_000))])
+    assert exact == pytest.approx(simulated, abs=0.005)
+    assert expected_jaccard([10], [10]) == pytest.approx(1.0) and math.isnan(expected_jaccard([10], [0]))
+
+
+def test_a_uniform_strategy_is_compared_with_random_under_the_uniform_rule():
+    """The audit: gradient (uniform) at 0.5 was compared with global random's 0.337 where random under its own rule
+    gives 0.500. Here: 4 layers of 4 heads, 2 pruned per layer in every seed."""
+    layouts = [[[layer, h] for layer in range(4) for h in (0, 1)]] * 3
+    uniform = rows("gradient (uniform)", [5.0] * 3, layouts=layouts)
+    uniform["policy"] = "uniform"
+    heads = pd.DataFrame([{"trial_id": uniform["trial_id"].iloc[0], "model": "m", "layer": l, "head": h, "score": 0.0}
+                          for l in range(4) for h in range(4)])
+    table = stability_table(uniform, heads, pd.DataFrame()).iloc[0]
+    assert table["random_jaccard"] == pytest.approx(expected_jaccard([4] * 4, [2] * 4))
+    assert table["random_rule"].startswith("per-layer quotas")
