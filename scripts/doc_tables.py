@@ -2,6 +2,7 @@
 render every marked table of docs/*.md from it.
 
     python scripts/doc_tables.py publish results/default default   # the analysis' tables, the run's Parquet tables, facts
+    python scripts/doc_tables.py reanalyze comparison              # the analysis anew from docs/data/NAME's own tables
     python scripts/doc_tables.py render                            # rewrite the marked tables of docs/*.md
     python scripts/doc_tables.py check                             # exit 1 where a doc's table differs (a test runs it)
 
@@ -52,11 +53,30 @@ from orchestrator.results import TABLE_NAMES  # noqa: E402
 # ------------------------------------------------------------------------------------------------ publish
 
 
+ANALYSIS_TABLES = ("summary.csv", "pairwise.csv", "stability.csv", "percentiles.csv", "generation.csv", "extra.csv")
+
+
+def reanalyze(name: str) -> Path:
+    """Runs today's analysis on docs/data/NAME's published Parquet tables and replaces its analysis tables (a changed
+    test republishes every number from the same trials)."""
+    import tempfile
+
+    from orchestrator.analyze import analyze
+
+    target = DATA / name
+    with tempfile.TemporaryDirectory() as tmp:
+        analyze(str(target), out=tmp)
+        for table in ANALYSIS_TABLES:
+            if (Path(tmp) / table).is_file():
+                shutil.copyfile(Path(tmp) / table, target / table)
+    return target
+
+
 def publish(results: Path, name: str) -> Path:
     """Copies a finished run's analysis tables (and facts read from its trials) to docs/data/NAME/."""
     target = DATA / name
     target.mkdir(parents=True, exist_ok=True)
-    for table in ("summary.csv", "pairwise.csv", "stability.csv", "percentiles.csv", "generation.csv", "extra.csv"):
+    for table in ANALYSIS_TABLES:
         if (results / "analysis" / table).is_file():  # percentiles with a random reference, the last two when measured
             shutil.copyfile(results / "analysis" / table, target / table)
     for table in TABLE_NAMES:  # the run's own tables: every table of the docs can be recomputed from them
@@ -148,8 +168,9 @@ def speed(summary: pd.DataFrame, model: str) -> pd.DataFrame:
 
 
 def power(name: str) -> pd.DataFrame:
-    """benchmarks/reference_power.py's simulation of the test against the reference, from this run's spreads."""
-    return pd.read_csv(DATA / name / "power.csv")
+    """benchmarks/reference_power.py's power at the effects this run observed, from its own spreads."""
+    rows = pd.read_csv(DATA / name / "power.csv")
+    return rows[["model", "level", "strategy", "layouts", "sd_ratio", "verdict", "holm_family", "runs", "power"]]
 
 
 def best(summary: pd.DataFrame, pairs: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -263,6 +284,9 @@ def main(argv: list[str]) -> int:
     command = argv[0] if argv else "check"
     if command == "publish":
         print(publish(Path(argv[1]), argv[2]))
+        return 0
+    if command == "reanalyze":
+        print(reanalyze(argv[1]))
         return 0
     stale = []
     for doc in docs():

@@ -143,9 +143,12 @@ def rank_p(value: float, y: np.ndarray) -> float:
 
 
 def rank_interval(value: float, y: np.ndarray, confidence: float) -> tuple[float, float]:
-    """The rank test inverted: shifts d with rank_p(value - d, y) >= 1 - confidence, around value - mean(y). Empty
-    (NaN) when no rank reaches that p with this many reference values."""
+    """The rank test inverted: shifts d with rank_p(value - d, y) >= 1 - confidence, around value - mean(y). NaN when
+    the test cannot reject at all with this many reference values (2 / (m + 1) >= 1 - confidence: every shift is
+    accepted, the interval is the whole line)."""
     alpha = 1 - confidence
+    if 2 / (len(y) + 1) >= alpha:
+        return float("nan"), float("nan")
     ordered = np.sort(y)
     accepted = []
     # p only changes where value - d crosses a reference value: test each gap's midpoint and the values themselves

@@ -141,13 +141,18 @@ def _versus_text(results: Results) -> str:
                 "fifth of random's perplexity), otherwise the mean difference in metric units; then the raw p, the "
                 "Holm-adjusted p (over every strategy and level of that model and stage) and the number of pairs.")
     return ("`vs random` tests each strategy against the random reference: random layouts of the same model and level "
-            "drawn under the same selection rules (see the notes for how many), unpaired, by a permutation test of "
-            "the difference in means on the metric's scale (log perplexity, Fisher's z). The unit is the distinct "
-            "layout (n): seeds that prune the same heads count once. The effect is the ratio of geometric means to "
-            "random for perplexity (0.2x = a fifth of random's), otherwise the difference, with Welch's 95% interval "
-            "on the same scale; then the raw p, the Holm-adjusted p (over every strategy and level of that model and "
-            "stage). `percentile`: the share of random layouts a seed's layout beats (mean over seeds, [min, max]); "
-            "for a strategy whose layout does not change with the seed it is the honest number.")
+            "drawn under the same selection rules (see the notes for how many), unpaired, on the metric's scale (log "
+            "perplexity, Fisher's z). The unit is the distinct layout (n): seeds that prune the same heads count once. "
+            "One layout: the exact rank test of it among random's. Five or more, spread no more than random's: a "
+            "permutation test of Welch's t (exact where the partitions can be enumerated, otherwise resampled until "
+            "the Monte-Carlo error cannot move a verdict). Two to four layouts, or layouts spread more than random's: "
+            "no test holds its level there, so no verdict, the percentile only. The effect is the ratio of geometric "
+            "means to random for perplexity (0.2x = a fifth of random's), otherwise the difference, with the 95% "
+            "interval that inverts the same test (it excludes no effect exactly when p < 0.05); then the raw p and "
+            "the Holm-adjusted p over every strategy and level of that model and stage. The pruned family is each "
+            "model's confirmatory family; the recovered one is exploratory. `percentile`: the share of random "
+            "layouts a seed's layout beats (mean over seeds, [min, max]); for a strategy whose layout does not change "
+            "with the seed it is the honest number.")
 
 
 def figures(results: Results, generation: pd.DataFrame, extra: pd.DataFrame) -> list[tuple[str, str, Callable[[], Figure]]]:
@@ -259,9 +264,11 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
               Block("p", "Also as [summary.csv](summary.csv) (all numbers, unrounded) and [summary.md](summary.md)."),
               Block("table", table),
               Block("h2", "Head to head"),
-              Block("p", "Every pair of strategies at each model, level and stage, paired by seed; effect of a against b "
-                         "(a ratio of geometric means for perplexity, a difference otherwise) with its 95% interval; "
-                         "Holm's adjustment over every pair and level of one model and stage. Also as "
+              Block("p", "Exploratory: every pair of strategies at each model, level and stage, paired by seed (the "
+                         "unit is the seed); effect of a against b (a ratio of geometric means for perplexity, a "
+                         "difference otherwise) with its 95% t interval; Holm's adjustment over every pair and level of "
+                         "one model and stage. A pair whose every seed gives the same difference has nothing to test "
+                         "against: it reads \"deterministic: better\" or \"deterministic: worse\". Also as "
                          "[pairwise.csv](pairwise.csv)."),
               Block("table", pairwise_display(pairs, summary)) if len(pairs) else Block("p", "No pairs."),
               Block("h2", "Which heads, how stable"),

@@ -60,6 +60,8 @@ def test_the_rank_interval_inverts_the_rank_test():
     for value in (-5.0, 0.5, 20.0, 39.5, 50.0):
         low, high = rank_interval(value, y, 0.95)
         assert (not low <= 0 <= high) == (rank_p(value, y) < 0.05)
+    # five reference values: the rank test cannot reject (its smallest p is 2/6), so every shift is accepted
+    assert all(math.isnan(v) for v in rank_interval(100.0, np.arange(5.0), 0.95))
 
 
 def test_every_published_interval_agrees_with_its_test():
