@@ -1,5 +1,5 @@
 """Speed where small models are served: SmolLM2-135M's pruned layouts exported to GGUF and run by llama.cpp on the
-CPU, against the dense export, with the realised share of the ideal gain.
+CPU, against the dense export and against a ceiling measured in the same engine.
 
 Layouts (gradient importance, scored once on calibration windows of WikiText-2's score split):
 - `gradient 30% global` / `gradient 50% global`: the criterion's own layout, a different head count per layer
@@ -7,10 +7,16 @@ Layouts (gradient importance, scored once on calibration windows of WikiText-2's
 - `gradient uniform 33%` / `gradient uniform 67%`: policy `uniform`, the same number of KV groups from every layer
   (a plain `llama` GGUF); SmolLM2 has 3 KV groups per layer, so uniform layouts come in thirds.
 Each in f16 and q8_0. Prefill of 128 tokens and greedy decode of 128 tokens at batch 1, 2 threads; the dense and the
-pruned file timed alternately, 7 rounds after a warm-up: each speedup is the median [min, max] of the rounds'
-ratios, then the realised share of the ideal gain, (measured - 1) / (ideal - 1), with its spread. Ideal: FLOPs for
-prefill (the LM head on the last position only, as llama.cpp computes it); bytes read per decode step for decode
-(weights of the file + f16 KV cache; decode is memory-bound).
+pruned file timed alternately, 7 rounds after a warm-up: each speedup is the median [min, max] of the rounds' ratios.
+
+The ceiling is measured, not assumed (Amdahl): an export with every attention sublayer dropped (all 270 heads) is
+timed against the dense one the same way, which gives attention's share a of a prefill and of a decode step (a = 1 -
+dense tokens/s / no-attention tokens/s, per round). A layout removing a fraction f of the heads can at best remove
+f of that time, so its ceiling is 1 / (1 - a f), with the rounds' spread; per-head layouts keep each sublayer's
+fixed costs, so they may stay below it, and only a layout that drops whole sublayers can reach it. The table gives
+measured / ceiling with an interval from the rounds (min measured / max ceiling, max measured / min ceiling), and
+beside it the former bytes-only decode ratio (weights of the file + f16 KV cache), which is no ceiling: it misses
+the per-sublayer costs and the attention over the cache.
 Per-layer layouts are timed with llama.cpp's flash attention off (the default here) and on: without it llama.cpp pads
 every layer's V cache to the widest layer's.
 
@@ -32,7 +38,7 @@ import torch
 
 import sentinel
 from orchestrator.analyze.formatting import speed_text
-from orchestrator.analyze.stats import rounds_spread
+from orchestrator.analyze.stats import ceiling_spread, rounds_spread
 from sentinel.data.blocks import batches, pack_blocks, split_tokens
 from sentinel.export import export_gguf, export_architecture
 from sentinel.export.llamacpp import LlamaCpp, decode_bytes, default_threads, prefill_flops
@@ -56,6 +62,18 @@ def timed_pair(dense_path: Path, pruned_path: Path, prompt: list[int], flash_att
         return [(dense.speed(prompt, NEW, rounds=1), pruned.speed(prompt, NEW, rounds=1)) for _ in range(ROUNDS)]
 
 
+def no_attention(model):
+    """The model with every attention head removed: what a step costs without attention at all."""
+    layout = sentinel.head_layout(model)
+    return sentinel.prune_heads(copy.deepcopy(model), {layer: list(range(h)) for layer, h in enumerate(layout.heads)})
+
+
+def attention_shares(rounds: list[tuple]) -> dict[str, list[float]]:
+    """Attention's share of a prefill and of a decode step in each round of (dense, no-attention) timings."""
+    return {kind: [1 - getattr(d, f"{kind}_tokens_per_s") / getattr(n, f"{kind}_tokens_per_s") for d, n in rounds]
+            for kind in ("prefill", "decode")}
+
+
 def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     model, tokenizer = sentinel.load_model("sentinel/smollm2-135m")
@@ -67,6 +85,9 @@ def main() -> None:
         for dtype in ("f16", "q8_0"):
             dense_path = export_gguf(model, tokenizer, Path(folder) / f"dense-{dtype}.gguf", dtype=dtype)
             dense_bytes = decode_bytes(dense_path)  # the dense file's header, read once
+            bare_path = export_gguf(no_attention(model), tokenizer, Path(folder) / f"no-attention-{dtype}.gguf",
+                                    dtype=dtype)
+            shares = {flash: attention_shares(timed_pair(dense_path, bare_path, prompt, flash)) for flash in (False, True)}
             for name, (strategy, level, policy) in LAYOUTS.items():
                 selection = sentinel.select_heads(scores[strategy], level, policy=policy,
                                                   min_heads_per_layer=0 if strategy == "attention_drop" else 1)
@@ -95,6 +116,9 @@ def main() -> None:
                          row[f"{kind}_share_min"], row[f"{kind}_share_max"]) = rounds_spread(
                             pd.Series([ratios]), pd.Series([ideal[kind]]))
                         row[f"{kind}_ideal"] = ideal[kind]
+                        row[f"{kind}_attention_share"] = statistics.median(shares[flash_attn][kind])
+                        row.update({f"{kind}_{k}": v for k, v in ceiling_spread(
+                            ratios, shares[flash_attn][kind], selection.selected / 270).items()})
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 del pruned
@@ -105,21 +129,40 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "llamacpp_speed.json").write_text(json.dumps(
         {"machine": machine, "prompt_tokens": PROMPT, "new_tokens": NEW, "rounds": ROUNDS, "rows": rows}, indent=1))
-    cell = lambda r, k: speed_text(*(r[f"{k}{s}"] for s in ("_speedup", "_min", "_max", "_share", "_share_min",  # noqa: E731
-                                                             "_share_max", "_ideal")))
+    def cell(r, k):
+        measured = speed_text(r[f"{k}_speedup"], r[f"{k}_min"], r[f"{k}_max"], *(float("nan"),) * 4)
+        return (f"{measured} of ceiling {r[f'{k}_ceiling']:.3g}x [{r[f'{k}_ceiling_min']:.3g}, "
+                f"{r[f'{k}_ceiling_max']:.3g}]: {r[f'{k}_of_ceiling']:.2f} [{r[f'{k}_of_ceiling_min']:.2f}, "
+                f"{r[f'{k}_of_ceiling_max']:.2f}] of it")
+
     lines = ["| layout | weights | GGUF architecture | flash attention | heads removed | file MiB dense → pruned | "
-             "prefill | decode, batch 1 | decode tokens/s dense → pruned |", "|---|---|---|---|---|---|---|---|---|"]
+             "prefill: measured of measured ceiling | decode, batch 1: measured of measured ceiling | "
+             "decode bytes ratio (no ceiling) | decode tokens/s dense → pruned |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['layout']} | {r['dtype']} | {r['architecture']} | {'on' if r['flash_attn'] else 'off'} | "
                      f"{r['heads_removed']} of {r['heads_total']} | {r['file_mib_dense']:.0f} → {r['file_mib']:.0f} | "
-                     f"{cell(r, 'prefill')} | {cell(r, 'decode')} | {r['decode_dense']:.0f} → {r['decode_pruned']:.0f} |")
+                     f"{cell(r, 'prefill')} | {cell(r, 'decode')} | {r['decode_ideal']:.3g}x | "
+                     f"{r['decode_dense']:.0f} → {r['decode_pruned']:.0f} |")
+    share_lines = ["| weights | flash attention | attention's share of prefill | attention's share of a decode step |",
+                   "|---|---|---|---|"]
+    for dtype in ("f16", "q8_0"):
+        for flash in (False, True):
+            at = [r for r in rows if r["dtype"] == dtype and r["flash_attn"] == flash]
+            if at:
+                share_lines.append(f"| {dtype} | {'on' if flash else 'off'} | {at[0]['prefill_attention_share']:.0%} | "
+                                   f"{at[0]['decode_attention_share']:.0%} |")
     (RESULTS / "llamacpp_speed.md").write_text(
         f"# SmolLM2-135M in llama.cpp: pruned layouts against the dense export\n\n"
         f"`python benchmarks/llamacpp_speed.py` ({machine}); prefill of {PROMPT} tokens of WikiText-2, then {NEW} "
         f"greedy tokens, batch 1; dense and pruned alternately, {ROUNDS} rounds after a warm-up: each speedup is the "
-        f"median [min, max] of the rounds' ratios, then the realised share of the ideal gain, (measured - 1) / "
-        f"(ideal - 1), median [min, max]. Ideal: FLOPs (prefill), bytes read per decode step (decode).\n\n"
-        + "\n".join(lines) + "\n")
+        f"median [min, max] of the rounds' ratios. The ceiling is measured: an export without any attention timed "
+        f"against the dense one gives attention's share a of the time (median of the rounds below); a layout "
+        f"removing a fraction f of the heads can at best gain 1 / (1 - a f) (Amdahl), with the rounds' spread; "
+        f"measured / ceiling with [min measured / max ceiling, max measured / min ceiling]. The bytes ratio is the "
+        f"former decode 'ideal', shown for comparison: it is no ceiling.\n\n"
+        + "\n".join(lines) + "\n\nAttention's measured share of the time (median of the rounds):\n\n"
+        + "\n".join(share_lines) + "\n")
     print((RESULTS / "llamacpp_speed.md").read_text())
 
 

@@ -5,8 +5,10 @@ Llama-shaped model with GQA (6 layers, 12 query heads, 4 KV heads, d=768). Seque
 Heads are removed evenly per layer (for GQA in whole KV groups: 25/50/75% = 1/2/3 of 4 groups).
 
 Two timings: the transformer stack alone (`model.base_model`, where heads live), and the full causal
-LM including its vocabulary projection, each against the ideal speedup from counted FLOPs of the same
-forward. Target: measured / ideal >= 0.9 at 50%.
+LM including its vocabulary projection, each against a measured ceiling and, for comparison, the speedup counted
+FLOPs allow. The ceiling (Amdahl): the model with every head removed is timed against the dense one the same way,
+which gives attention's share a of the forward's time per round; a layout removing a fraction f of the heads can at
+best gain 1 / (1 - a f). measured / ceiling comes with the interval of the rounds.
 
     python benchmarks/prune_speed.py            # writes benchmarks/results/prune_speed.{json,md}
 """
@@ -22,8 +24,9 @@ import torch
 import transformers
 
 import sentinel
-from orchestrator.analyze.stats import rounds_spread
+from orchestrator.analyze.stats import ceiling_spread, rounds_spread
 from sentinel.eval import compare_throughput
+from sentinel.models.removal import EMPTY_LAYER_FAMILIES
 
 LEVELS = (0.25, 0.5, 0.75)
 
@@ -69,6 +72,15 @@ def run(seq: int, iters: int) -> list[dict]:
     for name, build in (("gpt2-distil-shape", gpt2), ("llama-gqa", llama)):
         torch.manual_seed(0)
         dense = build().eval()
+        shares = {"stack": [float("nan")], "full": [float("nan")]}
+        if dense.config.model_type in EMPTY_LAYER_FAMILIES:  # GPT-2 cannot lose a whole attention sublayer: no ceiling
+            bare = build().eval()
+            bare.load_state_dict(dense.state_dict())
+            sentinel.prune_heads(bare, removal(bare, 1.0))  # no attention at all: where the forward's time goes
+            for part in ("stack", "full"):
+                pick = (lambda m: m.base_model) if part == "stack" else (lambda m: m)
+                shares[part] = [1 - d / b for d, b in compare_throughput(pick(dense), pick(bare), seq_len=seq,
+                                                                         rounds=iters, iters=2)]
         for level in LEVELS:
             model = build().eval()
             model.load_state_dict(dense.state_dict())
@@ -78,8 +90,10 @@ def run(seq: int, iters: int) -> list[dict]:
                 rounds = compare_throughput(pick(dense), pick(model), seq_len=seq, rounds=iters, iters=2)
                 before, after = statistics.median(d for d, _ in rounds), statistics.median(p for _, p in rounds)
                 ideal = flops(dense, seq, part == "stack") / flops(model, seq, part == "stack")
-                speedup, low, high, share, share_low, share_high = rounds_spread(
-                    pd.Series([[p / d for d, p in rounds]]), pd.Series([ideal]))
+                ratios = [p / d for d, p in rounds]
+                speedup, low, high, share, share_low, share_high = rounds_spread(pd.Series([ratios]), pd.Series([ideal]))
+                removed = 1 - sentinel.head_layout(model).total_heads / sentinel.head_layout(dense).total_heads
+                ceiling = ceiling_spread(ratios, shares[part], removed)
                 rows.append({
                     "model": name, "part": part, "level": level, "seq_len": seq,
                     "heads": sentinel.head_layout(model).total_heads,
@@ -87,6 +101,8 @@ def run(seq: int, iters: int) -> list[dict]:
                     "measured_speedup": round(speedup, 3), "speedup_min": round(low, 3), "speedup_max": round(high, 3),
                     "ideal_speedup": round(ideal, 3), "share_of_ideal_gain": round(share, 3),
                     "share_min": round(share_low, 3), "share_max": round(share_high, 3),
+                    "attention_share": round(float(pd.Series(shares[part]).median()), 3),
+                    **{k: round(v, 3) for k, v in ceiling.items()},
                 })
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -97,15 +113,23 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "# Physically pruned vs dense: forward tokens/s (CPU)", "",
         f"`python benchmarks/prune_speed.py` — torch {meta['torch']}, {meta['threads']} threads, seq {meta['seq_len']}, "
         f"batch 1, `sentinel.eval.compare_throughput`: {meta['iters']} alternating rounds of dense and pruned (1 warm-up + "
-        "2 timed forwards each); tok/s are the rounds' medians, the speedup the median [min, max] of the rounds' ratios, "
-        "and the share of the ideal gain (measured - 1) / (ideal - 1) with its median [min, max].", "",
-        "| model | part | heads removed | heads left | dense tok/s | pruned tok/s | measured speedup [min, max] | FLOP-ideal | share of the ideal gain [min, max] |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "2 timed forwards each); tok/s are the rounds' medians, the speedup the median [min, max] of the rounds' ratios. "
+        "The ceiling is measured: the model without any attention timed against the dense one gives attention's share "
+        "a of the time; removing a fraction f of the heads gains at most 1 / (1 - a f) (median [min, max] over the "
+        "rounds of a), and measured / ceiling has the interval [min measured / max ceiling, max measured / min "
+        "ceiling]. The FLOP count's speedup and the share of its gain (measured - 1) / (ideal - 1) are beside it.", "",
+        "| model | part | heads removed | heads left | dense tok/s | pruned tok/s | measured speedup [min, max] | "
+        "attention's share of the time | measured ceiling [min, max] | measured / ceiling [interval] | FLOP count's "
+        "speedup | share of its gain [min, max] |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['part']} | {r['level']:.0%} | {r['heads']} | {r['dense_tokens_per_s']} | "
             f"{r['pruned_tokens_per_s']} | {r['measured_speedup']} [{r['speedup_min']}, {r['speedup_max']}] | "
+            + (f"{r['attention_share']:.0%} | {r['ceiling']} [{r['ceiling_min']}, {r['ceiling_max']}] | "
+               f"{r['of_ceiling']:.2f} [{r['of_ceiling_min']:.2f}, {r['of_ceiling_max']:.2f}] | "
+               if r['attention_share'] == r['attention_share'] else "not measured | | | ") +
             f"{r['ideal_speedup']} | {r['share_of_ideal_gain']:.0%} [{r['share_min']:.0%}, {r['share_max']:.0%}] |"
         )
     return "\n".join(lines) + "\n"

@@ -112,7 +112,7 @@ class RandomReference(Contract):
     selection rules, evaluated after pruning; the first `recovered` of them also fine-tuned with the model's recipe.
     Every strategy is tested against them (orchestrator.analyze.reference)."""
 
-    layouts: int = checked(100, integer(minimum=0))
+    layouts: int = checked(100, integer(minimum=0, maximum=10_000))  # a typo for 100 is one line, not an hour
     recovered: int = checked(10, integer(minimum=0))
 
     def check_together(self) -> None:
@@ -162,6 +162,17 @@ class ExperimentSpec:
     gpu_dry_run: bool = False
     pending_report_s: float = 300.0  # a trial waiting this long for resources is reported (a cluster short of them)
     random_reference: RandomReference | None = None  # None: strategies are paired by seed with `random` trials
+
+    @property
+    def size(self) -> int:
+        """How many cells the grid holds, counted without building them (the reference's layouts included)."""
+        total = 0
+        for model in self.models:
+            strategies = sum(1 for s in self.strategies if not s.models or model.name in s.models)
+            levels = len(model.levels or self.levels)
+            total += strategies * len(model.seeds or self.seeds) * levels
+            total += levels * (self.random_reference.layouts if self.random_reference else 0)
+        return total
 
     @functools.cached_property
     def cells(self) -> list[TrialSpec]:
@@ -331,6 +342,10 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
             if name not in names:
                 raise SpecError(f"strategies[{j}].models: {name!r} is not one of the experiment's models "
                                 f"({', '.join(names)})")
+    if spec.size > MAX_CELLS:  # before a single cell is built: a typo (layouts: 1000000) is one line, not minutes
+        raise SpecError(f"grid: {spec.size:,} cells (models x strategies x seeds x levels, plus the random "
+                        f"reference's layouts per level); at most {MAX_CELLS:,} per experiment: split it, or check "
+                        "seeds, levels and random_reference.layouts")
     spec.cells  # every cell through the trial contract (per-model finetune, strategy options, context length)
     _same_model_once(spec.models)
     device = spec.trial["device"]
@@ -450,6 +465,7 @@ def _known_keys(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> Non
             raise SpecError(f"{prefix}{key}: unknown key in {where}; allowed: {', '.join(allowed)}")
 
 
+MAX_CELLS = 100_000  # ten times the largest grid the orchestration is measured at (benchmarks/scale.py)
 MAX_EXPERIMENT_NAME = 100  # folder and file names derive from it (run ids, parts): well inside NAME_MAX (255)
 
 

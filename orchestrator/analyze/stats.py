@@ -161,6 +161,26 @@ def realised_share(measured: float | np.ndarray, ideal: float) -> float | np.nda
     return (np.asarray(measured, float) - 1) / (ideal - 1) if np.ndim(measured) else (float(measured) - 1) / (ideal - 1)
 
 
+def ceiling_spread(ratios: list[float], attention_shares: list[float], removed: float) -> dict[str, float]:
+    """A measured ceiling (Amdahl) and where a layout's measured speedup falls under it.
+
+    Args:
+        ratios: the layout's pruned / dense speedup in each timed round.
+        attention_shares: attention's share a of the dense model's time in each round of a dense vs
+            no-attention timing (1 - dense tokens/s / no-attention tokens/s).
+        removed: the fraction f of the heads the layout removes.
+    Returns:
+        `ceiling` 1 / (1 - a f) (median over the rounds of a, with `_min` / `_max`): what removing f of the attention
+        time at most gains; `of_ceiling` median measured / median ceiling, with the interval `_min` (min measured /
+        max ceiling) and `_max` (max measured / min ceiling).
+    """
+    ceilings = [1 / (1 - a * removed) for a in attention_shares]
+    middle = float(np.median(ratios) / np.median(ceilings))
+    return {"ceiling": float(np.median(ceilings)), "ceiling_min": min(ceilings), "ceiling_max": max(ceilings),
+            "of_ceiling": middle, "of_ceiling_min": min(ratios) / max(ceilings),
+            "of_ceiling_max": max(ratios) / min(ceilings)}
+
+
 def rounds_spread(rounds: pd.Series, ideal: pd.Series) -> tuple[float, float, float, float, float, float]:
     """(median, min, max) of the per-round speedups of every layout in `rounds` (lists), and the same of their realised
     shares of the layouts' ideal gains; NaNs where nothing was timed."""

@@ -442,3 +442,16 @@ def test_an_address_whose_port_is_no_port_is_one_line(address):
         resolve_address(address)
     with pytest.raises(SpecError, match="is not a Ray address"):
         check_address(address.removeprefix("http://"))
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"random_reference": {"layouts": 1_000_000}}, "layouts"),  # a typo for 100: was still expanding after 120 s
+    ({"seeds": list(range(200_000))}, "grid"),
+])
+def test_an_oversized_grid_or_reference_is_one_line_before_a_cell_is_built(tmp_path, base, capsys, extra, field):
+    import time
+
+    start = time.perf_counter()
+    err = run_cli(tmp_path, {**base, **extra}, capsys)
+    assert time.perf_counter() - start < 30  # refused from the counts, not after expanding them
+    assert err.startswith("sentinel-bench: error: ") and field in err and ("at most" in err or "<=" in err)
