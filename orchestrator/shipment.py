@@ -42,9 +42,9 @@ SECRET_CONTENT = re.compile(
     rb"-----BEGIN [A-Z ]*PRIVATE KEY-----|AKIA[0-9A-Z]{16}|(?:ghp|gho|ghu|ghs)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{40,}"
     rb"|hf_[A-Za-z0-9]{30,}|xox[baprs]-[A-Za-z0-9-]{10,}|sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AIza[0-9A-Za-z_-]{35}"
     rb"|glpat-[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36}|pypi-[A-Za-z0-9_-]{50,}"
-    rb"|(?i:refresh_token|client_secret|private_key|aws_secret_access_key|secret_access_key|api[_-]?key)[\"']?\s*[:=]"
-    rb"|(?i:password|passwd|token|secret)\s*[:=]\s*[\"']?[^\s\"']{6,}"
-    rb"|[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")  # user:password@host in a URL (a pip.conf index-url)
+    # a credential field with a literal value (JSON, INI, YAML, env), never a variable in code (`token = f(x)`)
+    rb"|(?i:refresh_token|client_secret|aws_secret_access_key|secret_access_key)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+_.-]{4,}"
+    rb"|[a-z][a-z0-9+.-]*://[^/\s:@{}()]+:[^/\s@{}()]+@[A-Za-z0-9.-]")  # user:password@host in a URL (a pip.conf)
 SECRET_SCAN_BYTES = 64 * 1024
 MAX_FILE_BYTES = 100 * 2**20  # a file over this is withheld and said (a data set, a checkpoint, a sparse file)
 MAX_SHIPMENT_BYTES = 500 * 2**20  # Ray's own limit for a working_dir package

@@ -200,7 +200,7 @@ def vs_reference(trials: pd.DataFrame, reference: pd.DataFrame, stage: str,
         d = float(np.mean(x) - np.mean(y))
         low = high = float("nan")
         if len(y) < row["needed"]:
-            test_name = f"none: {len(y)} reference layouts"
+            test_name = f"none: {len(y)} distinct reference layouts, a test needs {row['needed']}"
         elif len(x) == 1:
             row["p"] = rank_p(float(x[0]), y)
             low, high = rank_interval(float(x[0]), y, CONFIDENCE)

@@ -148,3 +148,13 @@ def test_a_newline_in_a_file_name_cannot_forge_a_line_of_the_listing(workdir, tm
     assert cli.main(["submit", str(config), "--working-dir", str(workdir), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "'sentinel/x\\nnot shipped: .env (secret)'" in out and not any(l.startswith("not shipped") for l in out)
+
+
+def test_the_projects_own_code_is_shipped_whole():
+    """The content scan reads credentials, not code: `token = tokenizer.eos_token` is no secret (a broad pattern once
+    withheld sentinel/models/loading.py and broke every submitted job)."""
+    root = Path(__file__).resolve().parents[3]
+    plan = plan_shipment(root)
+    code = sorted(p.relative_to(root).as_posix() for top in ("sentinel", "orchestrator") for p in (root / top).rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts)
+    assert not plan.withheld and set(code) <= set(plan.files)
