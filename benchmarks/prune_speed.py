@@ -133,7 +133,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
             + (f"{r['attention_share']:.0%} | {r['ceiling']} [{r['ceiling_min']}, {r['ceiling_max']}] | "
                f"{r['of_ceiling']:.2f} [{r['of_ceiling_min']:.2f}, {r['of_ceiling_max']:.2f}] | "
                if r['attention_share'] == r['attention_share'] else "not measured | | | ") +
-            f"{r['ideal_speedup']} | {r['share_of_ideal_gain']:.0%} [{r['share_min']:.0%}, {r['share_max']:.0%}] |"
+            f"{r['ideal_speedup']} | "
+            + (f"{r['share_of_ideal_gain']:.0%} [{r['share_min']:.0%}, {r['share_max']:.0%}] |"
+               if r['share_of_ideal_gain'] == r['share_of_ideal_gain'] else "none: the count is within 20% of 1 |")
         )
     return "\n".join(lines) + "\n"
 
