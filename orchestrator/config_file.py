@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from sentinel.contract import SpecError
+from sentinel.files import UnreadableFile, read_regular
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a megabyte is generous
 MAX_CONFIG_DEPTH = 12  # the deepest real config: models[i].options.x or models[i].finetune.x (4 levels)
@@ -20,11 +21,14 @@ MAX_CONFIG_NODES = 100_000  # values after YAML aliases are expanded (a billion 
 def read_config(path: Path) -> dict[str, Any]:
     """The YAML mapping of a config file, refused in one line when it is not a file, not UTF-8 text, not YAML,
     nested deeper than a config needs, or expands (through YAML aliases) beyond MAX_CONFIG_NODES values."""
-    if not path.is_file():
-        raise SpecError(f"config: {str(path)!r} is not a file")
-    data = path.read_bytes()
-    if len(data) > MAX_CONFIG_BYTES:
-        raise SpecError(f"config: {str(path)!r} is {len(data):,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        data = read_regular(path, MAX_CONFIG_BYTES)
+    except (FileNotFoundError, IsADirectoryError):
+        raise SpecError(f"config: {str(path)!r} is not a file") from None
+    except UnreadableFile as exc:
+        raise SpecError(f"config: {exc}") from None
+    except OSError as exc:
+        raise SpecError(f"config: {str(path)!r} cannot be read ({exc.strerror or exc})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

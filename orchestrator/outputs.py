@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from orchestrator.results import Compacted, compact, has_results
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
+from sentinel.files import UnreadableFile, read_regular
 from sentinel.result import TABLE_NAMES, digest
 from sentinel.trial import TrialSpec
 
@@ -44,7 +45,11 @@ def prepare(spec: ExperimentSpec, resume: bool, overwrite: bool, run_id: str) ->
         whether the saved spec is new (this run created it: the caller removes it if nothing then ran).
     """
     out = spec.output_dir
-    saved_text = read_text(f"{out}/{SPEC_FILE}")
+    try:
+        saved_text = read_text(f"{out}/{SPEC_FILE}")
+    except (UnreadableFile, UnicodeDecodeError) as exc:  # a FIFO, a link to /dev/zero, bytes: never read on
+        raise SpecError(f"output: {out}/{SPEC_FILE} is not a saved experiment spec ({exc}); not touching {out!r}: "
+                        "move it, or choose another output") from None
     saved = _saved_spec(saved_text, out) if saved_text is not None else None
     exists = saved is not None or has_results(out)
     if resume and not exists:
@@ -196,9 +201,10 @@ def output_lock(out: str) -> Iterator[None]:
 def _lock_holder(path: str) -> dict[str, Any] | None:
     """Who holds the lock, or None when it is stale (its process on this host is gone, or the file is unreadable)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            holder = json.load(f)
+        holder = json.loads(read_regular(path, 4096))  # a FIFO planted here is refused, never waited on
         pid = int(holder["pid"])
+    except UnreadableFile:
+        raise SpecError(f"output: {path!r} is not a lock file (a FIFO, device or folder); remove it") from None
     except (OSError, ValueError, KeyError, TypeError):
         try:  # a lock another run created an instant ago may not hold its JSON yet: young means held
             young = time.time() - os.path.getmtime(path) < 10

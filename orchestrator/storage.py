@@ -5,7 +5,7 @@ import os
 import tempfile
 from urllib.parse import urlparse
 
-from sentinel.files import write_file
+from sentinel.files import read_regular, write_file
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # storage handled by pyarrow.fs
 
@@ -30,8 +30,17 @@ def filesystem(path: str):
     return pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path.removeprefix("file://"))
 
 
-def read_text(path: str) -> str | None:
-    """The file's text, or None if it does not exist."""
+MAX_TEXT_BYTES = 64 << 20  # a saved spec of 10,000 cells is a few MB
+
+
+def read_text(path: str, max_bytes: int = MAX_TEXT_BYTES) -> str | None:
+    """The file's text, or None if it does not exist. A local one must be a regular file of at most max_bytes
+    (sentinel.files.read_regular: a FIFO or a link to /dev/zero is UnreadableFile, never a hang)."""
+    if not is_uri(path):
+        try:
+            return read_regular(path.removeprefix("file://"), max_bytes).decode()
+        except FileNotFoundError:
+            return None
     fs, inner = filesystem(path)
     try:
         with fs.open_input_stream(inner) as f:

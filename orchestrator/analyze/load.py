@@ -20,6 +20,7 @@ from orchestrator.config_file import MAX_CONFIG_BYTES, check_size
 from orchestrator.results import latest_per_trial, rows_of_kept_trials
 from sentinel.result import TABLE_NAMES, Int32, columns, strategy_label, value_type
 from sentinel.contract import SpecError
+from sentinel.files import UnreadableFile, read_regular
 
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # sentinel.result.SCHEMA_VERSION values this reader understands
 # columns without which a table cannot be analysed at all; everything else is optional and filled with NA
@@ -181,12 +182,17 @@ def _is_head_list(heads: object) -> bool:
 
 def _read_config(folder: str) -> dict | None:
     """config.yaml of a results folder, or None if there is none or it does not parse (it is only metadata)."""
-    fs, inner = _filesystem(_join(folder, "config.yaml"))
+    path = _join(folder, "config.yaml")
     try:
-        with fs.open_input_stream(inner) as f:
-            data = yaml.safe_load(f.read(MAX_CONFIG_BYTES + 1)[:MAX_CONFIG_BYTES])
+        if "://" in path:
+            fs, inner = _filesystem(path)
+            with fs.open_input_stream(inner) as f:
+                text = f.read(MAX_CONFIG_BYTES + 1)[:MAX_CONFIG_BYTES]
+        else:  # a FIFO or a link to /dev/zero here is not read (it would hang or never end)
+            text = read_regular(path.removeprefix("file://"), MAX_CONFIG_BYTES)
+        data = yaml.safe_load(text)
         check_size(data, folder)  # results are untrusted: a billion laughs here would expand when counted
-    except (OSError, yaml.YAMLError, RecursionError, UnicodeDecodeError, SpecError):
+    except (OSError, yaml.YAMLError, RecursionError, UnicodeDecodeError, SpecError, UnreadableFile):
         return None
     return data if isinstance(data, dict) else None
 

@@ -14,6 +14,7 @@ import os
 from datetime import datetime, timezone
 from typing import Callable
 
+import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -208,11 +209,12 @@ def write_report(results: Results, out: str, settings=None) -> str:
             write_bytes(f"{out}/{name}.csv", frame.to_csv(index=False).encode())
 
     images = []
-    for alt, stem, build in figures(results, generation, extra):
-        fig = build()
-        for kind in FORMATS:
-            write_bytes(f"{out}/{stem}.{kind}", figure_bytes(fig, kind))
-        images.append(Block("image", (alt, stem)))
+    with matplotlib.rc_context({"text.parse_math": False}):  # names are data: "$x$" is text, never mathtext
+        for alt, stem, build in figures(results, generation, extra):
+            fig = build()
+            for kind in FORMATS:
+                write_bytes(f"{out}/{stem}.{kind}", figure_bytes(fig, kind))
+            images.append(Block("image", (alt, stem)))
 
     blocks = _blocks(results, summary, table, images, pairs, stability, generation, extra, out)
     title = f"sentinel-bench analysis: {_unique(results.trials.get('experiment'))}"
