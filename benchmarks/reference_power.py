@@ -17,7 +17,7 @@ folder with a random reference:
   test's scale, the reference resampled; the share of runs rejected at alpha / m (m the size of the run's Holm family:
   the worst case of Holm's first step).
 
-    python benchmarks/reference_power.py docs/data/comparison
+    python benchmarks/reference_power.py docs/data/comparison docs/data/comparison_seeds
         # writes docs/data/comparison/power.csv, false_positives.csv and benchmarks/results/reference_power.{md,json}
 """
 from __future__ import annotations
@@ -107,13 +107,14 @@ def _markdown(table: pd.DataFrame) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="a results folder (or docs/data/NAME) with trials.parquet and a random reference")
+    parser.add_argument("results", nargs="+", help="results folders (or docs/data/NAME) with trials.parquet, one with a "
+                        "random reference; several are analysed together (a run and the runs that extend it)")
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     results = load(args.results)
     if results.reference.empty:
-        print(f"error: {args.results}: no random reference in these results", file=sys.stderr)
+        print(f"error: {' '.join(args.results)}: no random reference in these results", file=sys.stderr)
         return 2
     ok = results.trials[results.trials["status"].eq("ok")]
     rng = np.random.default_rng(0)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                  .groupby(["layouts", "spread_ratio"])["false_positive_rate_former_test"].max().unstack("spread_ratio"))
     worst_median = (nulls[nulls["verdict"] & nulls["null_centre"].eq("median")]
                     .groupby(["layouts", "spread_ratio"])["false_positive_rate"].max().unstack("spread_ratio"))
-    folder = Path(args.results)
+    folder = Path(args.results[0])
     if (folder / "summary.csv").is_file():  # a published run (docs/data/NAME): its simulation beside its summary
         powers.to_csv(folder / "power.csv", index=False, float_format="%.4g")
         nulls.to_csv(folder / "false_positives.csv", index=False, float_format="%.4g")
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     as_table = lambda t: t.reset_index().rename(columns=lambda c: f"ratio {c:g}" if isinstance(c, float) else c)  # noqa: E731
     text = [
         "# The test against the random reference: false positives at unequal spreads, and power",
-        "", f"`python benchmarks/reference_power.py {args.results} --runs {args.runs}`", "",
+        "", f"`python benchmarks/reference_power.py {' '.join(args.results)} --runs {args.runs}`", "",
         "False-positive rate at a nominal 0.05 (unadjusted), the worst over the run's (model, level) cells, of the "
         "decision analyze makes (one layout: the exact rank test; five or more spread no more than random's: "
         "Welch's t permuted; otherwise no verdict), by the null strategy's distinct layouts (rows) and its spread "

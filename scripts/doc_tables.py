@@ -2,7 +2,8 @@
 render every marked table of docs/*.md from it.
 
     python scripts/doc_tables.py publish results/default default   # the analysis' tables, the run's Parquet tables, facts
-    python scripts/doc_tables.py reanalyze comparison              # the analysis anew from docs/data/NAME's own tables
+    python scripts/doc_tables.py reanalyze comparison [comparison_seeds ...]
+        # the analysis anew from docs/data/NAME's own tables (and those of the runs that extend it), into NAME
     python scripts/doc_tables.py render                            # rewrite the marked tables of docs/*.md
     python scripts/doc_tables.py check                             # exit 1 where a doc's table differs (a test runs it)
 
@@ -56,16 +57,17 @@ from orchestrator.results import TABLE_NAMES  # noqa: E402
 ANALYSIS_TABLES = ("summary.csv", "pairwise.csv", "stability.csv", "percentiles.csv", "generation.csv", "extra.csv")
 
 
-def reanalyze(name: str) -> Path:
-    """Runs today's analysis on docs/data/NAME's published Parquet tables and replaces its analysis tables (a changed
-    test republishes every number from the same trials)."""
+def reanalyze(name: str, *extensions: str) -> Path:
+    """Runs today's analysis on docs/data/NAME's published Parquet tables, with those of the runs that extend it
+    (published beside it: docs/data/EXTENSION), and replaces NAME's analysis tables (a changed test republishes every
+    number from the same trials)."""
     import tempfile
 
     from orchestrator.analyze import analyze
 
     target = DATA / name
     with tempfile.TemporaryDirectory() as tmp:
-        analyze(str(target), out=tmp)
+        analyze([str(target), *(str(DATA / e) for e in extensions)], out=tmp)
         for table in ANALYSIS_TABLES:
             if (Path(tmp) / table).is_file():
                 shutil.copyfile(Path(tmp) / table, target / table)
@@ -286,7 +288,7 @@ def main(argv: list[str]) -> int:
         print(publish(Path(argv[1]), argv[2]))
         return 0
     if command == "reanalyze":
-        print(reanalyze(argv[1]))
+        print(reanalyze(argv[1], *argv[2:]))
         return 0
     stale = []
     for doc in docs():

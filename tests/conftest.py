@@ -2,9 +2,25 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
+
+import pytest
+
+# Slow, marked in one place (issue #42): everything that starts Ray clusters, jobs, llama.cpp, a browser or the
+# shipped models end to end. `python -m pytest -m "not slow"` is the quick loop; the full suite runs them all.
+SLOW_FOLDERS = ("cluster", "integration")
+SLOW_MODULES = ("test_pipeline.py", "test_fuzz.py", "test_finetune.py", "test_zero_shot.py", "test_report_safety.py",
+                "test_analyze.py", "test_v4_compat.py", "test_sentence.py")
 
 
 def pytest_collection_finish(session) -> None:
     """The imports and collected tests live for the whole session: frozen, every garbage collection walks only what
     the tests make (as orchestrator.trainable does for a worker's trials)."""
     gc.freeze()
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.name in SLOW_MODULES or any(part in SLOW_FOLDERS for part in path.parts[-3:-1]):
+            item.add_marker(pytest.mark.slow)

@@ -82,7 +82,8 @@ def test_every_published_interval_agrees_with_its_test():
 
 
 def _family(model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    results = load(str(DATA / "comparison"))
+    """The comparison run's trials and reference, with the run that extends it by seeds (as the docs analyse them)."""
+    results = load([str(DATA / "comparison"), *map(str, sorted(DATA.glob("comparison_*")))])
     pick = lambda t: t[t["model"].eq(model)]  # noqa: E731
     return pick(results.trials), pick(results.reference)
 
