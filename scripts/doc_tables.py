@@ -241,6 +241,10 @@ def render_view(spec: str) -> str:
     name, view = name_view.split("/")
     if name == "benchmarks":
         return benchmark_table(view, *map(int, args))
+    if view in ("facts", "cost"):  # a run's own files (an extension of another run has no analysis of its own)
+        table = (run_facts(json.loads((DATA / name / "facts.json").read_text())) if view == "facts"
+                 else cost(name, args[0]))
+        return (markdown_table(table) if len(table) else "(none)") + "\n"
     summary, pairs, facts = _load(name)
     if view == "verdicts":
         table = verdicts(summary, args[0], args[1])

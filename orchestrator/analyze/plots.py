@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import LogFormatter
 
 from orchestrator.analyze.stats import BASELINE, MIN_SEEDS_FOR_CI, interval, metric_scale, ok_trials, pareto_front
 
@@ -77,11 +78,19 @@ def _band_note(n_seeds: int) -> str:
             else f"no CI bands: {n_seeds} seed(s), fewer than {MIN_SEEDS_FOR_CI}")
 
 
+def _log_axis(ax: Axes) -> None:
+    """A log y axis labelled in plain numbers: the report draws with mathtext off (names are data), and matplotlib's
+    default log labels are mathtext ("$10^{4}$")."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+
+
 def _log_if_wide(ax: Axes, values: pd.Series, higher_is_better: object) -> None:
     """Perplexity after pruning can grow by orders of magnitude: a log axis keeps the small changes visible."""
     values = values[values > 0].dropna()
     if not higher_is_better and len(values) and values.max() / values.min() > 10:
-        ax.set_yscale("log")
+        _log_axis(ax)
 
 
 def plot_metric_vs_level(trials: pd.DataFrame) -> Figure:
@@ -390,7 +399,7 @@ def plot_extra(table: pd.DataFrame) -> Figure:
         ax.set_xlabel("pruning level")
         ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
         if rows["scale"].iloc[0] == "log":
-            ax.set_yscale("log")
+            _log_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Extra evaluations (mean over seeds; dashed: after pruning, solid: after recovery)", fontsize=10)
