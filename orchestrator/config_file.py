@@ -18,6 +18,21 @@ MAX_CONFIG_DEPTH = 12  # the deepest real config: models[i].options.x or models[
 MAX_CONFIG_NODES = 100_000  # values after YAML aliases are expanded (a billion laughs expands to 10^9)
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last silently: `levels:` written
+    twice would run the second and say nothing)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """The YAML mapping of a config file, refused in one line when it is not a file, not UTF-8 text, not YAML,
     nested deeper than a config needs, or expands (through YAML aliases) beyond MAX_CONFIG_NODES values."""
@@ -34,7 +49,7 @@ def read_config(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise SpecError(f"config: {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader subclass: no Python object tags)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

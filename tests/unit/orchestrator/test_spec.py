@@ -455,3 +455,10 @@ def test_an_oversized_grid_or_reference_is_one_line_before_a_cell_is_built(tmp_p
     err = run_cli(tmp_path, {**base, **extra}, capsys)
     assert time.perf_counter() - start < 30  # refused from the counts, not after expanding them
     assert err.startswith("sentinel-bench: error: ") and field in err and ("at most" in err or "<=" in err)
+
+
+def test_a_key_given_twice_is_one_line_naming_it_and_where(tmp_path, base, capsys):
+    """YAML keeps the last of two equal keys silently: `levels` written twice would run the second and say nothing."""
+    text = yaml.safe_dump(base) + "levels: [0.9]\n"
+    err = run_cli(tmp_path, text, capsys)
+    assert "'levels' is given twice" in err and "line" in err
