@@ -10,6 +10,8 @@ nothing written: a family llama.cpp cannot take, a folder that is no model, an e
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from sentinel.contract import SpecError
@@ -65,8 +67,28 @@ def check_request(args: argparse.Namespace) -> None:
                         f"({', '.join(FAMILIES)})")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during an export: raised like Ctrl-C, so the temp file is removed on the way out."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     check_request(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a batch scheduler's stop leaves no partial file
+    try:
+        return _export(args)
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"export: interrupted; nothing was written to {args.out!r}", file=sys.stderr)
+        return 128 + int(signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _export(args: argparse.Namespace) -> int:
     from sentinel.export import export_gguf
     from sentinel.models.loading import load_model
 

@@ -57,3 +57,33 @@ def test_export_to_a_device_with_overwrite_is_one_line_and_exit_2(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--out" in err and "not a regular file" in err
     assert Path("/dev/null").is_char_device()
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_export_leaves_no_partial_file(tmp_path):
+    """Round three: export had no handler, and a SIGTERM left its partial file behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import transformers
+
+    _, tokenizer = load_model("sentinel/tiny-llama")  # a Llama of ~40M parameters: its f32 export takes a few seconds
+    config = transformers.LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=10,
+                                      num_attention_heads=8, num_key_value_heads=4, vocab_size=len(tokenizer))
+    folder = tmp_path / "model"
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "out" / "m.gguf"
+    out.parent.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "export", str(folder),
+                                "--out", str(out), "--dtype", "f32"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.parent.glob(".m.gguf.*.partial")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the export ended before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 128 + signal.SIGTERM and "interrupted" in stderr
+    assert list(out.parent.iterdir()) == []  # neither the file nor its partial
