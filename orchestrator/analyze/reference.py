@@ -112,14 +112,13 @@ def _bounds(test: TwoSampleTest | None, p: float) -> tuple[float, float]:
 
 
 def _deciding(p: pd.Series) -> dict:
-    """For Holm over `p`: each test's index -> the index of the test whose (m - j + 1) p_(j) sets its adjusted p."""
+    """For Holm over `p`: each test's index -> the index of the test whose (m - j + 1) p_(j) sets its adjusted p (the
+    running maximum of the step-down)."""
     values = p.dropna().sort_values()
-    m = len(values)
-    scaled = [(m - k) * v for k, v in enumerate(values.to_numpy())]
-    out, best = {}, None
-    for k, index in enumerate(values.index):
-        if best is None or scaled[k] >= scaled[values.index.get_loc(best)]:
-            best = index
+    m, out, best, top = len(values), {}, None, -1.0
+    for k, (index, value) in enumerate(values.items()):
+        if (m - k) * value >= top:
+            best, top = index, (m - k) * value
         out[index] = best
     return out
 
@@ -207,9 +206,9 @@ def vs_reference(trials: pd.DataFrame, reference: pd.DataFrame, stage: str,
             test_name = f"exact rank test, 1 layout vs {len(y)} random"
         elif len(x) < MIN_DISTINCT_LAYOUTS:
             test_name = f"none: {len(x)} distinct layouts"
-        elif spread_ratio(x, y) > MAX_SPREAD_RATIO:
+        elif (ratio := spread_ratio(x, y)) > MAX_SPREAD_RATIO:
             row["verdict_override"] = "too unstable for a verdict"
-            test_name = f"none: layouts spread {spread_ratio(x, y):.1f}x random's"
+            test_name = f"none: layouts spread {ratio:.1f}x random's"
         else:
             test = TwoSampleTest(x, y, settings.statistic, settings.resamples,
                                  stream_seed(settings.seed, model, label, level, stage))

@@ -49,11 +49,13 @@ def expected_jaccard(units: list[int], chosen: list[int]) -> float:
 
 def _group_size(heads_per_layer: dict[int, int], layouts: list[set]) -> int:
     """The unit a selection took (heads per KV group): the largest divisor of the heads per layer such that every
-    layout's pruned heads in every layer are whole aligned groups of it."""
+    random layout's pruned heads come as whole aligned groups of it (many random layouts refute a unit a model does
+    not have; a strategy's own few layouts could not, so they are not asked)."""
+    if not any(layouts):
+        return 1  # no random layouts to tell the unit by: heads
     size = math.gcd(*heads_per_layer.values())
     for g in sorted((d for d in range(1, size + 1) if size % d == 0), reverse=True):
-        if all(all((h // g) * g + i in layout for h in (h for l2, h in layout if l2 == layer) for i in range(g))
-               for layout in layouts for layer in {l for l, _ in layout}):
+        if all((layer, (head // g) * g + i) in layout for layout in layouts for layer, head in layout for i in range(g)):
             return g
     return 1
 
@@ -79,15 +81,21 @@ def stability_table(trials: pd.DataFrame, heads: pd.DataFrame, reference: pd.Dat
     seeds, random's expected overlap under the strategy's own rule (`random_jaccard`, how: `random_rule`), and the
     mean pairwise Spearman correlation of the head scores across seeds."""
     ok = ok_trials(trials)
+    reference = ok_trials(reference) if not reference.empty else reference
+    layouts = {key: [set(head_pairs(h)) for h in rows["pruned_heads"]]  # (model, level) -> random's layouts
+               for key, rows in (reference.groupby(["model", "level"]) if not reference.empty else [])}
+    units = {}  # model -> ({layer: heads}, heads per unit): the same for every cell of a model
+    for model in ok["model"].unique():
+        per_layer = _heads_per_layer(heads, model)
+        drawn = [s for (m, _), sets in layouts.items() if m == model for s in sets]
+        units[model] = (per_layer, _group_size(per_layer, drawn) if per_layer else 1)
     rows = []
     for (model, label, level), group in ok.groupby(CELL, sort=True):
         sets = [set(head_pairs(h)) for h in (group["pruned_heads"] if "pruned_heads" in group else [])]
-        ref = ok_trials(reference) if not reference.empty else reference
-        random_sets = ([set(head_pairs(h)) for h in ref[ref["model"].eq(model) & ref["level"].eq(level)]["pruned_heads"]]
-                       if not reference.empty else [])
-        per_layer = _heads_per_layer(heads, model)
+        random_sets = layouts.get((model, level), [])
+        per_layer, unit = units[model]
         policy = str(group["policy"].iloc[0]) if "policy" in group and group["policy"].notna().any() else "global"
-        rule = _rule_overlap(sets, per_layer, _group_size(per_layer, random_sets + sets)) if per_layer else None
+        rule = _rule_overlap(sets, per_layer, unit) if per_layer else None
         if rule is not None and (policy != "global" or rule[1].startswith("whole")):
             expected, how = rule
         else:

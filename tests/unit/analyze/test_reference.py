@@ -188,3 +188,21 @@ def test_a_uniform_strategy_is_compared_with_random_under_the_uniform_rule():
     table = stability_table(uniform, heads, pd.DataFrame()).iloc[0]
     assert table["random_jaccard"] == pytest.approx(expected_jaccard([4] * 4, [2] * 4))
     assert table["random_rule"].startswith("per-layer quotas")
+
+
+def test_on_a_gqa_model_randoms_overlap_counts_whole_kv_groups():
+    """Random layouts of a GQA model take whole KV groups, so random's expected overlap is a hypergeometric over groups,
+    not heads: 4 layers of 6 heads in groups of 3, one group pruned per layer (a group-level count of 1 of 2 differs
+    from a head-level 3 of 6)."""
+    rng = np.random.default_rng(10)
+    layouts = [[[layer, h] for layer in range(4) for h in (0, 1, 2)]] * 3
+    uniform = rows("gradient (uniform)", [5.0] * 3, layouts=layouts)
+    uniform["policy"] = "uniform"
+    drawn = [[[layer, 3 * int(g) + i] for layer in range(4) for g in rng.integers(0, 2, 1) for i in range(3)]
+             for _ in range(20)]
+    base = rows("random", np.exp(rng.normal(6, 1, 20)), layouts=drawn, reference=True)
+    heads = pd.DataFrame([{"trial_id": uniform["trial_id"].iloc[0], "model": "m", "layer": l, "head": h, "score": 0.0}
+                          for l in range(4) for h in range(6)])
+    table = stability_table(uniform, heads, base).iloc[0]
+    assert table["random_jaccard"] == pytest.approx(expected_jaccard([2] * 4, [1] * 4))
+    assert expected_jaccard([2] * 4, [1] * 4) != pytest.approx(expected_jaccard([6] * 4, [3] * 4), abs=1e-3)
