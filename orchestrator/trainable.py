@@ -72,6 +72,11 @@ def trainable(config: dict[str, Any]) -> None:
     # moved out of the collector's reach, so the collection after the trial walks only what the trial made: 0.14 s
     # a trial with tiny models before. A frozen object is never collected again; the caches live as long as the worker
     gc.freeze()
+    # torch computes on the CPUs Ray gave the trial (two 1-CPU trials on 2 cores: 1.2-1.6x the throughput of one
+    # 2-thread trial, benchmarks/results/machine.md); a speed measurement takes the node's every core (every_core)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))
     run = config["run"]
     tune_trial_id = tune.get_context().get_trial_id()
     started = time.time()

@@ -29,8 +29,10 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol
 import torch
 from torch import nn
 
-from sentinel.eval import Stopwatch, autocast, compare_throughput, count_parameters, forward_flops, resolve_device
+from sentinel.eval import (Stopwatch, autocast, compare_throughput, count_parameters, every_core, forward_flops,
+                           resolve_device)
 from sentinel.export.formats import servable_by
+from sentinel import work_cache
 from sentinel.models.device import model_device
 from sentinel.finetune import finetune
 from sentinel.models import (HeadMask, check_compensable, head_layout, is_causal_lm, load_model, mask_heads,
@@ -241,12 +243,28 @@ def _record_baseline(result: TrialResult, shared: SharedWork, dense: nn.Module, 
     """The dense metric (once per model, task data and device) and, if asked, the dense model on the whole eval split."""
     baseline, result.reused["baseline"] = shared.get_or_compute(
         work_key("baseline", *model_id, task.key, result.device), lambda: _baseline(dense, task, spec, device))
-    if spec.data.whole_split_reference:  # the dense model on the whole eval split, once per model
-        result.dense_full, _ = shared.get_or_compute(
-            work_key("full", *model_id, task.full_key, result.device), lambda: _dense_full(dense, task, spec, device))
     result.metric_name, result.higher_is_better = baseline["metric"], baseline["higher_is_better"]
     result.metric_scale, result.dense, result.params_before = baseline["scale"], baseline["value"], baseline["params"]
     result.task, result.protocol_label, result.protocol = task.task, task.label, dict(baseline["protocol"])
+    if spec.data.whole_split_reference:  # the dense model on the whole eval split, once per model
+        full, _ = shared.get_or_compute(
+            work_key("full", *model_id, task.full_key, result.device),
+            lambda: _dense_full(dense, task, spec, device, result.device))
+        result.dense_full = full["value"]
+        result.protocol["whole_split_reference"] = full["provenance"]
+
+
+def _dense_full(model: nn.Module, task: Prepared, spec: TrialSpec, device: torch.device, device_name: str) -> dict:
+    """{"value": the dense metric on the whole eval split, "provenance": where it came from}: the same for every run
+    of these weights under this protocol, so it is kept on disk (sentinel.work_cache) and computed once."""
+    def compute() -> float:
+        with autocast(device, spec.bf16):
+            return task.evaluate_full(model).value
+
+    key = work_cache.key_of("whole-split", weights=work_cache.weights_digest(model), protocol=task.full_key,
+                            device=device_name, options=spec.model_options)
+    value, provenance = work_cache.get_or_compute(key, compute)
+    return {"value": value, "provenance": provenance}
 
 
 def _scores(result: TrialResult, shared: SharedWork, dense: nn.Module, model: nn.Module, spec: TrialSpec,
@@ -318,7 +336,7 @@ SPEED_ROUNDS = 3  # alternating dense / pruned timings per layout: a median and 
 def _quiet_speed(dense, model, spec: TrialSpec, device, shared: SharedWork) -> tuple[float, float, bool, list[float]]:
     """(dense tokens/s, pruned tokens/s: medians over the rounds, whether the node was quiet, pruned / dense per
     round), dense and pruned timed alternately."""
-    with shared.exclusive() as quiet:
+    with shared.exclusive() as quiet, every_core() if quiet else contextlib.nullcontext():
         rounds = compare_throughput(dense, model, seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
                                     rounds=SPEED_ROUNDS, iters=1, device=device)
     return (statistics.median(d for d, _ in rounds), statistics.median(p for _, p in rounds), quiet,
@@ -339,13 +357,14 @@ def _quiet_generation(dense, model, tokenizer, spec: TrialSpec, shared: SharedWo
             out = llamacpp.compare_generation(dense, model, tokenizer, prompt_tokens=g.prompt_tokens,
                                               new_tokens=g.new_tokens, rounds=g.rounds, dtype=g.gguf_dtype)
         return {**out, "generation_quiet": quiet}
-    with shared.exclusive() as quiet:
+    with shared.exclusive() as quiet, every_core() if quiet else contextlib.nullcontext():
         rounds = compare_generation(dense, model, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
                                     batch_size=g.batch_size, rounds=g.rounds)
+        threads = torch.get_num_threads()
     ideal = ideal_generation_ratios(dense, model, prompt_tokens=g.prompt_tokens, new_tokens=g.new_tokens,
                                     batch_size=g.batch_size)
     out: dict[str, Any] = {
-        "generation_engine": "transformers", "generation_threads": torch.get_num_threads(),
+        "generation_engine": "transformers", "generation_threads": threads,
         "kv_bytes_per_token_before": float(kv_cache_bytes_per_token(dense)),
         "kv_bytes_per_token_after": float(kv_cache_bytes_per_token(model)),
         "generation_batch_size": g.batch_size, "generation_quiet": quiet,
@@ -369,11 +388,6 @@ def _cached_task(dense: nn.Module, spec: TrialSpec, tokenizer) -> Prepared:
     if key not in _TASKS:
         _TASKS[key] = prepare_task(spec.task, dense, tokenizer, spec.data)
     return _TASKS[key]
-
-
-def _dense_full(model: nn.Module, task: Prepared, spec: TrialSpec, device: torch.device) -> float:
-    with autocast(device, spec.bf16):
-        return task.evaluate_full(model).value
 
 
 def _baseline(model: nn.Module, task: Prepared, spec: TrialSpec, device: torch.device) -> dict[str, Any]:

@@ -240,9 +240,60 @@ def _dedupe_trials(trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
         return trials
     kept = latest_per_trial(trials)
     if len(kept) < len(trials):
-        notes.append(f"{len(trials) - len(kept)} duplicate trial row(s) (same trial_id in several runs) were "
-                     "dropped: an ok row is kept over a failed one, then the newest")
+        repeated = trials[trials.duplicated("trial_id", keep=False)]
+        runs = sorted({str(r) for r in repeated["run_id"].dropna()}) if "run_id" in repeated else []
+        notes.append(f"{len(trials) - len(kept)} duplicate trial row(s) (same trial_id in several runs"
+                     f"{': ' + ', '.join(runs) if runs else ''}) were dropped, each trial counted once: an ok row is "
+                     "kept over a failed one, then the newest")
     return kept.sort_index().reset_index(drop=True)
+
+
+CELL_NAME = ("model", "label", "level", "seed", "method")  # what the analysis calls one cell of a strategy
+
+
+def _one_spec_per_cell(trials: pd.DataFrame) -> None:
+    """Refuses inputs where one strategy cell (CELL_NAME) has rows of different specs: two runs of the same cells
+    under another protocol (other data, recovery or options) would otherwise become two samples of one cell. The
+    same spec in several runs has one trial_id and was merged already."""
+    if "trial_id" not in trials or trials["trial_id"].isna().all():
+        return
+    cells = trials[~trials["reference"]]
+    counts = cells.groupby(list(CELL_NAME), dropna=False)["trial_id"].nunique()
+    clashing = counts[counts > 1]
+    if clashing.empty:
+        return
+    name = dict(zip(CELL_NAME, clashing.index[0]))
+    rows = cells[(cells[list(CELL_NAME)] == pd.Series(name)).all(axis=1)].drop_duplicates("trial_id")
+    differ = _differing_keys([_spec(v) for v in rows["spec"]]) if "spec" in rows else []
+    runs = sorted({str(r) for r in rows.get("run_id", pd.Series(dtype=str)).dropna()})
+    raise AnalyzeError(
+        f"{name['model']} {name['label']} at level {name['level']:g}, seed {name['seed']}: {len(rows)} different specs "
+        f"in the inputs{' (runs ' + ', '.join(runs) + ')' if runs else ''}"
+        f"{', differing in ' + ', '.join(differ) if differ else ''}; analyze runs of one protocol together "
+        f"({len(clashing)} cell(s) clash)")
+
+
+def _spec(value: object) -> dict:
+    import json
+
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _differing_keys(specs: list[dict], prefix: str = "") -> list[str]:
+    """The (dotted) keys whose values are not the same in every spec."""
+    keys = sorted({k for spec in specs for k in spec})
+    out = []
+    for key in keys:
+        values = [spec.get(key) for spec in specs]
+        if all(isinstance(v, dict) for v in values):
+            out += _differing_keys(values, f"{prefix}{key}.")
+        elif any(v != values[0] for v in values):
+            out.append(prefix + key)
+    return out
 
 
 def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -291,6 +342,7 @@ def load(paths: list[str] | str) -> Results:
     if not tables["trials"]:
         raise AnalyzeError(f"{', '.join(map(str, paths))}: no trials table among the inputs (only curves/heads)")
     trials = _normalise_trials(_dedupe_trials(_concat(tables["trials"], "trials"), results.notes))
+    _one_spec_per_cell(trials)
     results.reference = trials[trials["reference"]].reset_index(drop=True)
     results.trials = trials = trials[~trials["reference"]].reset_index(drop=True)
     if results.trials.empty:

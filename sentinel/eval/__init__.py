@@ -14,7 +14,8 @@ from sentinel.eval.sentence import (
     sample_pairs,
     sts_spearman,
 )
-from sentinel.eval.speed import Stopwatch, compare_throughput, count_parameters, forward_flops, throughput, timed
+from sentinel.eval.speed import (Stopwatch, compare_throughput, count_parameters, every_core, forward_flops, throughput,
+                                 timed)
 
 __all__ = [
     "Metric",
@@ -25,6 +26,7 @@ __all__ = [
     "embedding_fidelity",
     "forward_flops",
     "encode",
+    "every_core",
     "load_stsb",
     "mean_pool",
     "model_device",

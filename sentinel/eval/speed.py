@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Iterator
 
@@ -157,3 +158,17 @@ def compare_throughput(
         out.append(tuple(throughput(model, seq_len=seq_len, batch_size=batch_size, warmup=warmup, iters=iters,
                                     device=device)["tokens_per_s"] for model in (dense, pruned)))
     return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def every_core() -> Iterator[int]:
+    """torch on every core this process may run on, for a timing taken while nothing else on the node computes (a
+    trial packed on fewer cores measures speed as the node gives it, the same as an unpacked one); restored after.
+    Yields the thread count."""
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or before)
+    torch.set_num_threads(cores)
+    try:
+        yield cores
+    finally:
+        torch.set_num_threads(before)

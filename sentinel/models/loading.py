@@ -21,6 +21,7 @@ import torch
 import transformers
 from torch import nn
 
+import sentinel.work_cache as work_cache
 from sentinel.models.adapters import ADAPTERS
 from sentinel.models.gguf_check import check_gguf
 from sentinel.models.hub import hub_reachable
@@ -85,6 +86,7 @@ def load_model(
             kwargs["gguf_file"] = gguf_file
             if local_only and (Path(source) / gguf_file).exists():
                 check_gguf(Path(source) / gguf_file)
+                return _load_gguf(Path(source) / gguf_file, dtype, attn_implementation, device)
         try:
             config = transformers.AutoConfig.from_pretrained(source, **kwargs)
             # GGUF holds decoder LMs only, and its configs name no `architectures`
@@ -107,6 +109,43 @@ def load_model(
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style; packed blocks need no padding anyway
+    return model.to(device).eval(), tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, attn_implementation: str,
+               device: str) -> tuple[nn.Module, transformers.PreTrainedTokenizerBase]:
+    """A local GGUF file, dequantised; converted once per file, dtype and library versions and kept as a plain
+    transformers folder (sentinel.work_cache): a later load reads safetensors instead of parsing the GGUF again."""
+    key = work_cache.key_of("gguf", file=work_cache.file_digest(path), dtype=_dtype_name(dtype))
+    folder = work_cache.converted_folder(key)
+    if folder is not None:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True,
+            trust_remote_code=False, use_safetensors=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    else:
+        source, kwargs = str(path.parent), dict(local_files_only=True, trust_remote_code=False, gguf_file=path.name)
+        try:
+            config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+            model = transformers.AutoModelForCausalLM.from_pretrained(  # GGUF holds decoder LMs only
+                source, config=config, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+        except (OSError, ImportError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"model: {str(path)!r} could not be loaded ({first})") from None
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)  # otherwise save_pretrained refuses the model
+
+        def write(target: Path) -> None:
+            model.save_pretrained(target, safe_serialization=True)
+            tokenizer.save_pretrained(target)
+
+        work_cache.store_converted(key, write)
+    model.config._name_or_path = str(path.parent)  # as if read from the GGUF, wherever it came from
+    model.sentinel_weights = _dequantised(model, path, dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
 
 

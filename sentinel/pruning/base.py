@@ -218,6 +218,7 @@ def score_heads(strategy: str, model: nn.Module, batches: list[Batch], *, seed: 
     generator = torch.Generator().manual_seed(seed)
     result = scorer(model, list(batches), generator=generator, **resolved)
     layout = head_layout(model)
+    _check_returned(strategy, result, (layout.num_layers, max(layout.heads)))
     # the unit select_heads takes whole: a KV group (GQA), or every head of a layer (layer-unit strategies)
     result.group_sizes = (tuple(layout.heads) if scorer.unit == "layer"
                           else tuple(layout.group_size(layer) for layer in range(layout.num_layers)))
@@ -225,3 +226,16 @@ def score_heads(strategy: str, model: nn.Module, batches: list[Batch], *, seed: 
     result.meta.setdefault("tokens", tokens)
     result.meta["seed"] = seed
     return result
+
+
+def _check_returned(strategy: str, result: Any, shape: tuple[int, int]) -> None:
+    """A strategy's return value, checked where an extender's mistake would otherwise surface as an AttributeError
+    deep in selection: one line naming the strategy, what it returned and what it must return."""
+    must = f"must return HeadScores with float scores of shape [layers, heads] = {list(shape)}"
+    if not isinstance(result, HeadScores):
+        raise TypeError(f"strategy {strategy!r} returned {type(result).__name__}; it {must}")
+    scores = result.scores
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point() or tuple(scores.shape) != shape:
+        found = (f"a {scores.dtype} tensor of shape {list(scores.shape)}" if isinstance(scores, torch.Tensor)
+                 else type(scores).__name__)
+        raise TypeError(f"strategy {strategy!r} returned scores as {found}; it {must}")

@@ -176,6 +176,26 @@ def test_inputs_merge_and_duplicates_are_dropped(results_dir, tmp_path):
     pd.testing.assert_frame_equal(summary_table(twice.trials), summary_table(load([str(results_dir)]).trials))
 
 
+def test_the_same_cells_under_another_protocol_are_refused_not_counted_twice(results_dir, tmp_path):
+    """A second run of the same cells with other data has other trial ids: merged, each cell would have two rows and
+    a test twice its samples. It is refused in one line naming the cell and what differs."""
+    import json
+
+    trials = pq.read_table(results_dir / "trials.parquet")
+    other = trials.to_pandas()
+    specs = [json.loads(s) for s in other["spec"]]
+    for spec in specs:
+        spec["data"]["eval_tokens"] += 64
+    other["spec"] = [json.dumps(s) for s in specs]
+    other["trial_id"] = other["trial_id"] + "x"
+    other["run_id"] = "second-run"
+    pq.write_table(pa.Table.from_pandas(other, schema=trials.schema, preserve_index=False), tmp_path / "b.parquet")
+    with pytest.raises(AnalyzeError, match=r"different specs in the inputs \(runs .*second-run.*\), differing in "
+                                           r"data\.eval_tokens; analyze runs of one protocol together") as caught:
+        load([str(results_dir), str(tmp_path / "b.parquet")])
+    assert "\n" not in str(caught.value)
+
+
 def test_cli_writes_to_out_and_returns_0(results_dir, tmp_path, capsys):
     assert run_cli([str(results_dir / "trials.parquet"), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "report.md").is_file()

@@ -10,8 +10,9 @@ ALLOWED = {
     "registry": set(),
     "contract": set(),
     "files": set(),  # reading untrusted files: regular files only
+    "work_cache": {"files"},  # what every run computes the same, on disk
     "result": {"contract"},  # what a trial produced and its row: plain Python, read by the analysis
-    "models": {"registry", "contract", "files"},
+    "models": {"registry", "contract", "files", "work_cache"},  # a GGUF's conversion is cached
     "data": {"models", "registry", "contract", "files"},
     "eval": {"models", "registry", "contract"},
     "pruning": {"models", "registry", "contract"},

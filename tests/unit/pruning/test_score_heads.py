@@ -113,3 +113,28 @@ def test_registry_says_which_strategies_depend_on_the_seed():
             b = score_heads(name, model, [padded_batch()], seed=1).scores
             assert strategy.depends_on_seed(model) == (not torch.equal(a, b)), (name, type(model).__name__)
     assert not STRATEGIES.get("gradient").depends_on_seed(lm) and STRATEGIES.get("gradient").depends_on_seed(encoder)
+
+
+@pytest.mark.parametrize("returned, says", [
+    (lambda layers, heads: {"scores": torch.zeros(layers, heads)}, "returned dict; it must return HeadScores"),
+    (lambda layers, heads: torch.zeros(layers, heads), "returned Tensor; it must return HeadScores"),
+    (lambda layers, heads: ("scores", torch.zeros(heads, layers + 1)), r"returned scores as a torch.float32 tensor of shape \[\d+, \d+\]"),
+    (lambda layers, heads: ("scores", torch.zeros(layers, heads, dtype=torch.long)), "returned scores as a torch.int64 tensor"),
+    (lambda layers, heads: ("scores", [[0.0] * heads] * layers), "returned scores as list"),
+])
+def test_a_strategy_that_returns_the_wrong_thing_is_named_in_one_line(monkeypatch, returned, says):
+    """An extender's strategy returning something else fails in score_heads, naming the strategy and the contract,
+    not with an AttributeError inside selection."""
+    from sentinel.pruning.base import HeadScores, Strategy
+
+    model = tiny_model("gpt2")
+    layers, heads = model.config.n_layer, model.config.n_head
+
+    def wrong(model, batches, *, generator):
+        value = returned(layers, heads)
+        return HeadScores(scores=value[1], strategy="mine") if isinstance(value, tuple) else value
+
+    monkeypatch.setitem(STRATEGIES._items, "mine", Strategy("mine", wrong, {}))
+    with pytest.raises(TypeError, match=f"strategy 'mine' {says}") as err:
+        score_heads("mine", model, [padded_batch()])
+    assert "\n" not in str(err.value) and f"[{layers}, {heads}]" in str(err.value)
