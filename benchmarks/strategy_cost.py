@@ -1,6 +1,7 @@
 """Cost of each registered strategy's scoring, relative to `gradient`, on the default config's real models and data.
 
-    python benchmarks/strategy_cost.py
+    python benchmarks/strategy_cost.py               # every registered strategy
+    python benchmarks/strategy_cost.py ablation      # these (and gradient, the unit), merged into the stored rows
 
 Each (model, strategy) runs in a fresh process: load the model (as the pipeline does), prepare the default
 config's task (its scoring batches), then time `score_heads` and record the process's peak-RSS growth during
@@ -56,24 +57,34 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from sentinel.pruning import STRATEGIES
 
+    chosen = sys.argv[1:]
+    for name in chosen:
+        STRATEGIES.get(name)  # an unknown name: one line listing the registered ones
+    names = sorted({*chosen, "gradient"}) if chosen else STRATEGIES.names()
+    stored = json.loads((RESULTS / "strategy_cost.json").read_text())["rows"] if chosen else []
     rows = []
     for model in MODELS:
-        for strategy in STRATEGIES.names():
+        for strategy in names:
             out = subprocess.run([sys.executable, __file__, "--child", model, strategy], capture_output=True,
                                  text=True, cwd=REPO, timeout=1800)
             if out.returncode:
                 raise SystemExit(f"{model} {strategy} failed:\n{out.stderr[-3000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "measured": time.strftime("%Y-%m-%d")})
             print(json.dumps(rows[-1]), flush=True)
-    for row in rows:
-        base = next(r for r in rows if r["model"] == row["model"] and r["strategy"] == "gradient")
-        row["time_vs_gradient"] = row["seconds"] / base["seconds"]
+    fresh = {(r["model"], r["strategy"]) for r in rows}
+    rows += [r for r in stored if (r["model"], r["strategy"]) not in fresh]
+    rows.sort(key=lambda r: (MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS), r["strategy"]))
+    for row in rows:  # against gradient timed in the same session (rows keep the ratio they were measured with)
+        if row["strategy"] in names or "time_vs_gradient" not in row:
+            base = next(r for r in rows if r["model"] == row["model"] and r["strategy"] == "gradient")
+            row["time_vs_gradient"] = row["seconds"] / base["seconds"]
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    lines = ["| model | strategy | scoring time (s) | x gradient | extra peak RSS (MB) | forward / backward passes |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | strategy | scoring time (s) | x gradient | extra peak RSS (MB) | forward / backward passes | "
+             "measured |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['strategy']} | {r['seconds']:.2f} | {r['time_vs_gradient']:.2f} | "
-                     f"{r['extra_peak_rss_mb']:.0f} | {r['forward_passes']} / {r['backward_passes']} |")
+                     f"{r['extra_peak_rss_mb']:.0f} | {r['forward_passes']} / {r['backward_passes']} | "
+                     f"{r.get('measured', 'earlier')} |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "strategy_cost.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     (RESULTS / "strategy_cost.md").write_text(

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 import pytest
+
+# The work cache (sentinel.work_cache) named once for the whole run, before fixtures point HOME at temp folders: every
+# test, subprocess and Ray worker then converts SmolLM2's GGUF once (the conversion is exact: tests/unit/test_work_cache.py)
+os.environ.setdefault("SENTINEL_CACHE", str(Path.home() / ".cache" / "sentinel-bench" / "work"))
 
 # Slow, marked in one place (issue #42): everything that starts Ray clusters, jobs, llama.cpp, a browser or the
 # shipped models end to end. `python -m pytest -m "not slow"` is the quick loop; the full suite runs them all.

@@ -24,10 +24,10 @@ from orchestrator.analyze.formatting import (FORMATS, Block, code, effect, figur
 from orchestrator.analyze.html import render_html
 from orchestrator.analyze.load import Results
 from orchestrator.analyze.reference import reference_notes, seed_percentiles
-from orchestrator.analyze.stability import stability_table
+from orchestrator.analyze.stability import AGREEMENT, stability_table
 from orchestrator.analyze.report_tables import (display_table, extra_display, failed_table, generation_display,
                                                 headline_table, pairwise_display, stability_display)
-from orchestrator.analyze.stats import ALPHA, BASELINE, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
+from orchestrator.analyze.stats import ALPHA, BASELINE, CELL, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
 from orchestrator.storage import write_bytes
 
 
@@ -193,8 +193,9 @@ def write_report(results: Results, out: str, settings=None) -> str:
     """
     out = out.rstrip("/")
     summary = summary_table(results.trials, results.reference, settings)
-    write_bytes(f"{out}/summary.csv", summary.to_csv(index=False).encode())
     stability = stability_table(results.trials, results.heads, results.reference)
+    agreement = stability[[*CELL, *AGREEMENT]]  # each criterion's correlation with ablation, in summary.csv too
+    write_bytes(f"{out}/summary.csv", summary.merge(agreement, on=CELL, how="left").to_csv(index=False).encode())
     write_bytes(f"{out}/stability.csv", stability.to_csv(index=False).encode())
     if not results.reference.empty:
         write_bytes(f"{out}/percentiles.csv",
@@ -277,7 +278,10 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
               Block("p", "Per cell: how many distinct layouts its seeds chose, the mean pairwise Jaccard overlap of "
                          "the pruned head sets across seeds (each seed scores on its own calibration draw), the same "
                          "overlap between random layouts (what chance gives), and the mean pairwise Spearman "
-                         "correlation of the head scores across seeds. Also as [stability.csv](stability.csv)."),
+                         "correlation of the head scores across seeds; where the run scored `ablation` (each unit "
+                         "removed alone: the ground truth of single-unit importance), each strategy's Spearman "
+                         "correlation with ablation's scores at the same seed, mean over seeds [95% interval]. Also "
+                         "as [stability.csv](stability.csv)."),
               Block("table", stability_display(stability))]
     if not generation.empty:
         blocks += [Block("h2", "Generation: KV cache and tokens/s"),

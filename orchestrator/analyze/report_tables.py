@@ -68,13 +68,19 @@ def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def stability_display(table: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "model": table["model"], "strategy": table["label"], "level": table["level"].map(lambda v: f"{v:g}"),
         "seeds": table["n_seeds"], "distinct layouts": table["distinct_layouts"],
         "Jaccard across seeds": table["jaccard"].map(lambda v: fmt(v, 3)),
         "random's Jaccard": table["random_jaccard"].map(lambda v: fmt(v, 3)),
         "score Spearman across seeds": table["score_spearman"].map(lambda v: fmt(v, 3)),
     })
+    if "ablation_seeds" in table and table["ablation_seeds"].fillna(0).gt(0).any():  # the run scored ablation too
+        out["Spearman with ablation [95% CI]"] = [
+            "" if not n else f"{fmt(m, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}] (n={int(n)})"
+            for m, lo, hi, n in zip(table["ablation_spearman"], table["ablation_spearman_low"],
+                                    table["ablation_spearman_high"], table["ablation_seeds"].fillna(0))]
+    return out
 
 
 def pairwise_display(pairs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:

@@ -8,6 +8,10 @@ random under its own rule (docs/ANALYZE.md, "Stability"):
   from I's distribution (scipy.stats.hypergeom, convolved over layers);
 - global: counts vary with the draw and the min-heads-per-layer rule couples the layers, so no hypergeometric closed
   form holds; random's overlap is the mean over every pair of the reference's own layouts, drawn under that rule.
+
+And how close a criterion's scores come to the ground truth of single-unit importance: where the run has the
+`ablation` strategy, each other strategy's Spearman correlation with ablation's scores, seed by seed (the same seed
+scores on the same calibration draw), and its mean over seeds with a 95% t interval through Fisher's z.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import pandas as pd
 from scipy import stats as sstats
 
 from orchestrator.analyze.reference import head_pairs, layout_key
-from orchestrator.analyze.stats import CELL, ok_trials
+from orchestrator.analyze.stats import CELL, interval, ok_trials
 
 
 def _jaccard(a: set, b: set) -> float:
@@ -100,12 +104,42 @@ def stability_table(trials: pd.DataFrame, heads: pd.DataFrame, reference: pd.Dat
             expected, how = rule
         else:
             expected, how = mean_jaccard(random_sets), f"global: every pair of {len(random_sets)} reference layouts"
+        agreement = ablation_agreement(heads, group, ok[(ok["model"] == model) & (ok["label"] == ABLATION)
+                                                        & (ok["level"] == level)])
         rows.append({"model": model, "label": label, "level": level, "n_seeds": len(sets),
                      "distinct_layouts": len({layout_key(sorted(s)) for s in sets}),
                      "jaccard": mean_jaccard(sets), "random_jaccard": expected, "random_rule": how,
-                     "score_spearman": _score_spearman(heads, group["trial_id"])})
+                     "score_spearman": _score_spearman(heads, group["trial_id"]), **agreement})
     return pd.DataFrame(rows, columns=["model", "label", "level", "n_seeds", "distinct_layouts", "jaccard",
-                                       "random_jaccard", "random_rule", "score_spearman"])
+                                       "random_jaccard", "random_rule", "score_spearman", *AGREEMENT])
+
+
+ABLATION = "ablation"  # the strategy whose scores are single-unit ground truth (sentinel/pruning/ablation.py)
+AGREEMENT = ("ablation_spearman", "ablation_spearman_low", "ablation_spearman_high", "ablation_seeds")
+
+
+def ablation_agreement(heads: pd.DataFrame, cell: pd.DataFrame, ablation: pd.DataFrame) -> dict[str, float]:
+    """The Spearman correlation of a cell's head scores with ablation's at the same seed, as the mean over seeds
+    [95% interval] (Fisher's z) and the number of seeds paired; NaN for ablation itself, for random (a draw, not a
+    score of importance) and where either side lacks scores or they are constant."""
+    empty = dict.fromkeys(AGREEMENT, float("nan")) | {"ablation_seeds": 0}
+    label = str(cell["label"].iloc[0])
+    if heads.empty or "score" not in heads or ablation.empty or label in (ABLATION, "random"):
+        return empty
+    truth = dict(zip(ablation["seed"], ablation["trial_id"]))
+    rhos = []
+    for seed, trial_id in zip(cell["seed"], cell["trial_id"]):
+        if seed not in truth:
+            continue
+        rows = heads[heads["trial_id"].isin([trial_id, truth[seed]])]
+        grid = rows.pivot_table(index=["layer", "head"], columns="trial_id", values="score").dropna()
+        if grid.shape[1] == 2 and all(np.ptp(grid[c].to_numpy(float)) > 0 for c in grid.columns):
+            rhos.append(sstats.spearmanr(grid[trial_id], grid[truth[seed]]).statistic)
+    if not rhos:
+        return empty
+    mean, low, high = interval(np.array(rhos), "atanh")
+    return {"ablation_spearman": mean, "ablation_spearman_low": low, "ablation_spearman_high": high,
+            "ablation_seeds": len(rhos)}
 
 
 def _heads_per_layer(heads: pd.DataFrame, model: str) -> dict[int, int]:

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from orchestrator.analyze import reference as ref
 from orchestrator.analyze.stability import expected_jaccard, stability_table
@@ -206,3 +207,29 @@ def test_on_a_gqa_model_randoms_overlap_counts_whole_kv_groups():
     table = stability_table(uniform, heads, base).iloc[0]
     assert table["random_jaccard"] == pytest.approx(expected_jaccard([2] * 4, [1] * 4))
     assert expected_jaccard([2] * 4, [1] * 4) != pytest.approx(expected_jaccard([6] * 4, [3] * 4), abs=1e-3)
+
+
+def test_each_criterions_agreement_with_ablation_is_paired_by_seed_with_a_fishers_z_interval():
+    """Ablation's scores are the ground truth; a criterion ordering the heads as ablation does at every seed has
+    Spearman 1, one reversing them -1, one that matches at some seeds only something between, with an interval from
+    the seeds; ablation itself and random get none."""
+    rng = np.random.default_rng(3)
+    truth = [rng.permutation(16).astype(float) for _ in range(4)]  # per seed: ablation's 16 scores
+    noisy = [t + rng.normal(0, 4, 16) for t in truth]
+    tables, heads = [], []
+    for label, per_seed in (("ablation", truth), ("gradient", truth), ("entropy", [-t for t in truth]),
+                            ("taylor", noisy), ("random", noisy)):
+        cell = rows(label, [5.0] * 4)
+        tables.append(cell)
+        heads += [{"trial_id": t, "model": "m", "layer": i // 4, "head": i % 4, "score": float(s[i])}
+                  for t, s in zip(cell["trial_id"], per_seed) for i in range(16)]
+    table = stability_table(pd.concat(tables, ignore_index=True), pd.DataFrame(heads), pd.DataFrame())
+    agreement = table.set_index("label")
+    assert agreement.loc["gradient", "ablation_spearman"] == pytest.approx(1.0)
+    assert agreement.loc["entropy", "ablation_spearman"] == pytest.approx(-1.0)
+    rhos = [stats.spearmanr(n, t).statistic for n, t in zip(noisy, truth)]
+    expected = np.tanh(np.mean(np.arctanh(rhos)))
+    taylor = agreement.loc["taylor"]
+    assert taylor["ablation_spearman"] == pytest.approx(expected) and taylor["ablation_seeds"] == 4
+    assert taylor["ablation_spearman_low"] < expected < taylor["ablation_spearman_high"] <= 1
+    assert agreement.loc[["ablation", "random"], "ablation_seeds"].tolist() == [0, 0]

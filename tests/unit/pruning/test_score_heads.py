@@ -18,8 +18,8 @@ def counted():
     return model, calls
 
 
-def test_registry_holds_the_thirteen_strategies():
-    assert STRATEGIES.names() == ["attention_drop", "dynamic", "entropy", "flap", "gradient", "hybrid", "iterative",
+def test_registry_holds_the_fourteen_strategies():
+    assert STRATEGIES.names() == ["ablation", "attention_drop", "dynamic", "entropy", "flap", "gradient", "hybrid", "iterative",
                                   "l0", "magnitude", "random", "redundancy", "taylor", "wanda_sp"]
 
 
@@ -28,7 +28,7 @@ def test_unknown_strategy_lists_allowed_names(counted):
     with pytest.raises(ValueError) as err:
         score_heads("entropi", model, [padded_batch()])
     assert str(err.value) == (
-        "strategy: 'entropi' is not one of attention_drop, dynamic, entropy, flap, gradient, hybrid, iterative, l0, "
+        "strategy: 'entropi' is not one of ablation, attention_drop, dynamic, entropy, flap, gradient, hybrid, iterative, l0, "
         "magnitude, random, redundancy, taylor, wanda_sp (did you mean 'entropy'?)"
     )
     assert not calls
