@@ -24,9 +24,10 @@ from orchestrator.analyze.formatting import (FORMATS, Block, code, effect, figur
 from orchestrator.analyze.html import render_html
 from orchestrator.analyze.load import Results
 from orchestrator.analyze.reference import reference_notes, seed_percentiles
+from orchestrator.analyze.ranking import stage_ranking
 from orchestrator.analyze.stability import AGREEMENT, stability_table
 from orchestrator.analyze.report_tables import (display_table, extra_display, failed_table, generation_display,
-                                                headline_table, pairwise_display, stability_display)
+                                                headline_table, pairwise_display, ranking_display, stability_display)
 from orchestrator.analyze.stats import ALPHA, BASELINE, CELL, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
 from orchestrator.storage import write_bytes
 
@@ -202,6 +203,9 @@ def write_report(results: Results, out: str, settings=None) -> str:
                     seed_percentiles(results.trials, results.reference).to_csv(index=False).encode())
     pairs = stats.pairwise(results.trials)
     write_bytes(f"{out}/pairwise.csv", pairs.to_csv(index=False).encode())
+    ranking = stage_ranking(results.trials, pairs, seed=getattr(settings, "seed", 0))
+    if not ranking.empty:
+        write_bytes(f"{out}/ranking.csv", ranking.to_csv(index=False).encode())
     table = display_table(summary)
     write_bytes(f"{out}/summary.md", (markdown_table(table) + "\n").encode())
     generation, extra = stats.generation_table(results.trials), stats.extra_table(results.metrics)
@@ -217,7 +221,7 @@ def write_report(results: Results, out: str, settings=None) -> str:
                 write_bytes(f"{out}/{stem}.{kind}", figure_bytes(fig, kind))
             images.append(Block("image", (alt, stem)))
 
-    blocks = _blocks(results, summary, table, images, pairs, stability, generation, extra, out)
+    blocks = _blocks(results, summary, table, images, pairs, stability, generation, extra, out, ranking)
     title = f"sentinel-bench analysis: {_unique(results.trials.get('experiment'))}"
     report = f"{out}/report.md"
     markdown = render_markdown(md_text(title), blocks)
@@ -226,9 +230,21 @@ def write_report(results: Results, out: str, settings=None) -> str:
     return report
 
 
+def _ranking_blocks(ranking: pd.DataFrame | None) -> list[Block]:
+    if ranking is None or ranking.empty:
+        return []
+    return [Block("h2", "Rankings across stages"),
+            Block("p", "Does the order of strategies after pruning survive recovery? Kendall's tau between the "
+                       "strategies' means after pruning and after recovery (on the metric's scale), with a 95% interval "
+                       "from a bootstrap over each strategy's seeds; a flip is a pair whose head-to-head verdict "
+                       "(Holm-adjusted) says a beats b after pruning and b beats a after recovery. Also as "
+                       "[ranking.csv](ranking.csv)."),
+            Block("table", ranking_display(ranking))]
+
+
 def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images: list[Block],
             pairs: pd.DataFrame, stability: pd.DataFrame, generation: pd.DataFrame, extra: pd.DataFrame,
-            out: str | None = None) -> list[Block]:
+            out: str | None = None, ranking: pd.DataFrame | None = None) -> list[Block]:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     headline = headline_table(summary)
     lead = [image for image in images if image.content[1] == "strategies"]  # the headline figure
@@ -274,6 +290,7 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
                          "against: it reads \"deterministic: better\" or \"deterministic: worse\". Also as "
                          "[pairwise.csv](pairwise.csv)."),
               Block("table", pairwise_display(pairs, summary)) if len(pairs) else Block("p", "No pairs."),
+              *_ranking_blocks(ranking),
               Block("h2", "Which heads, how stable"),
               Block("p", "Per cell: how many distinct layouts its seeds chose, the mean pairwise Jaccard overlap of "
                          "the pruned head sets across seeds (each seed scores on its own calibration draw), the same "

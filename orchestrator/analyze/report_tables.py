@@ -134,3 +134,14 @@ def generation_display(table: pd.DataFrame) -> pd.DataFrame:
         "B": [b if e == "transformers" else "—" for b, e in zip(table["batch_size"], table.get(
             "engine", pd.Series("transformers", index=table.index)))],
     })
+
+
+def ranking_display(ranking: pd.DataFrame) -> pd.DataFrame:
+    """Kendall's tau between the pruned and the recovered order per model and level, and the adjusted flips."""
+    return pd.DataFrame({
+        "model": ranking["model"], "level": ranking["level"].map(lambda v: f"{v:g}"),
+        "strategies": ranking["strategies"],
+        "Kendall's tau [95% CI]": [f"{fmt(t, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]" for t, lo, hi in
+                                   zip(ranking["kendall_tau"], ranking["tau_low"], ranking["tau_high"])],
+        "order flips with adjusted evidence": ranking["flips"].map(lambda f: f or "none"),
+    })
