@@ -1,11 +1,13 @@
 """Recovery fine-tuning after pruning: AdamW, linear warm-up then cosine decay, gradient clipping.
 
-Two objectives, chosen by the kind of model:
-- causal LMs (an adapter with `causal=True` and an LM head): next-token cross-entropy, labels =
-  input_ids with padding set to -100;
-- encoders (no LM head): distillation to the dense model's sentence embeddings,
-  loss = mean over the batch of 1 - cos(mean_pool(student), mean_pool(teacher)); the teacher is
-  frozen, in eval mode, and runs without gradients.
+Objectives (`objective`; "auto" chooses by the kind of model):
+- causal LMs (an adapter with `causal=True` and an LM head): next-token cross-entropy ("cross_entropy", auto's
+  choice), labels = input_ids with padding set to -100; or "distill": the KL divergence from the dense model's
+  next-token distribution to the student's at temperature T, KL(softmax(t/T) || softmax(s/T)) * T^2 (Hinton et al.
+  2015), the mean over real tokens (Minitron and Puzzletron recover pruned LMs this way);
+- encoders (no LM head): distillation to the dense model's sentence embeddings (auto and "distill"),
+  loss = mean over the batch of 1 - cos(mean_pool(student), mean_pool(teacher)).
+A teacher is frozen, in eval mode, and runs without gradients.
 
 Pruned heads stay pruned. Physically removed heads no longer exist. Masked heads (a `HeadMask`
 with zeros) get exactly zero gradient, because their outputs are multiplied by a zero gate before
@@ -31,6 +33,7 @@ from sentinel.models.device import autocast, mean_pool, model_device
 from sentinel.models.layout import blocks, head_slices, slice_parameters
 
 Batch = dict[str, torch.Tensor]
+OBJECTIVES = ("auto", "cross_entropy", "distill")
 Curve = list[dict[str, Any]]  # rows {step, train_loss, eval_metric, lr}: sentinel.result.CURVE_COLUMNS
 IGNORE = -100
 
@@ -56,9 +59,15 @@ class FinetuneConfig(Contract):
     lora_alpha: float = checked(16.0, number(above=0))
     # module names (suffixes of full names, peft's rule); empty: the attention projections of the family's adapter
     lora_targets: tuple[str, ...] = checked((), lambda value, name: _names(value, name))
+    # what recovery minimises: "auto" (next-token cross-entropy for causal LMs, embedding distillation for encoders),
+    # "cross_entropy" (causal LMs) or "distill" (to the dense model: its next-token distribution at `temperature`
+    # for causal LMs, its sentence embeddings for encoders)
+    objective: str = checked("auto", one_of(OBJECTIVES))
+    temperature: float = checked(1.0, number(above=0))
 
     # fields added after results were published: left out of a trial's id while at their default
-    LATE_DEFAULTS = {"method": "full", "lora_rank": 8, "lora_alpha": 16.0, "lora_targets": []}
+    LATE_DEFAULTS = {"method": "full", "lora_rank": 8, "lora_alpha": 16.0, "lora_targets": [], "objective": "auto",
+                     "temperature": 1.0}
     # `seed` was a field the trial's seed always overwrote: gone, and kept in ids at the value every cell held
     RETIRED = {"seed": 0}
 
@@ -67,6 +76,9 @@ class FinetuneConfig(Contract):
             raise SpecError(f"warmup_steps: {self.warmup_steps} must be in [0, steps={self.steps}]")
         if self.method == "full" and self.lora_targets:
             raise SpecError("lora_targets: set with method 'full'; LoRA targets apply to method 'lora'")
+        if self.temperature != 1.0 and self.objective != "distill":
+            raise SpecError(f"temperature: {self.temperature:g} is set with objective {self.objective!r}; a "
+                            "temperature applies to objective 'distill'")
 
 
 def _names(value: Any, name: str) -> tuple[str, ...]:
@@ -115,15 +127,32 @@ def distillation_loss(model: nn.Module, teacher: nn.Module, batch: Batch) -> tor
     return (1.0 - F.cosine_similarity(student, target, dim=-1)).mean()
 
 
-def _objective(model: nn.Module, teacher: nn.Module | None) -> Callable[[Batch], torch.Tensor]:
-    if is_causal_lm(model):
+def lm_distillation_loss(model: nn.Module, teacher: nn.Module, batch: Batch, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the next-token distributions at `temperature`, times temperature^2 (so gradients
+    keep their size across temperatures), the mean over real tokens."""
+    mask = batch["attention_mask"].bool()  # [B, T]
+    with torch.no_grad():
+        target = F.log_softmax(teacher(**batch).logits.float() / temperature, dim=-1)  # [B, T, V]
+    student = F.log_softmax(model(**batch).logits.float() / temperature, dim=-1)
+    kl = F.kl_div(student, target, log_target=True, reduction="none").sum(-1)  # [B, T]
+    return kl[mask].mean() * temperature ** 2
+
+
+def _objective(model: nn.Module, teacher: nn.Module | None, config: FinetuneConfig) -> Callable[[Batch], torch.Tensor]:
+    causal = is_causal_lm(model)
+    objective = config.objective if config.objective != "auto" else ("cross_entropy" if causal else "distill")
+    if objective == "cross_entropy":
+        if not causal:
+            raise ValueError(f"finetune.objective: 'cross_entropy' needs an LM head, which {type(model).__name__} has "
+                             "not; encoders recover with 'distill' (or 'auto')")
         if teacher is not None:
-            raise ValueError("teacher: distillation is for encoders; causal LMs train on next-token loss")
+            raise ValueError("teacher: given with objective 'cross_entropy'; a teacher is for objective 'distill'")
         return lambda batch: lm_loss(model, batch)
     if teacher is None:
-        raise ValueError(
-            f"teacher: {type(model).__name__} has no LM head, so it is distilled; pass the dense model as teacher"
-        )
+        raise ValueError(f"teacher: objective 'distill' distils {type(model).__name__} to the dense model; pass the "
+                         "dense model as teacher")
+    if causal:
+        return lambda batch: lm_distillation_loss(model, teacher, batch, config.temperature)
     return lambda batch: distillation_loss(model, teacher, batch)
 
 
@@ -245,7 +274,7 @@ def finetune(
         seed: the batch order and any randomness of training (the pipeline passes the trial's seed).
         evaluate: model -> float, called in eval mode before training (step 0), every
             config.eval_every steps, and after the last step.
-        teacher: the dense model, required for encoders (embedding distillation); not for causal LMs.
+        teacher: the dense model, for objective "distill" (an encoder's "auto"); none for "cross_entropy".
         mask: the HeadMask installed on `model`, if any (default `model.sentinel_mask`, where the
             pipeline and the pruning strategies keep it): its masked heads' weights are kept unchanged.
         device: where to train; default the model's device (the model and teacher are moved there).
@@ -266,7 +295,7 @@ def finetune(
         # the teacher may be shared (the pipeline's cached dense model): only read it, under no_grad,
         # never flip its requires_grad flags, or every later copy of it would be frozen
         teacher.to(device).eval()
-    loss_fn = _objective(model, teacher)
+    loss_fn = _objective(model, teacher, config)
     mask = mask if mask is not None else getattr(model, "sentinel_mask", None)
     if config.method == "lora" and mask is not None:
         raise ValueError("finetune.method: 'lora' on a masked model would train adapters that read the masked heads; "

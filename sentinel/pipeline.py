@@ -206,7 +206,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         with stage("finetune"):
             result.curve = finetune(
                 model, task.train_batches(spec.finetune.batch_size), spec.finetune, seed=spec.seed,
-                evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, mask=mask, device=device,
+                evaluate=lambda m: task.evaluate(m).value, teacher=_teacher(task, dense, spec), mask=mask, device=device,
                 bf16=spec.bf16, initial_metric=result.pruned,
             )
         result.recovered = result.curve[-1]["eval_metric"]
@@ -323,11 +323,20 @@ def _prune_while_finetuning(dense: nn.Module, task: Prepared, spec: TrialSpec, d
                            policy=spec.policy, min_heads_per_layer=spec.min_heads_per_layer,
                            generator=torch.Generator().manual_seed(spec.seed), **spec.strategy_options)
     curve = finetune(trained, task.train_batches(spec.finetune.batch_size), spec.finetune, seed=spec.seed,
-                     evaluate=lambda m: task.evaluate(m).value, teacher=task.teacher, mask=mask, device=device,
+                     evaluate=lambda m: task.evaluate(m).value, teacher=_teacher(task, dense, spec), mask=mask,
+                     device=device,
                      bf16=spec.bf16, initial_metric=dense_metric, on_step=pruner)
     heads = mask.masked()
     selected = sum(len(h) for h in heads.values())
     return Selection(heads=heads, requested=pruner.requested, selected=selected, notes=pruner.notes), curve
+
+
+def _teacher(task: Prepared, dense: nn.Module, spec: TrialSpec) -> nn.Module | None:
+    """What recovery distils to: the task's teacher (an encoder's dense model), or the dense model when a causal LM
+    is asked to distil (finetune.objective 'distill')."""
+    if spec.finetune.objective == "distill" and task.teacher is None:
+        return dense
+    return task.teacher
 
 
 SPEED_ROUNDS = 3  # alternating dense / pruned timings per layout: a median and a spread, never one timing

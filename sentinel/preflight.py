@@ -131,6 +131,9 @@ def check_against_model(spec: TrialSpec, limit: int | None) -> None:
             fitting = [t for t in TASKS.names() if TASKS.get(t).causal == causal] + ([f"{PREFIX}<task>"] if causal else [])
             raise SpecError(f"{field}: {task!r} does not fit {spec.model!r}, {kind}; tasks that fit: "
                             f"{', '.join(fitting)}")
+    if spec.finetune is not None and spec.finetune.objective == "cross_entropy" and not causal:
+        raise SpecError(f"finetune.objective: 'cross_entropy' needs an LM head, and {spec.model!r} is {kind}; "
+                        "encoders recover with 'distill' (or 'auto')")
     g = spec.generation
     if g is not None and causal and limit is not None and g.prompt_tokens + g.new_tokens > limit:
         raise SpecError(f"generation: prompt_tokens + new_tokens = {g.prompt_tokens + g.new_tokens} is longer than "

@@ -170,13 +170,68 @@ def test_distillation_recovers_embedding_fidelity_of_pruned_tiny_bert():
 
 
 def test_encoder_without_teacher_is_an_error():
-    with pytest.raises(ValueError, match=r"teacher: BertModel has no LM head, so it is distilled"):
+    with pytest.raises(ValueError, match=r"teacher: objective 'distill' distils BertModel to the dense model; pass"):
         finetune(tiny_model("bert"), [padded_batch()], CONFIG)
 
 
-def test_causal_lm_with_teacher_is_an_error():
-    with pytest.raises(ValueError, match=r"teacher: distillation is for encoders"):
+def test_causal_lm_with_teacher_under_cross_entropy_is_an_error():
+    with pytest.raises(ValueError, match=r"teacher: given with objective 'cross_entropy'; a teacher is for objective"):
         finetune(tiny_model("gpt2"), [padded_batch()], CONFIG, teacher=tiny_model("gpt2"))
+
+
+def test_cross_entropy_on_an_encoder_and_distill_without_a_teacher_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"finetune.objective: 'cross_entropy' needs an LM head, which BertModel has"):
+        finetune(tiny_model("bert"), [padded_batch()], FinetuneConfig(objective="cross_entropy"),
+                 teacher=tiny_model("bert"))
+    with pytest.raises(ValueError, match=r"teacher: objective 'distill' distils LlamaForCausalLM to the dense model"):
+        finetune(tiny_model("llama"), [padded_batch()], FinetuneConfig(objective="distill"))
+    with pytest.raises(ValueError, match=r"objective: 'kl' is not one of auto, cross_entropy, distill"):
+        FinetuneConfig(objective="kl")
+    with pytest.raises(ValueError, match=r"temperature: 2 is set with objective 'auto'; a temperature applies to"):
+        FinetuneConfig(temperature=2.0)
+
+
+def test_lm_distillation_loss_is_the_tempered_kl_to_the_teacher_over_real_tokens():
+    from sentinel.finetune import lm_distillation_loss
+
+    student, teacher, batch = tiny_model("llama", seed=1), tiny_model("llama", seed=2), padded_batch()
+    with torch.no_grad():
+        s = torch.log_softmax(student(**batch).logits / 2.0, -1)
+        t = torch.log_softmax(teacher(**batch).logits / 2.0, -1)
+        kl = (t.exp() * (t - s)).sum(-1)[batch["attention_mask"].bool()].mean() * 4.0
+        assert lm_distillation_loss(student, teacher, batch, 2.0).item() == pytest.approx(kl.item(), rel=1e-5)
+        assert lm_distillation_loss(teacher, teacher, batch, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_recovers_a_pruned_causal_lm_towards_its_dense_teacher():
+    """objective 'distill' on a pruned tiny llama: the KL to the dense model falls, and the dense teacher is left
+    exactly as it was (frozen, in eval mode, its flags untouched)."""
+    from sentinel.finetune import lm_distillation_loss
+
+    dense, batches = tiny_model("llama"), pattern_batches()
+    # a teacher that predicts something (random weights predict near-uniformly), then half its KV groups removed
+    finetune(dense, batches, FinetuneConfig(steps=60, lr=1e-2, warmup_steps=0, eval_every=60, batch_size=4))
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    pruned = copy.deepcopy(dense)
+    prune_heads(pruned, {0: [0, 1], 1: [0, 1]})
+    kl = lambda m: sum(lm_distillation_loss(m, dense, b, 1.0).item() for b in batches) / len(batches)  # noqa: E731
+    start = kl(pruned)
+    config = FinetuneConfig(steps=20, lr=3e-3, warmup_steps=0, eval_every=20, batch_size=4, objective="distill")
+    curve = finetune(pruned, batches, config, teacher=dense, evaluate=kl)
+    assert curve[-1]["eval_metric"] < 0.5 * start
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+    assert all(p.requires_grad for p in dense.parameters()) and not dense.training
+
+
+def test_new_recovery_fields_at_their_defaults_leave_trial_ids_unchanged():
+    from sentinel.trial import TrialSpec
+
+    base = {"model": "sentinel/tiny-gpt2", "strategy": "magnitude", "level": 0.3, "seed": 0,
+            "finetune": {"steps": 2, "warmup_steps": 0}}
+    explicit = {**base, "finetune": {**base["finetune"], "objective": "auto", "temperature": 1.0}}
+    assert TrialSpec.from_dict(base).trial_id() == TrialSpec.from_dict(explicit).trial_id()
+    distilled = {**base, "finetune": {**base["finetune"], "objective": "distill"}}
+    assert TrialSpec.from_dict(distilled).trial_id() != TrialSpec.from_dict(base).trial_id()
 
 
 @pytest.mark.parametrize(

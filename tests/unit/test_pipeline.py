@@ -212,6 +212,19 @@ def test_encoder_trial_distills_and_leaves_cached_dense_model_trainable(shared):
     assert dense_models and all(p.requires_grad for m in dense_models for p in m.parameters())
 
 
+def test_a_causal_lm_distils_to_its_cached_dense_model_when_asked(shared):
+    """finetune.objective 'distill' on an LM: the trial's dense model is the teacher (the KL to it is what falls, not
+    the next-token loss), the cached dense model is left as it was, and the cell is another cell."""
+    distill = FinetuneConfig(**{**SHORT.to_dict(), "objective": "distill", "temperature": 2.0})
+    plain, distilled = run_trial(spec(), shared), run_trial(spec(finetune=distill), shared)
+    assert plain.status == distilled.status == "ok", distilled.error
+    assert distilled.pruned == plain.pruned and distilled.recovered != plain.recovered
+    assert distilled.spec.trial_id() != plain.spec.trial_id()
+    assert all(0 <= row["train_loss"] < 1 for row in distilled.curve[1:])  # a KL near 0, not a cross-entropy near 8
+    dense_models = [m for key, (m, _) in _MODELS.items() if key[0] == "sentinel/tiny-gpt2"]
+    assert dense_models and all(p.requires_grad for m in dense_models for p in m.parameters())
+
+
 def test_what_only_a_run_can_find_becomes_a_failed_row_not_an_exception(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub name that is nowhere: known only when the trial loads it
     missing = run_trial(spec(model="does-not/exist-anywhere"))
@@ -233,10 +246,19 @@ def test_what_only_a_run_can_find_becomes_a_failed_row_not_an_exception(monkeypa
      "finetune.lora_targets: 'q_proj' matches no module of 'sentinel/tiny-gpt2' (module names end in e.g."),
     ("finetune", {"method": "adapters"}, "finetune.method: 'adapters' is not one of full, lora"),
     ("finetune", {"lora_targets": ["attn.c_attn"]}, "finetune.lora_targets: set with method 'full'"),
+    ("finetune", {"objective": "kl"}, "finetune.objective: 'kl' is not one of auto, cross_entropy, distill"),
+    ("finetune", {"temperature": 2}, "finetune.temperature: 2 is set with objective 'auto'; a temperature applies"),
 ])
 def test_what_files_can_tell_is_refused_when_the_spec_is_built(field, value, message):
     with pytest.raises(SpecError, match=re.escape(message)):
         spec(**{"strategy": "entropy", field: value})
+
+
+def test_an_encoder_asked_to_recover_by_next_token_loss_is_refused_before_any_work():
+    with pytest.raises(SpecError, match=re.escape("finetune.objective: 'cross_entropy' needs an LM head, and "
+                                                  "'sentinel/all-MiniLM-L6-v2' is an encoder (no LM head)")):
+        TrialSpec.from_dict({**spec(model="sentinel/all-MiniLM-L6-v2").to_dict(),
+                             "finetune": {"steps": 2, "warmup_steps": 0, "objective": "cross_entropy"}})
 
 
 def test_the_same_rule_runs_from_a_dict_with_the_fields_path():
