@@ -1,8 +1,8 @@
 """The `sentinel-bench` command line.
 
     sentinel-bench run CONFIG [--set key=value ...] [--address ADDR] [--resume] [--overwrite] [--no-analyze]
-    sentinel-bench analyze | submit | status | logs | export ...
-        (provided by orchestrator.analyze / orchestrator.submit / orchestrator.export)
+    sentinel-bench analyze | submit | status | logs | export | extract ...
+        (provided by orchestrator.analyze / orchestrator.submit / orchestrator.export / orchestrator.extract)
 
 Exit codes: 0 all trials ok; 1 some trials failed, or the final tables could not be written (the rows stay in
 parts); 2 bad input (one line on stderr, nothing started, nothing written); 130 interrupted (Ctrl-C), 143
@@ -20,7 +20,7 @@ import signal
 import sys
 from typing import Sequence
 
-from orchestrator import analyze, export, submit
+from orchestrator import analyze, export, extract, submit
 from sentinel.contract import SpecError
 
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_cli(sub)
     submit.add_cli(sub)  # submit, status, logs
     export.add_cli(sub)
+    extract.add_cli(sub)
     return parser
 
 

@@ -97,15 +97,21 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_trial(spec: TrialSpec, shared: SharedWork | None = None, device: str | None = None) -> TrialResult:
+Keep = Callable[[str, nn.Module, Any], None]  # (stage "pruned" | "recovered", the model, its tokenizer)
+
+
+def run_trial(spec: TrialSpec, shared: SharedWork | None = None, device: str | None = None,
+              keep: Keep | None = None) -> TrialResult:
     """Runs one cell. Never raises for a failure inside the trial: it returns status "failed" and the error.
 
     `device` overrides `spec.device` with what a scheduler assigned ("auto" resolved by Ray's GPU ids); the spec
     stays as asked, because it is the cell's identity (its trial_id) and the row records the device used.
+    `keep` is handed the model after pruning (before recovery changes it) and after recovery: how a user takes a
+    trial's model away (orchestrator.extract).
     """
     result = TrialResult(spec=spec, versions=versions())
     try:
-        _run(spec, shared or LocalShared(), result, device or spec.device)
+        _run(spec, shared or LocalShared(), result, device or spec.device, keep)
         _check_finite(result)
     except Exception as exc:  # one failing cell must not take down a grid; the row says what happened
         result.status = "failed"
@@ -127,7 +133,7 @@ def work_key(kind: str, *parts: Any) -> str:
     return f"{kind}/{digest([str(part) for part in parts])}"
 
 
-def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: str) -> None:
+def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: str, keep: Keep | None) -> None:
     timings = Stopwatch(result.timings)
 
     @contextlib.contextmanager
@@ -175,6 +181,8 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
     with stage("eval_pruned"), autocast(device, spec.bf16):  # one number per distinct pruned model
         result.pruned, result.reused["pruned_eval"] = shared.get_or_compute(
             work_key("pruned", *layout, task.key, result.device), lambda: task.evaluate(model).value)
+    if keep is not None:
+        keep("pruned", model, tokenizer)
     if spec.measure_speed:
         with timings("speed"):  # once per layout, with the node to itself
             speed, result.reused["speed"] = shared.get_or_compute(
@@ -210,6 +218,8 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
                 bf16=spec.bf16, initial_metric=result.pruned,
             )
         result.recovered = result.curve[-1]["eval_metric"]
+        if keep is not None:
+            keep("recovered", model, tokenizer)
     else:
         result.recovered = result.pruned
     if spec.extra_tasks:  # after recovery (a dynamic trial's `model` is its unrecovered pruned copy: not measured)
