@@ -1,6 +1,7 @@
 """The `sentinel-bench` command line.
 
     sentinel-bench run CONFIG [--set key=value ...] [--address ADDR] [--resume] [--overwrite] [--no-analyze]
+                              [--dry-run]
     sentinel-bench analyze | submit | status | logs | export | extract ...
         (provided by orchestrator.analyze / orchestrator.submit / orchestrator.export / orchestrator.extract)
 
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     run.add_argument("--overwrite", action="store_true", help="replace a previous experiment of the same name")
     run.add_argument("--no-analyze", action="store_true", help="write Parquet only, no tables or plots")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan and a time estimate measured here; start nothing, write nothing")
     run.set_defaults(func=cmd_run)
 
     analyze.add_cli(sub)
@@ -52,6 +55,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, args.overrides)
     if args.address is None:
         check_local_run(spec)
+    if args.dry_run:
+        from orchestrator.dry_run import dry_run
+
+        print("\n".join(dry_run(spec, measure_here=args.address is None)))  # a cluster's machines are elsewhere
+        return 0
         # Ray on Linux binds GCS and raylet to the machine's address even when told 127.0.0.1; this flag,
         # read when ray is first imported, keeps a local in-process cluster on loopback (docs/SECURITY.md).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

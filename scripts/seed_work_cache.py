@@ -29,7 +29,7 @@ def main() -> None:
     from orchestrator.spec import load_spec
     from sentinel import work_cache
     from sentinel.files import write_file
-    from sentinel.pipeline import LocalShared, _record_baseline, _cached_task, dense_model
+    from sentinel.pipeline import LocalShared, _record_baseline, cached_task, dense_model
     from sentinel.eval import resolve_device
     from sentinel.result import TrialResult
 
@@ -44,7 +44,7 @@ def main() -> None:
     for cell in cells.values():
         device = resolve_device(cell.device)
         dense, tokenizer = dense_model(cell.model, device, cell.model_options)
-        task = _cached_task(dense, cell, tokenizer)
+        task = cached_task(dense, cell, tokenizer)
         result = TrialResult(spec=cell)
         result.device = str(device)
         model_id = (cell.model, json.dumps(dict(cell.model_options), sort_keys=True, default=str))

@@ -148,7 +148,7 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
     with stage("load"):
         dense, tokenizer = dense_model(spec.model, device, spec.model_options)
         model = copy.deepcopy(dense)  # the cached dense model is never modified
-        task = _cached_task(dense, spec, tokenizer)
+        task = cached_task(dense, spec, tokenizer)
     result.architecture = model.config.model_type
     if spec.compensate:  # before any evaluation: a family that cannot take the bias fails the trial now
         check_compensable(model)
@@ -242,7 +242,7 @@ def extra_metrics(model: nn.Module, tokenizer: Any, spec: TrialSpec) -> list[dic
             rows += evaluate_lm_eval(model, tokenizer, name)
             continue
         dense, _ = dense_model(spec.model, model_device(model), spec.model_options)
-        metric = _cached_task(dense, replace(spec, task=name), tokenizer).evaluate(model)
+        metric = cached_task(dense, replace(spec, task=name), tokenizer).evaluate(model)
         rows.append({"task": name, "metric": metric.name, "value": metric.value, "stderr": None,
                      "higher_is_better": metric.higher_is_better, "protocol": metric.protocol})
     return rows
@@ -402,7 +402,8 @@ def _quiet_generation(dense, model, tokenizer, spec: TrialSpec, shared: SharedWo
 _TASKS: dict[tuple, Prepared] = {}  # prepared tasks (tokenised data) per (model, task, data spec), in this worker
 
 
-def _cached_task(dense: nn.Module, spec: TrialSpec, tokenizer) -> Prepared:
+def cached_task(dense: nn.Module, spec: TrialSpec, tokenizer) -> Prepared:
+    """The spec's task prepared for this dense model (tokenised data), once per worker process."""
     key = (spec.model, spec.task, str(next(dense.parameters()).device), json.dumps(asdict(spec.data), sort_keys=True))
     if key not in _TASKS:
         _TASKS[key] = prepare_task(spec.task, dense, tokenizer, spec.data)

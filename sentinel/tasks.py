@@ -51,6 +51,7 @@ class Prepared:
     evaluate_full: Callable[[nn.Module], seval.Metric]  # the whole eval split: once per model, for reference
     full_key: str
     teacher: nn.Module | None = None  # encoders recover by distillation to the dense model
+    full_share: float = 1.0  # what the whole split costs in evaluations of the sample (its size over theirs)
 
 
 def _calibration_rng(d: Any, seed: int) -> tuple[random.Random, str]:
@@ -150,6 +151,7 @@ class Perplexity(Task):
             evaluate_full=lambda m: _with(whole(m), placement="whole split", eval_documents=len(eval_docs),
                                           bos=bos is not None),
             full_key=f"ppl-full/{eval_name}:split{d.split_seed}:seq{d.seq_len}:stride{d.stride}:bos{int(bos is not None)}",
+            full_share=len(stream) / d.stride / (count if d.eval_tokens else len(stream) / d.stride),
         )
 
 
@@ -209,6 +211,7 @@ class STSB(Task):
             evaluate_full=lambda m: seval.sts_spearman(m, tokenizer, pairs=pairs, sample=0, seed=d.split_seed),
             full_key="stsb/test:all",
             teacher=dense,
+            full_share=len(pairs) / (d.sts_pairs or len(pairs)),
         )
 
 
