@@ -111,7 +111,7 @@ def render_markdown(title: str, blocks: list[Block]) -> str:
 
 def figure_bytes(fig: Figure, fmt_: str) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt_, dpi=120)
+    fig.savefig(buffer, format=fmt_, dpi=120, bbox_inches="tight", pad_inches=0.05)  # a long title is never cut
     return buffer.getvalue()
 
 

@@ -143,7 +143,10 @@ def plot_strategy_comparison(trials: pd.DataFrame, reference: pd.DataFrame | Non
 
     ok = ok_trials(trials)
     panels = ok[["model", "level"]].drop_duplicates().sort_values(["model", "level"]).to_numpy().tolist()
-    fig = Figure(figsize=(4.6 * max(1, len(panels)), 4.4), layout="constrained")
+    # a panel widens with its strategies (0.5 in each, names upright beyond 6) so 18 names do not run together
+    count = ok["label"].nunique() + (reference is not None)
+    fig = Figure(figsize=(max(4.6, 0.5 * count + 1.2) * max(1, len(panels)), 4.4 + (0.6 if count > 6 else 0)),
+                 layout="constrained")
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     palette = colors(ok["label"])
     has_reference = reference is not None and not ok_trials(reference).empty
@@ -176,7 +179,8 @@ def plot_strategy_comparison(trials: pd.DataFrame, reference: pd.DataFrame | Non
                     ax.vlines(i + offset, low, high, color="black", linewidth=0.8, zorder=4)
         ax.axhline(rows["dense"].mean(), color="black", linewidth=1, linestyle=":", label="dense")
         _log_if_wide(ax, pd.concat(shown), first.get("higher_is_better"))
-        ax.set_xticks(range(len(labels)), [textwrap.fill(label, 12) for label in labels], fontsize=7)
+        ax.set_xticks(range(len(labels)), [textwrap.fill(label, 12) for label in labels], fontsize=7,
+                      rotation=90 if len(labels) > 6 else 0)
         ax.set_title(f"{model}, {level:g} of heads pruned\n" + textwrap.fill(protocol_label(first), 60), fontsize=8)
         ax.set_ylabel(metric_label(first.get("metric_name"), first.get("higher_is_better")))
         ax.grid(alpha=0.3, axis="y")
@@ -221,6 +225,8 @@ def plot_recovery_curves(curves: pd.DataFrame) -> Figure:
                 _band(ax, _mean_ci(group, "step", "eval_metric", scale), "step", palette[label], "-", label)
             if pd.notna(first.get("dense")):
                 ax.axhline(first["dense"], color="black", linewidth=1, linestyle=":", label="dense")
+            if scale == "log":  # the test's scale: one strategy at 8,000 must not flatten the rest to a line
+                _log_axis(ax)
             ax.set_title(f"{model}, {level:g} of heads pruned\n" + textwrap.fill(protocol_label(first), 60), fontsize=8)
             ax.set_xlabel("fine-tuning step (0 = just pruned)")
             ax.set_ylabel(metric_label(first.get("metric_name"), first.get("higher_is_better")))
