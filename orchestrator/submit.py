@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import sys
 import tempfile
 import uuid
@@ -141,7 +142,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         except (RuntimeError, ValueError) as exc:  # refused by the server (package too large, bad pip spec)
             raise SubmitError(f"submit: the cluster refused the job ({first_line(exc)})") from None
     print(job_id)
-    print(f"results: {spec.output_dir}; follow with `sentinel-bench logs {job_id} --follow`", file=sys.stderr)
+    address = f" --address {shlex.quote(args.address)}" if args.address else ""  # runnable as printed
+    print(f"results: {spec.output_dir}; follow with `sentinel-bench logs {job_id}{address} --follow`, state with "
+          f"`sentinel-bench status {job_id}{address}`", file=sys.stderr)
     return 0
 
 

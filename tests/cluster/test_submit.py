@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -119,7 +121,10 @@ def test_submitted_job_succeeds_and_writes_complete_parquet(head, tiny_gpt2, tmp
     token_env = client_env(RAY_AUTH_TOKEN=head.token)
     logs = cli_here("logs", job_id, "--address", head.dashboard_url, env=token_env)
     assert logs.returncode == 0 and "submitted: 4 ok, 0 failed" in logs.stdout, logs.stderr
-    follow = cli_here("logs", job_id, "--address", head.dashboard_url, "--follow", env=token_env)
+    # the follow-up commands submit printed run as printed: they carry the --address it was given
+    printed = re.findall(r"`(sentinel-bench [^`]*)`", result.stderr)
+    assert [c.split()[1] for c in printed] == ["logs", "status"] and all(head.dashboard_url in c for c in printed)
+    follow = cli_here(*shlex.split(printed[0])[1:], env=token_env)
     assert follow.returncode == 0 and "submitted: 4 ok, 0 failed" in follow.stdout, follow.stderr
 
 
