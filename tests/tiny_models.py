@@ -16,6 +16,10 @@ CONFIGS = {
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=70, pad_token_id=1,
     ),
+    "xlm-roberta": lambda: transformers.XLMRobertaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=70, pad_token_id=1,
+    ),
     "distilbert": lambda: transformers.DistilBertConfig(
         vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64
     ),

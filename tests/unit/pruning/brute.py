@@ -12,6 +12,7 @@ PATHS = {
     "gpt2": lambda m, l: (m.transformer.h[l].attn.c_attn, m.transformer.h[l].attn.c_proj),
     "bert": lambda m, l: _qkvo(m.encoder.layer[l].attention.self, "query", "key", "value", m.encoder.layer[l].attention.output.dense),
     "roberta": lambda m, l: _qkvo(m.encoder.layer[l].attention.self, "query", "key", "value", m.encoder.layer[l].attention.output.dense),
+    "xlm-roberta": lambda m, l: _qkvo(m.encoder.layer[l].attention.self, "query", "key", "value", m.encoder.layer[l].attention.output.dense),
     "distilbert": lambda m, l: _qkvo(m.transformer.layer[l].attention, "q_lin", "k_lin", "v_lin", m.transformer.layer[l].attention.out_lin),
     "llama": lambda m, l: _qkvo(m.model.layers[l].self_attn, "q_proj", "k_proj", "v_proj", m.model.layers[l].self_attn.o_proj),
     "mistral": lambda m, l: _qkvo(m.model.layers[l].self_attn, "q_proj", "k_proj", "v_proj", m.model.layers[l].self_attn.o_proj),
