@@ -25,6 +25,7 @@ Views (NAME is a folder of docs/data, MODEL a model name as in the results):
     NAME/speed MODEL            forward speedup per cell: median [min, max] of its timed rounds, of its ideal, and the
                                 realised share of the ideal gain
     NAME/power                  the test against the random reference simulated from the run's spreads (power.csv)
+    NAME/ranking                Kendall's tau between the strategies' pruned and recovered order, flips (ranking.csv)
     NAME/generation MODEL       KV cache kept, prefill / decode speedups beside their ideal ratios (runs with generation)
     NAME/extra MODEL            the extra evaluations (extra_tasks) per cell and stage, mean [95% CI]
     benchmarks/BENCH [N]        the N-th (default first) table of benchmarks/results/BENCH.md, as its script wrote it
@@ -47,14 +48,17 @@ sys.path.insert(0, str(REPO))
 from orchestrator.analyze import stats  # noqa: E402
 from sentinel.result import strategy_label  # noqa: E402
 from orchestrator.analyze.formatting import effect, markdown_table, mean_ci, speed_text  # noqa: E402
-from orchestrator.analyze.report_tables import extra_display, generation_display, stability_display  # noqa: E402
+from orchestrator.analyze.report_tables import (extra_display, generation_display, ranking_display,  # noqa: E402
+                                                stability_display)
 from orchestrator.results import TABLE_NAMES  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ publish
 
 
-ANALYSIS_TABLES = ("summary.csv", "pairwise.csv", "stability.csv", "percentiles.csv", "generation.csv", "extra.csv")
+ANALYSIS_TABLES = ("summary.csv", "pairwise.csv", "stability.csv", "percentiles.csv", "generation.csv", "extra.csv",
+                   "ranking.csv")
+IMAGES = REPO / "docs" / "img"  # a run's published figure: docs/img/NAME_strategies.png, redrawn with its tables
 
 
 def reanalyze(name: str, *extensions: str) -> Path:
@@ -71,6 +75,9 @@ def reanalyze(name: str, *extensions: str) -> Path:
         for table in ANALYSIS_TABLES:
             if (Path(tmp) / table).is_file():
                 shutil.copyfile(Path(tmp) / table, target / table)
+        figure = IMAGES / f"{name}_strategies.png"
+        if figure.is_file():
+            shutil.copyfile(Path(tmp) / "strategies.png", figure)
     return target
 
 
@@ -264,13 +271,15 @@ def render_view(spec: str) -> str:
         table = stability(name, args[0])
     elif view == "power":
         table = power(name)
+    elif view == "ranking":  # Kendall's tau between the pruned and the recovered order, as the report shows it
+        table = ranking_display(pd.read_csv(DATA / name / "ranking.csv", dtype={"flips": str}).fillna({"flips": ""}))
     elif view in ("generation", "extra"):  # stats.generation_table / extra_table as the report shows them
         rows = pd.read_csv(DATA / name / f"{view}.csv")
         rows = rows[rows["model"].eq(args[0])].reset_index(drop=True)
         table = (generation_display(rows) if view == "generation" else extra_display(rows)).drop(columns="model")
     else:
         raise ValueError(f"view: {view!r} is not one of verdicts, best, pairs, dense, facts, cost, speed, stability, power, "
-                         "generation, extra")
+                         "ranking, generation, extra")
     return (markdown_table(table) if len(table) else "(none)") + "\n"
 
 

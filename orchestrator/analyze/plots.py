@@ -145,9 +145,13 @@ def plot_strategy_comparison(trials: pd.DataFrame, reference: pd.DataFrame | Non
     panels = ok[["model", "level"]].drop_duplicates().sort_values(["model", "level"]).to_numpy().tolist()
     # a panel widens with its strategies (0.5 in each, names upright beyond 6) so 18 names do not run together
     count = ok["label"].nunique() + (reference is not None)
-    fig = Figure(figsize=(max(4.6, 0.5 * count + 1.2) * max(1, len(panels)), 4.4 + (0.6 if count > 6 else 0)),
+    columns = max(1, len(panels)) if count <= 6 else min(2, max(1, len(panels)))  # wide panels: two to a row
+    rows_of_panels = -(-max(1, len(panels)) // columns)
+    fig = Figure(figsize=(max(4.6, 0.5 * count + 1.2) * columns, (4.4 + (0.6 if count > 6 else 0)) * rows_of_panels),
                  layout="constrained")
-    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    axes = fig.subplots(rows_of_panels, columns, squeeze=False).flatten()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     palette = colors(ok["label"])
     has_reference = reference is not None and not ok_trials(reference).empty
     for ax, (model, level) in zip(axes, panels):
