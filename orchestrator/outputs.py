@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from typing import Any, Iterator
 
@@ -254,10 +255,15 @@ def compact_results(out: str, spec: ExperimentSpec, unwritten: int = 0) -> Compa
     """compact(), with a failed write said in one line: the parts are deleted only after every table is written,
     so the rows stay where they are and --resume picks them up."""
     try:
-        return compact(out, spec.to_dict())
+        compacted = compact(out, spec.to_dict())
     except OSError as exc:
         lost = f"; {unwritten} finished row(s) could not be written at all" if unwritten else ""
         raise ResultsWriteError(
             f"results: could not write the tables in {out} ({exc.strerror or type(exc).__name__}); the rows "
             f"already streamed are kept in {out}/parts{lost}: make the folder writable and rerun with --resume"
         ) from None
+    if compacted.unreadable:  # a part truncated by a kill: its rows are not there, so its trials run again
+        print(f"results: {len(compacted.unreadable)} part(s) are not readable Parquet and were left where they are, "
+              f"unmerged ({compacted.unreadable[0]}{', ...' if len(compacted.unreadable) > 1 else ''}); the trials "
+              "whose rows they held have no row and run again", file=sys.stderr)
+    return compacted

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
@@ -75,11 +75,19 @@ def _files(output_dir: str, table: str) -> tuple[Any, list[str], str | None]:
     return fs, parts, compacted if fs.get_file_info(compacted).type == pafs.FileType.File else None
 
 
-def _read(fs: Any, paths: list[str], schema: pa.Schema) -> pa.Table:
-    """The files as one table in `schema` (columns a file lacks are null; columns it has but `schema` lacks go)."""
+def _read(fs: Any, paths: list[str], schema: pa.Schema, unreadable: list[str] | None = None) -> pa.Table:
+    """The files as one table in `schema` (columns a file lacks are null; columns it has but `schema` lacks go).
+    With `unreadable`, a file that is not readable Parquet (a part truncated by a kill, a foreign file) is skipped
+    and named there instead of failing the whole read."""
     out = []
     for path in paths:
-        table = pq.read_table(path, filesystem=fs)
+        try:
+            table = pq.read_table(path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError):
+            if unreadable is None:
+                raise
+            unreadable.append(path)
+            continue
         columns = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
                    for f in schema]
         out.append(pa.Table.from_arrays(columns, schema=schema))
@@ -115,6 +123,7 @@ def rows_of_kept_trials(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFra
 class Compacted:
     paths: dict[str, str]  # table name (and "config") -> path written
     status: dict[str, str]  # trial_id -> status of its kept row
+    unreadable: list[str] = field(default_factory=list)  # parts that are not readable Parquet: left where they are
 
 
 def compact(output_dir: str, config: Mapping[str, Any]) -> Compacted:
@@ -127,11 +136,13 @@ def compact(output_dir: str, config: Mapping[str, Any]) -> Compacted:
     Returns:
         the paths written and the status of every kept trial.
     """
-    written, merged = {}, []
+    written, merged, unreadable = {}, [], []
     trials = None
     for name in TABLE_NAMES:
         fs, parts, compacted = _files(output_dir, name)
-        frame = _read(fs, ([compacted] if compacted else []) + parts, schema(name)).to_pandas()
+        table_parts = _read(fs, parts, schema(name), unreadable)  # a truncated part must not block every resume
+        earlier = _read(fs, [compacted], schema(name)) if compacted else schema(name).empty_table()
+        frame = pa.concat_tables([earlier, table_parts]).to_pandas()
         if name == "trials":
             frame = latest_per_trial(frame) if len(frame) else frame
             trials = frame = frame.sort_values(["model", "strategy", "seed", "level", KEY], kind="stable")
@@ -143,7 +154,7 @@ def compact(output_dir: str, config: Mapping[str, Any]) -> Compacted:
         path = output_dir.rstrip("/") + f"/{name}.parquet"
         write_bytes(path, buffer.getvalue())
         written[name] = path
-        merged += [(fs, p) for p in parts]
+        merged += [(fs, p) for p in parts if p not in unreadable]  # an unreadable part stays, never deleted
     path = output_dir.rstrip("/") + "/config.yaml"
     write_bytes(path, yaml.safe_dump(dict(config), sort_keys=False).encode())
     written["config"] = path
@@ -151,7 +162,7 @@ def compact(output_dir: str, config: Mapping[str, Any]) -> Compacted:
         fs.delete_file(part)
     if merged:
         _remove_empty_parts_folders(output_dir)
-    return Compacted(written, dict(zip(trials[KEY], trials["status"])))
+    return Compacted(written, dict(zip(trials[KEY], trials["status"])), unreadable)
 
 
 def _remove_empty_parts_folders(output_dir: str) -> None:

@@ -112,6 +112,21 @@ def test_parts_compact_into_one_row_per_trial_and_are_then_removed(tmp_path):
     assert len(pd.read_parquet(compact(out, {"experiment": "e"}).paths["trials"])) == 3
 
 
+def test_a_truncated_part_is_left_where_it_is_and_the_readable_rows_are_kept(tmp_path):
+    """A kill mid-write can leave a part cut short: compaction (every --resume) must not crash on it and must not
+    delete it; the good parts merge, and the truncated part's trials, without a row, run again."""
+    out = str(tmp_path / "e")
+    write_part(out, [ok_record(0.5)], "e-1-000000")
+    write_part(out, [ok_record(0.25)], "e-2-000000")
+    broken = next((tmp_path / "e" / "parts" / "trials").glob("e-2-*"))
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    compacted = compact(out, {"experiment": "e"})
+    assert compacted.unreadable == [str(broken)] and broken.is_file()
+    trials = pd.read_parquet(compacted.paths["trials"])
+    assert list(trials.level) == [0.5]
+    assert list(compact(out, {"experiment": "e"}).status.values()) == ["ok"]  # and again: still no crash
+
+
 def test_compaction_never_deletes_another_experiment_living_in_its_parts_folder(tmp_path):
     """Experiment `parts` with output out/a, then experiment `a` in out: `a` compacting its own parts must leave
     every file of `parts` (results, config, its own parts) where it was."""
