@@ -23,3 +23,27 @@ def port_of(parsed: SplitResult, default: int | None = None) -> int | None:
         return parsed.port or default
     except ValueError:
         return None
+
+
+# an HTTP/2 client preface and an empty SETTINGS frame: every gRPC server (Ray's GCS, its client server) answers it
+# with a SETTINGS frame of its own (RFC 9113, 3.4)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+SETTINGS = 0x04
+
+
+def speaks_http2(host: str, port: int, timeout_s: float) -> bool:
+    """Whether host:port answers an HTTP/2 preface with a SETTINGS frame within `timeout_s` (a gRPC server does; a
+    web server, a database or a silent listener does not)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            sock.sendall(HTTP2_PREFACE)
+            header = b""
+            while len(header) < 9:  # a frame header: length (3), type (1), flags (1), stream (4)
+                chunk = sock.recv(9 - len(header))
+                if not chunk:
+                    return False
+                header += chunk
+            return header[3] == SETTINGS
+    except OSError:
+        return False

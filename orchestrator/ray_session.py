@@ -12,7 +12,7 @@ from typing import Any
 from ray.tune import Stopper
 
 from orchestrator import watchdog
-from orchestrator.network import dial, port_of
+from orchestrator.network import dial, port_of, speaks_http2
 from orchestrator.spec import SpecError
 from orchestrator.trainable import WORKER_ENV
 
@@ -23,7 +23,8 @@ CONNECT_TIMEOUT_S = 5.0  # a Ray address that does not accept a connection withi
 def check_address(address: str | None) -> None:
     """Refuses, before anything is written, a Ray address `run` cannot use: --address, else RAY_ADDRESS (which
     ray.init reads too). A job server URL (http://HEAD:8265) is `submit`'s, not `run`'s; host:port and
-    ray://host:port must accept a TCP connection within CONNECT_TIMEOUT_S (ray.init would wait much longer)."""
+    ray://host:port must accept a TCP connection within CONNECT_TIMEOUT_S (ray.init would wait much longer) and
+    answer as a gRPC server does (a web server or a silent listener there would have ray.init retry for minutes)."""
     from urllib.parse import urlparse
 
     given, field = (address, "--address") if address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
@@ -39,6 +40,10 @@ def check_address(address: str | None) -> None:
     reason = dial(parsed.hostname, port, CONNECT_TIMEOUT_S)
     if reason is not None:
         raise SpecError(f"{field}: no Ray cluster answers at {given!r} ({reason}); is it up (`ray status`)?")
+    tls = os.environ.get("RAY_USE_TLS", "").lower() in ("1", "true")  # a TLS cluster answers a TLS hello, not this
+    if not tls and not speaks_http2(parsed.hostname, port, CONNECT_TIMEOUT_S):
+        raise SpecError(f"{field}: {given!r} accepts connections but does not speak gRPC, so it is no Ray cluster's "
+                        "GCS or client server (another service on that port?); ray.init would retry it for minutes")
 
 
 def start_ray(address: str | None = None, **init_kwargs: Any) -> bool:

@@ -462,3 +462,38 @@ def test_a_key_given_twice_is_one_line_naming_it_and_where(tmp_path, base, capsy
     text = yaml.safe_dump(base) + "levels: [0.9]\n"
     err = run_cli(tmp_path, text, capsys)
     assert "'levels' is given twice" in err and "line" in err
+
+
+@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"],
+                         ids=["a silent listener", "a web server"])
+def test_an_address_that_is_not_ray_is_refused_in_seconds_not_retried_for_minutes(monkeypatch, answer):
+    """RAY_ADDRESS naming a TCP service that is not Ray had ray.init retry for minutes; a Ray GCS speaks gRPC
+    (HTTP/2), and anything that does not answer its preface is refused in one line (the positive case: the
+    integration tests run on a real GCS address)."""
+    import socket
+    import threading
+    import time
+
+    from orchestrator import ray_session
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def serve():  # the dial, then the preface: each connection answered as this service would
+        for _ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                if conn.recv(1024) and answer:
+                    conn.sendall(answer)
+                    time.sleep(0.5)
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr(ray_session, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    start = time.perf_counter()
+    with pytest.raises(SpecError, match=r"RAY_ADDRESS: '127\.0\.0\.1:\d+' accepts connections but does not speak gRPC"):
+        ray_session.check_address(None)
+    assert time.perf_counter() - start < 5
+    server.close()
