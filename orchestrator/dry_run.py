@@ -12,12 +12,16 @@ adds the outside-trial cost of a run (Ray, workers, analysis) measured on the de
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.spec import ExperimentSpec
 
 OUTSIDE_TRIALS_S = 30.0  # Ray's start, workers, Parquet and the analysis: the default run's time outside its trials
 SPEED_FORWARDS = 7  # compare_throughput: 3 rounds of dense and pruned, plus a warm-up
@@ -37,7 +41,7 @@ class ModelPlan:
     whole_split: str = "not asked"
 
 
-def plan(spec) -> list[ModelPlan]:
+def plan(spec: ExperimentSpec) -> list[ModelPlan]:
     """What the grid computes, per model, counted as the pipeline's shared-work keys count it."""
     from sentinel.pruning import STRATEGIES
 
@@ -71,7 +75,7 @@ def plan(spec) -> list[ModelPlan]:
     return list(plans.values())
 
 
-def measure(spec, p: ModelPlan, threads: int) -> dict[str, Any]:
+def measure(spec: ExperimentSpec, p: ModelPlan, threads: int) -> dict[str, Any]:
     """Seconds of one load, evaluation, recovery step, speed forward and scoring per strategy of model `p.name`, and
     whether its whole-split reference is on disk, measured here with `threads` threads."""
     import torch
@@ -101,10 +105,6 @@ def measure(spec, p: ModelPlan, threads: int) -> dict[str, Any]:
         seconds["score"][strategy] = time.perf_counter() - started
     recovering = next((c for c in spec.cells if c.model == p.name and c.finetune is not None), None)
     if recovering is not None:
-        from dataclasses import replace
-
-        import copy
-
         config = replace(recovering.finetune, steps=2, warmup_steps=0, eval_every=2)
         started = time.perf_counter()
         finetune(copy.deepcopy(dense), task.train_batches(config.batch_size), config, teacher=task.teacher,
@@ -122,7 +122,7 @@ def measure(spec, p: ModelPlan, threads: int) -> dict[str, Any]:
     return seconds
 
 
-def estimate(spec, plans: list[ModelPlan], timings: dict[str, dict]) -> float:
+def estimate(spec: ExperimentSpec, plans: list[ModelPlan], timings: dict[str, dict]) -> float:
     """Seconds for the whole run: every model's plan times its measured seconds, plus a run's outside-trial cost."""
     total = 0.0
     for p in plans:
@@ -135,7 +135,8 @@ def estimate(spec, plans: list[ModelPlan], timings: dict[str, dict]) -> float:
     return total / concurrent + OUTSIDE_TRIALS_S
 
 
-def describe(spec, plans: list[ModelPlan], timings: dict[str, dict] | None, seconds: float | None) -> list[str]:
+def describe(spec: ExperimentSpec, plans: list[ModelPlan], timings: dict[str, dict] | None,
+             seconds: float | None) -> list[str]:
     lines = [f"{spec.experiment}: {sum(p.cells for p in plans)} cells, {len(spec.levels)} level(s) x "
              f"{len(spec.seeds)} seed(s); output {spec.output_dir} (dry run: nothing started, nothing written)"]
     for p in plans:
@@ -156,7 +157,7 @@ def describe(spec, plans: list[ModelPlan], timings: dict[str, dict] | None, seco
     return lines
 
 
-def dry_run(spec, measure_here: bool = True) -> list[str]:
+def dry_run(spec: ExperimentSpec, measure_here: bool = True) -> list[str]:
     """The plan and, when `measure_here`, the estimate: the lines `run --dry-run` prints."""
     plans = plan(spec)
     if not measure_here:

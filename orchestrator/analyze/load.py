@@ -7,6 +7,7 @@ AnalyzeError with one line that names the file and says what is wrong.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -274,8 +275,6 @@ def _one_spec_per_cell(trials: pd.DataFrame) -> None:
 
 
 def _spec(value: object) -> dict:
-    import json
-
     try:
         parsed = json.loads(value) if isinstance(value, str) else value
     except ValueError:
