@@ -15,7 +15,7 @@ os.environ.setdefault("SENTINEL_CACHE", str(Path.home() / ".cache" / "sentinel-b
 # shipped models end to end. `python -m pytest -m "not slow"` is the quick loop; the full suite runs them all.
 SLOW_FOLDERS = ("cluster", "integration")
 SLOW_MODULES = ("test_pipeline.py", "test_fuzz.py", "test_finetune.py", "test_zero_shot.py", "test_report_safety.py",
-                "test_analyze.py", "test_v4_compat.py", "test_sentence.py")
+                "test_analyze.py", "test_v4_compat.py", "test_sentence.py", "test_extending.py")
 
 
 def pytest_collection_finish(session) -> None:
