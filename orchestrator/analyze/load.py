@@ -264,7 +264,7 @@ def _one_spec_per_cell(trials: pd.DataFrame) -> None:
     if clashing.empty:
         return
     name = dict(zip(CELL_NAME, clashing.index[0]))
-    rows = cells[(cells[list(CELL_NAME)] == pd.Series(name)).all(axis=1)].drop_duplicates("trial_id")
+    rows = cells.groupby(list(CELL_NAME), dropna=False).get_group(clashing.index[0]).drop_duplicates("trial_id")
     differ = _differing_keys([_spec(v) for v in rows["spec"]]) if "spec" in rows else []
     runs = sorted({str(r) for r in rows.get("run_id", pd.Series(dtype=str)).dropna()})
     raise AnalyzeError(

@@ -52,7 +52,8 @@ def run_metadata(results: Results, out: str | None = None) -> list[str]:
     t = results.trials
     ok, failed = int(t["status"].eq("ok").sum()), int((~t["status"].eq("ok")).sum())
     items = [f"experiment(s): {md_text(_unique(t.get('experiment')))}; run id(s): {md_text(_unique(t.get('run_id')))}",
-             f"trials: {ok} ok, {failed} failed, {len(t)} in all" + _grid_size(results)]
+             f"trials: {ok} ok, {failed} failed, {len(t)} strategy cells" + _grid_size(results)
+             + _reference_count(results.reference)]
     if "started_at" in t and t["started_at"].notna().any():
         items.append(md_text(f"dates (UTC): first trial started {t['started_at'].min()}, last finished "
                              f"{t['finished_at'].max() if 'finished_at' in t else 'unknown'}"))  # data: any string
@@ -67,6 +68,13 @@ def run_metadata(results: Results, out: str | None = None) -> list[str]:
         items.append(f"protocol for {code(model)}: {md_text(plots.protocol_label(rows.iloc[0].to_dict()) + weights)}")
     items.append("inputs: " + ", ".join(code(_shown_path(s, out)) for s in results.sources))
     return items
+
+
+def _reference_count(reference: pd.DataFrame) -> str:
+    """'; random reference: N layouts (K ok)': the reference's trials are trials of the run too."""
+    if reference.empty:
+        return ""
+    return f"; random reference: {len(reference)} layouts ({int(reference['status'].eq('ok').sum())} ok)"
 
 
 def _grid_size(results: Results) -> str:

@@ -233,3 +233,15 @@ def test_each_criterions_agreement_with_ablation_is_paired_by_seed_with_a_fisher
     assert taylor["ablation_spearman"] == pytest.approx(expected) and taylor["ablation_seeds"] == 4
     assert taylor["ablation_spearman_low"] < expected < taylor["ablation_spearman_high"] <= 1
     assert agreement.loc[["ablation", "random"], "ablation_seeds"].tolist() == [0, 0]
+
+
+def test_the_run_metadata_counts_the_reference_layouts_beside_the_strategy_cells():
+    """A run of 6 strategy cells and 24 reference layouts is 30 trials: the report said "6 ok of 6 configured"."""
+    from orchestrator.analyze.load import Results
+    from orchestrator.analyze.report import run_metadata
+
+    reference = random_reference(24, np.random.default_rng(0))
+    reference.loc[reference.index[0], "status"] = "failed"
+    results = Results(rows("gradient", [5.0] * 6), pd.DataFrame(), pd.DataFrame(), reference=reference)
+    line = next(item for item in run_metadata(results) if item.startswith("trials:"))
+    assert line == "trials: 6 ok, 0 failed, 6 strategy cells; random reference: 24 layouts (23 ok)"
