@@ -305,12 +305,26 @@ def pareto_points(trials: pd.DataFrame) -> pd.DataFrame:
     cells["compression"] = cells["params_before"] / cells["params_after"]
     has_speed = cells.groupby("model")["speedup"].transform(lambda s: s.notna().any())
     cells["x"] = cells["speedup"].where(has_speed, cells["compression"])
+    spread = _speedup_spread(ok)  # every timed round of the cell's trials: what speed noise alone spans
+    cells = cells.merge(spread, on=["model", "label", "level"], how="left")
+    cells["x_low"], cells["x_high"] = cells["x_low"].where(has_speed), cells["x_high"].where(has_speed)
     cells["x_name"] = np.where(has_speed, "speedup (forward tokens/s after / before)",
                                "compression (parameters before / after; speed not measured)")
     cells["front"] = False
     for _, group in cells.groupby("model"):
-        cells.loc[group.index, "front"] = pareto_front(group["x"], group["recovered"], bool(group["higher_is_better"].iloc[0]))
+        cells.loc[group.index, "front"] = pareto_front(group["x"], group["recovered"], bool(group["higher_is_better"].iloc[0]),
+                                                       group["x_low"], group["x_high"])
     return cells
+
+
+def _speedup_spread(ok: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, the lowest and highest speedup of any timed round of its trials (x_low, x_high; NaN unmeasured)."""
+    rows = []
+    for (model, label, level), group in ok.groupby(["model", "label", "level"], sort=True):
+        rounds = [float(r) for rs in group.get("speedup_rounds", pd.Series(dtype=object)).dropna() for r in rs]
+        rows.append({"model": model, "label": label, "level": level, "x_low": min(rounds, default=np.nan),
+                     "x_high": max(rounds, default=np.nan)})
+    return pd.DataFrame(rows, columns=["model", "label", "level", "x_low", "x_high"])
 
 
 def plot_pareto(trials: pd.DataFrame) -> Figure:

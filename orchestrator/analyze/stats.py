@@ -465,21 +465,26 @@ def _note(row, trials: pd.DataFrame, with_reference: bool = False) -> str:
     return "; ".join(notes)
 
 
-def pareto_front(x: pd.Series, y: pd.Series, higher_is_better: bool) -> pd.Series:
+def pareto_front(x: pd.Series, y: pd.Series, higher_is_better: bool, x_low: pd.Series | None = None,
+                 x_high: pd.Series | None = None) -> pd.Series:
     """Which points are Pareto-optimal when maximising x and improving y (up or down by direction).
 
     Args:
         x: the resource gain (speedup or compression), higher is better.
         y: the quality metric.
         higher_is_better: direction of y.
+        x_low, x_high: the spread of each x (a speedup's timed rounds); two gains whose spreads overlap are not told
+            apart, so speed noise alone never puts a point on the front. None: x is exact (compression).
     Returns:
         Boolean Series aligned with x: True where no other point is at least as good on both and better on one.
     """
     quality = y if higher_is_better else -y
-    points = pd.DataFrame({"x": x, "q": quality}).dropna()
+    points = pd.DataFrame({"x": x, "q": quality, "low": x if x_low is None else x_low.fillna(x),
+                           "high": x if x_high is None else x_high.fillna(x)}).dropna()
     front = pd.Series(False, index=x.index)
     for index, p in points.iterrows():
-        dominated = ((points["x"] >= p["x"]) & (points["q"] >= p["q"])
-                     & ((points["x"] > p["x"]) | (points["q"] > p["q"]))).any()
+        faster = points["low"] > p["high"]  # separated: every round of theirs beats every round of this one
+        not_slower = ~(points["high"] < p["low"])
+        dominated = (not_slower & (points["q"] >= p["q"]) & (faster | (points["q"] > p["q"]))).any()
         front[index] = not dominated
     return front

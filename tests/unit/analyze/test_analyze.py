@@ -401,3 +401,14 @@ def test_analyze_refuses_fractional_seeds_and_infinite_metrics_in_one_line(resul
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_speed_noise_alone_puts_no_cell_on_the_pareto_front():
+    """The audit: entropy was marked Pareto-optimal for a median speedup 1% above gradient's while their timed rounds
+    overlapped (same parameter count). With the rounds' spread, a gain within the noise is no gain: the better-quality
+    cell dominates; a speedup whose rounds all beat the other's still counts."""
+    x = pd.Series([1.07, 1.08, 1.30])
+    perplexity = pd.Series([77.0, 8800.0, 9000.0])
+    low, high = pd.Series([1.02, 1.01, 1.25]), pd.Series([1.13, 1.12, 1.35])
+    assert pareto_front(x, perplexity, higher_is_better=False).tolist() == [True, True, True]  # medians alone
+    assert pareto_front(x, perplexity, higher_is_better=False, x_low=low, x_high=high).tolist() == [True, False, True]
