@@ -65,7 +65,11 @@ def start_ray(address: str | None = None, **init_kwargs: Any) -> bool:
         kwargs["runtime_env"] = {"env_vars": dict(WORKER_ENV)}
     kwargs.update(init_kwargs)
     before = set(watchdog.children_of_this_process())
-    ray.init(address=address, **kwargs)
+    # no address: a Ray of our own ("local"), never the cluster a ray_current_cluster file names (a crashed head's
+    # stale file had ray.init wait on a dead address, a live one had the run join someone else's cluster);
+    # RAY_ADDRESS, when set, is still the cluster asked for (check_address vetted it)
+    chosen = address if address is not None else (None if os.environ.get("RAY_ADDRESS") else "local")
+    ray.init(address=chosen, **kwargs)
     if address is None:
         _private_token()
     if address is None:  # a local Ray is this driver's: it stops with it, even after a SIGKILL

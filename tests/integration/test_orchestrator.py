@@ -325,3 +325,23 @@ def test_a_measurement_that_cannot_get_quiet_gives_up_and_says_so(ray_cluster):
     with shared.working():  # the give-up left the queue: stages are not held back by it
         pass
     shared.close()
+
+
+def test_a_local_run_starts_its_own_ray_whatever_a_stale_cluster_file_names(tmp_path):
+    """A crashed head leaves ray_current_cluster in Ray's temp folder; ray.init() without an address reads it and
+    waits on the dead address (or joins a live stranger). A local run starts a Ray of its own."""
+    import shutil
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sbr-", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
+    (ray_tmp / "ray").mkdir(parents=True)
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+    env.update(TMPDIR=str(ray_tmp), RAY_TMPDIR=str(ray_tmp), HOME=str(tmp_path))
+    code = ("import ray; from orchestrator.ray_session import start_ray; start_ray(num_cpus=1); "
+            "print(ray.get_runtime_context().gcs_address); ray.shutdown()")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] != "127.0.0.1:9"
