@@ -245,3 +245,16 @@ def test_the_run_metadata_counts_the_reference_layouts_beside_the_strategy_cells
     results = Results(rows("gradient", [5.0] * 6), pd.DataFrame(), pd.DataFrame(), reference=reference)
     line = next(item for item in run_metadata(results) if item.startswith("trials:"))
     assert line == "trials: 6 ok, 0 failed, 6 strategy cells; random reference: 24 layouts (23 ok)"
+
+
+def test_a_two_seed_cell_against_the_reference_has_a_verdict_and_its_note_does_not_deny_it():
+    """The report said "2 seeds: too few for a verdict" beside a headline verdict at n = 2: against the reference the
+    unit is the layout (here one, by the exact rank test), so only the CI needs seeds."""
+    rng = np.random.default_rng(5)
+    reference = random_reference(60, rng)  # 60 layouts: one layout below them all has p = 2/61 two-sided
+    cell = rows("magnitude", [5.0, 5.0], layouts=[[[0, 0], [1, 1]]] * 2)  # beats every random layout
+    row = summary_table(pd.concat([cell]), reference).iloc[0]
+    assert row["vs_random_pruned_verdict"] == "better"
+    assert "too few for a CI" in row["note"] and "verdict" not in row["note"]
+    paired = summary_table(pd.concat([cell, rows("random", [30.0, 31.0])]))
+    assert "too few for a CI or a verdict" in paired.set_index("label").loc["magnitude", "note"]
