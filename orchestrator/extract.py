@@ -43,7 +43,8 @@ def find_row(results: str, trial: str) -> dict:
 
     from orchestrator.analyze.load import load
 
-    loaded = load([results])
+    folder_trials = Path(results) / "trials.parquet"  # the rows alone: curves and heads are not needed here
+    loaded = load([str(folder_trials) if folder_trials.is_file() else results])
     rows = pd.concat([loaded.trials, loaded.reference], ignore_index=True)
     matches = rows[rows["trial_id"].astype(str).str.startswith(trial)] if trial else rows.iloc[0:0]
     if len(matches) != 1:

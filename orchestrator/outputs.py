@@ -17,7 +17,7 @@ import time
 from typing import Any, Iterator
 
 
-from orchestrator.results import Compacted, compact, has_results
+from orchestrator.results import Compacted, changed_fields, compact, has_results
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.storage import filesystem, is_uri, read_text, write_bytes
 from sentinel.files import UnreadableFile, read_regular
@@ -228,7 +228,7 @@ def _lock_holder(path: str) -> dict[str, Any] | None:
 def _check_resumable(saved: dict[str, Any], spec: ExperimentSpec) -> None:
     """A SpecError naming the changed fields (`finetune.steps`, ...) unless `spec` only adds cells to the saved one."""
     current = json.loads(json.dumps(spec.to_dict(), sort_keys=True, default=str))
-    changed = _changed_fields(saved["spec"], current)
+    changed = changed_fields(saved["spec"], current)
     if not changed:
         return
     # cells compared by their trial ids: a field a later release added at its default (which the saved cells lack)
@@ -238,13 +238,6 @@ def _check_resumable(saved: dict[str, Any], spec: ExperimentSpec) -> None:
         return  # more seeds, levels, strategies or models: every finished cell is still a cell of this grid
     raise SpecError(f"--resume: the config changed since the experiment started ({', '.join(changed)}); "
                     "resume with the original config, add cells only, or start again with --overwrite")
-
-
-def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [field for key in sorted(set(old) | set(new))
-                for field in _changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [prefix.rstrip(".")] if old != new else []
 
 
 class ResultsWriteError(OSError):

@@ -108,6 +108,14 @@ def latest_per_trial(trials: pd.DataFrame) -> pd.DataFrame:
     return order.drop_duplicates(KEY, keep="last").drop(columns=["_ok", "_t"]).sort_index()
 
 
+def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts (a resumed config, two runs' specs)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [field for key in sorted(set(old) | set(new))
+                for field in changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if old != new else []
+
+
 def rows_of_kept_trials(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """The curve, head or metric rows that belong to a kept trial row: the same trial and, where both tables say, the
     same run (a trial run twice keeps the curve of the run whose row was kept)."""

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.config_file import MAX_CONFIG_BYTES, check_size
-from orchestrator.results import latest_per_trial, rows_of_kept_trials
+from orchestrator.results import changed_fields, latest_per_trial, rows_of_kept_trials
 from sentinel.result import TABLE_NAMES, Int32, columns, strategy_label, value_type
 from sentinel.contract import SpecError
 from sentinel.files import UnreadableFile, read_regular
@@ -282,17 +282,9 @@ def _spec(value: object) -> dict:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def _differing_keys(specs: list[dict], prefix: str = "") -> list[str]:
+def _differing_keys(specs: list[dict]) -> list[str]:
     """The (dotted) keys whose values are not the same in every spec."""
-    keys = sorted({k for spec in specs for k in spec})
-    out = []
-    for key in keys:
-        values = [spec.get(key) for spec in specs]
-        if all(isinstance(v, dict) for v in values):
-            out += _differing_keys(values, f"{prefix}{key}.")
-        elif any(v != values[0] for v in values):
-            out.append(prefix + key)
-    return out
+    return sorted({key for spec in specs[1:] for key in changed_fields(specs[0], spec)})
 
 
 def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
