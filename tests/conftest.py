@@ -9,6 +9,9 @@ import pytest
 
 # The work cache (sentinel.work_cache) named once for the whole run, before fixtures point HOME at temp folders: every
 # test, subprocess and Ray worker then converts SmolLM2's GGUF once (the conversion is exact: tests/unit/test_work_cache.py)
+# Two test workers share two cores (pyproject's addopts): OpenMP threads that finish their share sleep instead of
+# spinning, or each worker's torch threads burn the cycles the other needs. Set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("SENTINEL_CACHE", str(Path.home() / ".cache" / "sentinel-bench" / "work"))
 
 # Slow, marked in one place (issue #42): everything that starts Ray clusters, jobs, llama.cpp, a browser or the
