@@ -29,8 +29,8 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol
 import torch
 from torch import nn
 
-from sentinel.eval import (Stopwatch, autocast, compare_throughput, count_parameters, every_core, forward_flops,
-                           resolve_device)
+from sentinel.eval import (Metric, Stopwatch, autocast, compare_throughput, count_parameters, every_core,
+                           forward_flops, resolve_device)
 from sentinel.export.formats import servable_by
 from sentinel import work_cache
 from sentinel.models.device import model_device
@@ -179,8 +179,9 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
     with stage("prune"):
         mask = _prune(result, model, dense, selection, spec, calibration)
     with stage("eval_pruned"), autocast(device, spec.bf16):  # one number per distinct pruned model
-        result.pruned, result.reused["pruned_eval"] = shared.get_or_compute(
-            work_key("pruned", *layout, task.key, result.device), lambda: task.evaluate(model).value)
+        pruned, result.reused["pruned_eval"] = shared.get_or_compute(
+            work_key("pruned", *layout, task.key, result.device), lambda: task.evaluate(model))
+    result.pruned, result.pruned_units = pruned.value, pruned.units
     if keep is not None:
         keep("pruned", model, tokenizer)
     if spec.measure_speed:
@@ -211,17 +212,18 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
     if strategy.during_finetune:  # pruned while fine-tuning: its last evaluation had every selected head masked
         result.recovered = result.curve[-1]["eval_metric"]
     elif recovers:
+        last = LastMetric(task.evaluate)
         with stage("finetune"):
             result.curve = finetune(
                 model, task.train_batches(spec.finetune.batch_size), spec.finetune, seed=spec.seed,
-                evaluate=lambda m: task.evaluate(m).value, teacher=_teacher(task, dense, spec), mask=mask, device=device,
+                evaluate=last, teacher=_teacher(task, dense, spec), mask=mask, device=device,
                 bf16=spec.bf16, initial_metric=result.pruned,
             )
-        result.recovered = result.curve[-1]["eval_metric"]
+        result.recovered, result.recovered_units = result.curve[-1]["eval_metric"], last.units
         if keep is not None:
             keep("recovered", model, tokenizer)
     else:
-        result.recovered = result.pruned
+        result.recovered, result.recovered_units = result.pruned, result.pruned_units
     if spec.extra_tasks:  # after recovery (a dynamic trial's `model` is its unrecovered pruned copy: not measured)
         if recovers and not strategy.during_finetune:
             with stage("extra"), autocast(device, spec.bf16):
@@ -229,6 +231,19 @@ def _run(spec: TrialSpec, shared: SharedWork, result: TrialResult, device_name: 
         elif not strategy.during_finetune:
             extras["recovered"] = extras["pruned"]  # no recovery: the recovered model is the pruned one
         result.metrics = [{**row, "stage": stage_name} for stage_name, rows in extras.items() for row in rows]
+
+
+class LastMetric:
+    """`evaluate` as fine-tuning calls it (model -> value), keeping the units of the last evaluation: the recovered
+    value's (fine-tuning always evaluates after its last step)."""
+
+    def __init__(self, evaluate: Callable[[nn.Module], Metric]) -> None:
+        self.evaluate, self.units = evaluate, []
+
+    def __call__(self, model: nn.Module) -> float:
+        metric = self.evaluate(model)
+        self.units = metric.units
+        return metric.value
 
 
 def extra_metrics(model: nn.Module, tokenizer: Any, spec: TrialSpec) -> list[dict[str, Any]]:

@@ -59,6 +59,10 @@ class TrialResult:
     dense_full: float = math.nan  # the dense model on the whole eval split (all STS-B pairs): the sample's reference
     pruned: float = math.nan
     recovered: float = math.nan
+    # the evaluation units behind `pruned` and `recovered` (sentinel.eval.Metric.units: [[a, b], ...] in the
+    # evaluation's fixed order), which the analysis resamples so that an interval carries the evaluation sample
+    pruned_units: list[list[float]] = field(default_factory=list)
+    recovered_units: list[list[float]] = field(default_factory=list)
     protocol: dict = field(default_factory=dict)  # the task's full protocol record
     protocol_label: str = ""  # the task's one-line description of it (plots and reports show this)
     heads_total: int | None = None
@@ -106,6 +110,7 @@ class TrialResult:
     metrics: list = field(default_factory=list)  # extra evaluations: rows of METRIC_COLUMNS (the metrics table)
 
     ROUNDS = ("speedup_rounds", "prefill_speedup_rounds", "decode_speedup_rounds", "decode_batch_speedup_rounds")
+    UNITS = ("pruned_units", "recovered_units")
     NESTED = ("spec", "curve", "scores", "metrics", "timings", "reused", "versions", "protocol")
     REUSED = ("baseline", "scores", "pruned_eval", "speed", "generation")  # what may come from another cell (pipeline's shared keys)
     VERSIONS = ("sentinel_bench", "torch", "transformers", "python")
@@ -139,6 +144,7 @@ class TrialResult:
             pruned_heads=[[int(l), int(h)] for l, h in self.pruned_heads],
             selection_notes=[str(n) for n in self.selection_notes],
             **{name: [float(v) for v in getattr(self, name)] for name in self.ROUNDS},
+            **{name: [[float(a), float(b)] for a, b in getattr(self, name)] for name in self.UNITS},
             ideal_speedup=_ratio(self.flops_before, self.flops_after),
             time_total=sum(self.timings.values()) if self.timings else None,
         )

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
+from orchestrator.analyze.evaluation_sample import NOT_RUN, ReferenceSample
 from orchestrator.analyze.load import AnalyzeError
 from orchestrator.analyze.permutation import (MAX_RESAMPLES, MIN_RESAMPLES, STATISTICS, TwoSampleTest, rank_interval,
                                               rank_p, stream_seed)
@@ -57,15 +58,21 @@ def layout_keys(rows: pd.DataFrame) -> pd.Series:
     return rows["pruned_heads"].map(layout_key)
 
 
-def reference_values(reference: pd.DataFrame, model: str, level: float, stage: str) -> pd.Series:
-    """One value per distinct reference layout at (model, level) for `stage` ("pruned"; "recovered": only layouts
-    that were fine-tuned), indexed by layout key; a layout drawn twice counts once."""
+def reference_rows(reference: pd.DataFrame, model: str, level: float, stage: str) -> pd.DataFrame:
+    """One row per distinct reference layout at (model, level) for `stage` ("pruned"; "recovered": only layouts that
+    were fine-tuned), in the order of their layout keys (column `layout`); a layout drawn twice counts once."""
     rows = ok_trials(reference)
     rows = rows[rows["model"].eq(model) & rows["level"].eq(level)]  # a non-finite metric stays (NaN): it ranks last
     if stage == "recovered":
         rows = rows[pd.to_numeric(rows["recovery_steps"], errors="coerce").fillna(0).gt(0)]
-    keys = layout_keys(rows)
-    return pd.Series(rows[stage].to_numpy(float), index=keys.to_numpy()).groupby(level=0).first()
+    rows = rows.assign(layout=layout_keys(rows).to_numpy())
+    return rows.sort_values("layout", kind="stable").drop_duplicates("layout")
+
+
+def reference_values(reference: pd.DataFrame, model: str, level: float, stage: str) -> pd.Series:
+    """reference_rows' metric at `stage`, indexed by layout key."""
+    rows = reference_rows(reference, model, level, stage)
+    return pd.Series(rows[stage].to_numpy(float), index=rows["layout"].to_numpy())
 
 
 def percentile(value: float, reference: np.ndarray, higher_is_better: bool) -> float:
@@ -170,13 +177,17 @@ def vs_reference(trials: pd.DataFrame, reference: pd.DataFrame, stage: str,
     """
     columns = CELL + ["diff", "ratio", "effect", "effect_low", "effect_high", "p", "p_mc_error", "partitions", "exact",
                       "p_adj", "n_layouts", "n_reference", "n_nonfinite_reference", "percentile", "percentile_min",
-                      "percentile_max", "direction", "verdict", "test", "unit", "family"]
+                      "percentile_max", "direction", "verdict", "test", "unit", "family", *EVAL_COLUMNS]
     ok = ok_trials(trials)
-    rows, tests = [], {}
+    rows, tests, samples = [], {}, {}
     for (model, label, level), group in ok.groupby(CELL, sort=True):
-        raw = reference_values(reference, model, level, stage)
+        reference_layouts = reference_rows(reference, model, level, stage)
+        raw = pd.Series(reference_layouts[stage].to_numpy(float), index=reference_layouts["layout"].to_numpy())
         if raw.empty:
             continue
+        if (model, level) not in samples:
+            samples[model, level] = ReferenceSample(
+                reference_layouts, stage, stream_seed(settings.seed, model, level, stage, "evaluation sample"))
         scale, higher = metric_scale(group), higher_is_better(group)
         forward, _ = SCALES[scale]
         base = _worst_for_nonfinite(raw.to_numpy(float), higher)
@@ -187,7 +198,7 @@ def vs_reference(trials: pd.DataFrame, reference: pd.DataFrame, stage: str,
                "family": "confirmatory" if stage == "pruned" else "exploratory", "exact": True, "partitions": 0,
                "p": float("nan"), "p_mc_error": 0.0, "effect_low": float("nan"), "effect_high": float("nan")}
         if finite.empty:
-            rows.append({**row, "n_layouts": 0, "verdict_override": "no finite metric", "test": "none",
+            rows.append({**row, **_on_metric_scale(NOT_RUN, float("nan"), float("nan"), scale), "n_layouts": 0, "verdict_override": "no finite metric", "test": "none",
                          "effect": float("nan"), "ratio": float("nan"), "diff": float("nan"),
                          "percentile": float("nan"), "percentile_min": float("nan"), "percentile_max": float("nan"),
                          "direction": float("nan")})
@@ -216,7 +227,9 @@ def vs_reference(trials: pd.DataFrame, reference: pd.DataFrame, stage: str,
             row["p"] = test.p()
             test_name = f"{settings.statistic} permutation, {len(x)} layout(s) vs {len(y)} random"
         effect, effect_low, effect_high = back_difference(d, low, high, float(np.mean(y)), scale)
-        rows.append({**row, "effect": effect, "effect_low": effect_low, "effect_high": effect_high,
+        sample = _on_metric_scale(samples[model, level].check(finite.assign(layout=layout_keys(finite).to_numpy()), d),
+                                  d, float(np.mean(y)), scale)
+        rows.append({**row, **sample, "effect": effect, "effect_low": effect_low, "effect_high": effect_high,
                      "ratio": effect if scale == "log" else float("nan"),
                      "diff": float(finite[stage].mean() - raw[np.isfinite(raw)].mean()), "n_layouts": len(x),
                      "percentile": float(np.mean(shares)), "percentile_min": float(np.min(shares)),
@@ -235,6 +248,19 @@ def vs_reference(trials: pd.DataFrame, reference: pd.DataFrame, stage: str,
         table.at[index, "test"] += f" ({kind})"
     table["verdict"] = [_verdict(r) for r in table.itertuples()]
     return table[columns + ["mc_straddles"]]
+
+
+def _on_metric_scale(sample: dict, d: float, mean_y: float, scale: str) -> dict:
+    """An evaluation-sample check with its interval of the difference mapped to the effect's scale (a ratio for log
+    metrics), as `eval_effect_low` / `eval_effect_high`."""
+    out = {k: v for k, v in sample.items() if k not in ("eval_low", "eval_high")}
+    _, out["eval_effect_low"], out["eval_effect_high"] = back_difference(d, sample["eval_low"], sample["eval_high"],
+                                                                         mean_y, scale)
+    return out
+
+
+# the evaluation-sample check's columns in vs_reference's table
+EVAL_COLUMNS = tuple(_on_metric_scale(NOT_RUN, float("nan"), float("nan"), "identity"))
 
 
 def spread_ratio(x: np.ndarray, y: np.ndarray) -> float:
@@ -260,6 +286,9 @@ def _verdict(r) -> str:
         return "too few distinct layouts"
     if not r.p_adj < ALPHA:
         return "no significant difference"
+    if r.eval_holds is not None and not pd.isna(r.eval_holds) and not r.eval_holds:  # the layouts differ on these
+        # units; another sample of units may not say so
+        return "not robust to the evaluation sample"
     return "better" if (r.direction > 0) == bool(r.higher) else "worse"
 
 

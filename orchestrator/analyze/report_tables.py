@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from orchestrator.analyze import stats
-from orchestrator.analyze.formatting import effect, fmt, mean_ci, speed_text, versus
+from orchestrator.analyze.formatting import effect, evaluation_sample, fmt, mean_ci, speed_text, versus
 from orchestrator.analyze.stats import BASELINE
 
 
@@ -25,6 +25,12 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         cols = [summary[f"vs_random_{value}_{c}"] for c in ("effect", "effect_low", "effect_high")]
         cols += [log_scale] + [summary[f"vs_random_{value}_{c}"] for c in ("p", "p_adj", "n_pairs", "verdict")]
         out[f"{value} vs random"] = [versus(*v) for v in zip(*cols)]
+        checked = f"vs_random_{value}_eval_units"
+        if checked in summary and summary[checked].fillna(0).gt(0).any():
+            out[f"{value}: other evaluation samples"] = [evaluation_sample(*v) for v in zip(
+                *(summary[f"vs_random_{value}_eval_{c}"] for c in ("units", "draws", "opposite")),
+                summary[f"vs_random_{value}_eval_effect_low"], summary[f"vs_random_{value}_eval_effect_high"],
+                log_scale, summary[f"vs_random_{value}_eval_holds"])]
         if summary[f"{value}_percentile"].notna().any():
             out[f"{value} percentile"] = [
                 "" if pd.isna(m) else f"{m:.0%} [{lo:.0%}, {hi:.0%}]" for m, lo, hi in

@@ -20,6 +20,9 @@ class Metric:
     # the scale on which seeds are averaged and compared: "log" for ratios such as perplexity (heavy-tailed
     # under pruning), "atanh" (Fisher z) for correlations in [-1, 1], "identity" otherwise
     scale: str = "identity"
+    # the units the value is a function of, one [a, b] per unit in a fixed order (a window's summed NLL and tokens,
+    # an STS-B pair's cosine and gold score): what the analysis resamples (sentinel.resampling); empty if none
+    units: list[list[float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

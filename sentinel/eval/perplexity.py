@@ -77,12 +77,18 @@ def _labels(inputs: torch.Tensor, trg_lens: list[int]) -> torch.Tensor:
     return labels
 
 
-def _nll_sum(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Summed next-token NLL and number of predicted tokens of one batch [B, T]."""
+def _nll_sum(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+             rows: list[list[float]] | None = None) -> tuple[float, int]:
+    """Summed next-token NLL and number of predicted tokens of one batch [B, T]; with `rows`, each row's
+    [summed NLL, predicted tokens] is appended to it (the evaluation units)."""
     logits = model(input_ids=inputs).logits  # [B, T, V]
     # position t predicts token t + 1: drop the last logit and the first label
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
     nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    if rows is not None:  # per row beside the batch sum, which stays the value (the same reduction as before)
+        per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+        counts = (labels != IGNORE).sum(dim=1)
+        rows += [[float(n), float(c)] for n, c in zip(per_token.double().sum(dim=1).tolist(), counts.tolist())]
     return nll.item(), int((labels != IGNORE).sum())
 
 
@@ -162,7 +168,7 @@ def window_perplexity(
         extra: more protocol fields (placement, documents).
     Returns:
         Metric("perplexity", exp(total NLL / predicted tokens)) with protocol {dataset, split, seq_len, tokens,
-        windows, **extra}.
+        windows, **extra} and units: each window's [summed NLL, predicted tokens].
     """
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
         raise ValueError(f"windows: expected [k >= 1, T >= 2] token ids, got shape {tuple(windows.shape)}")
@@ -170,14 +176,14 @@ def window_perplexity(
     if limit is not None and windows.shape[1] > limit:
         raise ValueError(f"seq_len: {windows.shape[1]} exceeds the model's max positions {limit}")
     device = torch.device(device) if device is not None else model_device(model)
-    total_nll, total_tokens = 0.0, 0
+    total_nll, total_tokens, units = 0.0, 0, []
     model.eval()
     with torch.inference_mode():
         for start in range(0, windows.shape[0], batch_size):
             inputs = windows[start: start + batch_size].to(device)
-            nll, count = _nll_sum(model, inputs, inputs.clone())
+            nll, count = _nll_sum(model, inputs, inputs.clone(), units)
             total_nll, total_tokens = total_nll + nll, total_tokens + count
     value = float(torch.tensor(total_nll / total_tokens, dtype=torch.float64).exp())
     protocol = {"dataset": dataset, "split": split, "seq_len": int(windows.shape[1]), "tokens": total_tokens,
                 "windows": int(windows.shape[0]), **(extra or {})}
-    return Metric(name="perplexity", value=value, higher_is_better=False, protocol=protocol, scale="log")
+    return Metric(name="perplexity", value=value, higher_is_better=False, protocol=protocol, scale="log", units=units)

@@ -129,7 +129,8 @@ def sts_spearman(
         sample, seed: evaluate a seeded random sample of this many pairs (`sample_pairs`); 0 = all.
         batch_size, max_length: passed to `encode`.
     Returns:
-        Metric("stsb_spearman", rho in [-1, 1], higher_is_better=True); the protocol records the sample.
+        Metric("stsb_spearman", rho in [-1, 1], higher_is_better=True); the protocol records the sample, the units
+        each pair's [cosine, gold score].
     """
     if pairs is None:
         pairs = load_stsb(split)
@@ -142,11 +143,13 @@ def sts_spearman(
     gold = [p[2] for p in pairs]
     from scipy.stats import spearmanr  # here, not at the top: 0.6 s of every worker's start, and only encoders need it
 
-    rho = spearmanr(cosine_pairs(first, second).numpy(), gold).statistic
+    cosines = cosine_pairs(first, second).numpy()
+    rho = spearmanr(cosines, gold).statistic
     protocol = {"dataset": "stsb", "split": split, "pairs": len(pairs), "pooling": "mean", "max_length": max_length,
                 "sample": "all" if len(pairs) == available else f"seeded random {len(pairs)} of {available}",
                 "sample_seed": seed if len(pairs) < available else None}
-    return Metric(name="stsb_spearman", value=float(rho), higher_is_better=True, protocol=protocol, scale="atanh")
+    return Metric(name="stsb_spearman", value=float(rho), higher_is_better=True, protocol=protocol, scale="atanh",
+                  units=[[float(c), float(g)] for c, g in zip(cosines, gold)])
 
 
 def embedding_fidelity(

@@ -4,11 +4,13 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 
 from sentinel.contract import SpecError
 from sentinel.finetune import FinetuneConfig
 from sentinel.pipeline import DataSpec, LocalShared, TrialSpec, _MODELS, run_trial
+from sentinel.resampling import perplexity_of
 from sentinel.result import TrialRecord
 from sentinel.trial import GenerationSpec
 
@@ -51,6 +53,12 @@ def test_gpt2_trial_runs_every_stage(shared):
     assert len(result.scores) == 4 and len(result.scores[0]) == 8
     row = result.row()
     assert row["model"] == "sentinel/tiny-gpt2" and row["architecture"] == "gpt2" and row["trial_id"]
+    # the evaluation units behind both values: one [summed NLL, tokens] per window, which give the value back
+    for stage in ("pruned", "recovered"):
+        units = np.array(row[f"{stage}_units"])
+        assert units.shape == (32, 2) and (units[:, 1] == 31).all()
+        assert perplexity_of(units) == pytest.approx(getattr(result, stage), rel=1e-6)
+    assert row["pruned_units"] != row["recovered_units"]  # recovery changed the model: the last evaluation's units
 
 
 def test_calibration_is_drawn_per_seed_from_documents_spread_over_the_score_split(shared):

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
 from sentinel.eval import embedding_fidelity, encode, load_stsb, mean_pool, sts_spearman
 from sentinel.models import prune_heads
+from sentinel.resampling import spearman_of
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -54,6 +56,8 @@ def test_dense_minilm_reproduces_published_stsb_test_spearman(minilm):
     metric = sts_spearman(model, tokenizer, split="test", batch_size=128)
     # published: 82.03 (MTEB STSBenchmark test, cosine Spearman, sentence-transformers/all-MiniLM-L6-v2)
     assert metric.value == pytest.approx(0.8203, abs=0.003)
+    # one [cosine, gold] unit per pair, in order: they give the value back (what the analysis resamples)
+    assert len(metric.units) == 1379 and spearman_of(np.array(metric.units)) == pytest.approx(metric.value, abs=1e-9)
     assert metric.name == "stsb_spearman" and metric.higher_is_better
     assert metric.protocol == {"dataset": "stsb", "split": "test", "pairs": 1379, "pooling": "mean", "max_length": 128,
                                "sample": "all", "sample_seed": None}

@@ -12,6 +12,7 @@ ALLOWED = {
     "files": set(),  # reading untrusted files: regular files only
     "work_cache": {"files"},  # what every run computes the same, on disk
     "result": {"contract"},  # what a trial produced and its row: plain Python, read by the analysis
+    "resampling": {"registry"},  # a metric from its evaluation units: numpy, read by the analysis
     "models": {"registry", "contract", "files", "work_cache"},  # a GGUF's conversion is cached
     "data": {"models", "registry", "contract", "files"},
     "eval": {"models", "registry", "contract"},
