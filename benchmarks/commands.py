@@ -35,6 +35,8 @@ COMMANDS = {
                 "--dtype", "q8_0"], 60, "docs/EXPORT.md", True),
     "default": (["sentinel-bench", "run", "configs/default.yaml", "--set", f"output={OUT}"], 600,
                 "README's first command", True),
+    "encoder": (["sentinel-bench", "run", "configs/encoder.yaml", "--set", f"output={OUT}"], 400,
+                "configs/encoder.yaml (README)", False),
     "zero_shot": (["sentinel-bench", "run", "configs/zero_shot.yaml", "--set", f"output={OUT}"], 1800,
                   "docs/ZERO_SHOT.md", False),
     "comparison": (["sentinel-bench", "run", "configs/comparison.yaml", "--set", f"output={OUT}"], 5400,

@@ -100,7 +100,7 @@ def write(result: dict, config: str, name: str = "default_run") -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     rows = pd.DataFrame(result["summary"])
     lines = [
-        "# Default run: `sentinel-bench run configs/default.yaml`", "",
+        f"# `sentinel-bench run configs/{Path(config).name}`", "",
         f"Measured with `python benchmarks/default_run.py` on {time.strftime('%Y-%m-%d')} ({result['machine']}), config "
         f"`{Path(config).name}`{''.join(' --set ' + o for o in result.get('overrides', []))}; the machine: "
         f"{describe(result['machine_figure'])}.", "",
@@ -109,8 +109,9 @@ def write(result: dict, config: str, name: str = "default_run") -> None:
         f"**{result['wall_s']} s** (target: <= 400 s on a machine whose train step is near 117 GFLOP/s, so that it "
         "stays under 600 s on the slower kind)",
         f"- trials ok: {result['ok']} of {result['trials']}",
-        f"- real LM, cells at level >= 0.3 where recovered < pruned: **{result['lm_recovered_below_pruned']:.0%}** "
-        f"of {result['lm_cells_level_ge_0.3']} (target >= 80%)",
+        (f"- real LM, cells at level >= 0.3 where recovered < pruned: **{result['lm_recovered_below_pruned']:.0%}** "
+         f"of {result['lm_cells_level_ge_0.3']} (target >= 80%)" if result["lm_cells_level_ge_0.3"] else
+         "- no causal LM in this config: the recovery target does not apply"),
         f"- models with a strategy significantly better than random: {', '.join(result['models_with_a_strategy_better_than_random']) or 'none'}",
         f"- largest speedup spread among cells with the same pruned layout: {result['speedup_spread_within_a_layout_max']} "
         "(max/min; 1.0 = one measurement per layout)",

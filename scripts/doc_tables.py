@@ -47,7 +47,8 @@ sys.path.insert(0, str(REPO))
 
 from orchestrator.analyze import stats  # noqa: E402
 from sentinel.result import strategy_label  # noqa: E402
-from orchestrator.analyze.formatting import effect, markdown_table, mean_ci, speed_text  # noqa: E402
+from orchestrator.analyze.formatting import (effect, evaluation_sample, markdown_table, mean_ci,  # noqa: E402
+                                             speed_text)
 from orchestrator.analyze.report_tables import (extra_display, generation_display, ranking_display,  # noqa: E402
                                                 stability_display)
 from orchestrator.results import TABLE_NAMES  # noqa: E402
@@ -156,6 +157,11 @@ def verdicts(summary: pd.DataFrame, stage: str, model: str) -> pd.DataFrame:
             "beats random layouts (seeds: mean [min, max])": [
                 "" if pd.isna(m) else f"{m:.0%} [{lo:.0%}, {hi:.0%}]" for m, lo, hi in
                 zip(*(rows[f"{stage}_percentile{c}"] for c in ("", "_min", "_max")))]}),
+        **({} if not rows.get(f"vs_random_{stage}_eval_units", pd.Series(dtype=float)).fillna(0).gt(0).any() else {
+            "on resampled evaluation units [95%]": [evaluation_sample(*v) for v in zip(
+                *(rows[f"vs_random_{stage}_eval_{c}"] for c in ("units", "draws", "opposite", "effect_low",
+                                                                 "effect_high")),
+                [log] * len(rows), rows[f"vs_random_{stage}_eval_holds"])]}),
     })
 
 

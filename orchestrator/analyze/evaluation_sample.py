@@ -8,8 +8,8 @@ recomputes each row's metric; the strategy's mean over its distinct layouts minu
 test's scale, is the draw's difference. The check holds when fewer than (1 - CONFIDENCE) / 2 of the draws put the
 difference on the other side of zero (equivalently: the percentile interval of the draws excludes zero). A verdict
 needs both the test and this check (an intersection of two tests keeps the level of each); a cell whose test
-rejects and whose check does not is "not robust to the evaluation sample". benchmarks/reference_power.py measures
-what the check costs in power.
+rejects and whose check does not is "not robust to the evaluation sample". tests/unit/analyze/test_evaluation_sample.py
+simulates a cell where the check holds and one where a single window carries the whole effect.
 """
 from __future__ import annotations
 

@@ -162,7 +162,11 @@ def _versus_text(results: Results) -> str:
             "the Holm-adjusted p over every strategy and level of that model and stage. The pruned family is each "
             "model's confirmatory family; the recovered one is exploratory. `percentile`: the share of random "
             "layouts a seed's layout beats (mean over seeds, [min, max]); for a strategy whose layout does not change "
-            "with the seed it is the honest number.")
+            "with the seed it is the honest number. `other evaluation samples`: every cell is measured on the same "
+            "windows (or STS-B pairs); drawn again with replacement 2,000 times, the share of draws in which the "
+            "difference from random keeps its sign, and the draws' 95% interval of the effect. A verdict needs both "
+            "the test and this check (otherwise: not robust to the evaluation sample); runs whose rows carry no "
+            "units show no check.")
 
 
 def figures(results: Results, generation: pd.DataFrame, extra: pd.DataFrame) -> list[tuple[str, str, Callable[[], Figure]]]:
@@ -259,8 +263,9 @@ def _blocks(results: Results, summary: pd.DataFrame, table: pd.DataFrame, images
     images = [image for image in images if image not in lead]
     blocks = [Block("p", f"Generated {generated}."), Block("h2", "Headline"),
               Block("p", f"Strategies better or worse than {BASELINE} after Holm's adjustment (p < {ALPHA}, in the "
-                         "metric's direction), with the effect against random [95% interval] and the share of random "
-                         "layouts the strategy's seeds beat; the figure shows where each seed lands among them."),
+                         "metric's direction, and the same sign on resampled evaluation units where the rows carry "
+                         "them), with the effect against random [95% interval] and the share of random layouts the "
+                         "strategy's seeds beat; the figure shows where each seed lands among them."),
               Block("table", headline) if len(headline) else Block("p", _no_headline(results)),
               *lead,
               Block("h2", "Run"), Block("ul", run_metadata(results, out)),

@@ -95,6 +95,7 @@ def test_recomputed_metrics_equal_the_metric():
 
 def test_the_report_states_the_check():
     text = evaluation_sample(8, 2000, 0.001, 0.05, 0.3, True, True)
-    assert text == "holds on 8 units: 0.1% of 2,000 draws opposite, [0.05x, 0.3x]"
+    assert text == "sign kept in 99.9% of 2,000 draws of 8 units [0.05x, 0.3x]"
     assert evaluation_sample(0, 0, float("nan"), float("nan"), float("nan"), True, None) == ""
-    assert evaluation_sample(500, 2000, 0.2, -0.01, 0.02, False, False).startswith("does not hold on 500 units: 20.0%")
+    assert (evaluation_sample(500, 2000, 0.2, -0.01, 0.02, False, False)
+            == "sign kept in 80.0% of 2,000 draws of 500 units [-0.01, +0.02], not robust")
