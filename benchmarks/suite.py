@@ -31,10 +31,14 @@ def run(workers: int | None) -> dict:
     started = time.perf_counter()
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     wall = round(time.perf_counter() - started, 1)
-    last = (done.stdout.strip().splitlines() or [""])[-1]
+    lines = done.stdout.strip().splitlines() or [""]
+    last = lines[-1]
+    failed = [line.split(" - ")[0].removeprefix("FAILED ").removeprefix("ERROR ") for line in lines
+              if line.startswith(("FAILED ", "ERROR "))]
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?|skipped)", last)}
     return {"command": "python -m pytest -q" + ("" if workers is None else f" -n {workers}"),
             "workers": 2 if workers is None else workers, "wall_s": wall, "exit": done.returncode, "summary": last,
+            "failures": failed,
             **counts, "date": time.strftime("%Y-%m-%d")}
 
 

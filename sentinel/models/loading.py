@@ -26,6 +26,8 @@ from sentinel.models.adapters import ADAPTERS
 from sentinel.models.gguf_check import check_gguf
 from sentinel.models.hub import hub_reachable
 from sentinel.models.io import check_pruned_folder, is_pruned_checkpoint, load_pruned
+from sentinel.models.size import CONFIG_MAX_BYTES, check_config_size
+from sentinel.files import UnreadableFile, read_regular
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 SHIPPED = {"sentinel/tiny-gpt2": REFERENCE_DIR / "tiny-gpt2", "sentinel/tiny-llama": REFERENCE_DIR / "tiny-llama"}
@@ -89,6 +91,7 @@ def load_model(
                 return _load_gguf(Path(source) / gguf_file, dtype, attn_implementation, device)
         try:
             config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+            check_config_size(config, name_or_path)
             # GGUF holds decoder LMs only, and its configs name no `architectures`
             causal = bool(gguf_file) or _is_causal(config)
             auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
@@ -214,10 +217,12 @@ def local_model_type(name: str) -> str | None:
             return gguf_architecture(source)
         except Exception as exc:  # not a GGUF file, gguf not installed
             raise ValueError(f"model: {name!r} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
-    try:
-        return json.loads((source / "config.json").read_text(encoding="utf-8")).get("model_type")
+    try:  # untrusted: a FIFO or an 8 GB sparse file there is refused, not read
+        return json.loads(read_regular(source / "config.json", CONFIG_MAX_BYTES).decode("utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         raise ValueError(f"model: {str(source / 'config.json')!r} is not valid JSON") from None
+    except UnreadableFile as exc:
+        raise ValueError(f"model: {exc}") from None
 
 
 def gguf_architecture(path: Path | str) -> str:
@@ -327,10 +332,16 @@ def local_meta_model(name: str) -> nn.Module | None:
     if local_model_type(name) is None:
         return None
     source = Path(resolve_source(name))
-    if source.suffix == ".gguf":
-        config = transformers.AutoConfig.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
-    else:
-        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+    try:  # an untrusted config: transformers' own checks (types, values) fail in many exception types
+        if source.suffix == ".gguf":
+            config = transformers.AutoConfig.from_pretrained(source.parent, gguf_file=source.name,
+                                                             trust_remote_code=False)
+        else:
+            config = transformers.AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - one line for whatever the config got wrong
+        said = " ".join(line.strip() for line in (str(exc).strip().splitlines() or [type(exc).__name__])[:3])
+        raise ValueError(f"model: {name!r}: its config is not valid ({said})") from None
+    check_config_size(config, name)  # before building: even on the meta device 100,000 layers fill memory
     causal = source.suffix == ".gguf" or _causal_config(config)
     if causal and type(config) in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
         mapping = transformers.MODEL_FOR_CAUSAL_LM_MAPPING

@@ -91,7 +91,7 @@ def test_md_text_and_code_render_as_the_literal_text():
 
 
 @pytest.mark.parametrize("case, sentence", [
-    ("only failed trials", "No trial finished (30 failed): there is nothing to compare"),
+    ("only failed trials", "No trial finished (15 failed): there is nothing to compare"),  # the default's 15 cells
     ("one strategy", "No verdicts: the run has no random baseline to test against"),
 ])
 def test_a_run_with_nothing_to_compare_says_so_and_still_renders(tmp_path, case, sentence):
