@@ -75,15 +75,37 @@ def _files(output_dir: str, table: str) -> tuple[Any, list[str], str | None]:
     return fs, parts, compacted if fs.get_file_info(compacted).type == pafs.FileType.File else None
 
 
+# what one Parquet file may expand to in memory, rows x columns x 8 bytes: a results file is untrusted, and 1 MB of
+# run-length-encoded Parquet can hold 4 x 10^7 rows (tens of GB once every column is materialised)
+MAX_TABLE_BYTES = 2 * 2**30
+
+
+class OversizedTable(ValueError):
+    """A Parquet file whose footer claims more rows x columns than MAX_TABLE_BYTES allows."""
+
+
+def read_bounded(path: str, fs: Any = None, width: int | None = None) -> pa.Table:
+    """One Parquet file, read only after its footer's row count times `width` columns (default: its own) fits
+    MAX_TABLE_BYTES at 8 bytes a value. Raises OversizedTable (one line with both numbers), or what pyarrow raises
+    for a file that is not Parquet."""
+    with (fs.open_input_file(path) if fs is not None else open(path, "rb")) as source:
+        meta = pq.ParquetFile(source).metadata
+        need = meta.num_rows * max(width or 0, meta.num_columns) * 8
+        if need > MAX_TABLE_BYTES:
+            raise OversizedTable(f"{path}: {meta.num_rows:,} rows x {max(width or 0, meta.num_columns)} columns would "
+                                 f"take {need / 2**30:,.1f} GiB; at most {MAX_TABLE_BYTES / 2**30:,.0f} GiB are read")
+        return pq.read_table(source)
+
+
 def _read(fs: Any, paths: list[str], schema: pa.Schema, unreadable: list[str] | None = None) -> pa.Table:
     """The files as one table in `schema` (columns a file lacks are null; columns it has but `schema` lacks go).
-    With `unreadable`, a file that is not readable Parquet (a part truncated by a kill, a foreign file) is skipped
-    and named there instead of failing the whole read."""
+    With `unreadable`, a file that is not readable Parquet (a part truncated by a kill, a foreign file) or that
+    claims more rows than memory allows is skipped and named there instead of failing the whole read."""
     out = []
     for path in paths:
         try:
-            table = pq.read_table(path, filesystem=fs)
-        except (pa.ArrowInvalid, OSError):
+            table = read_bounded(path, fs, width=len(schema))
+        except (pa.ArrowInvalid, OSError, OversizedTable):
             if unreadable is None:
                 raise
             unreadable.append(path)

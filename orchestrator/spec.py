@@ -313,28 +313,49 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
     TrialSpec here, so what a worker would refuse is refused now. This module adds the YAML shape (lists of
     entries, per-model overrides) and the Ray-only fields (resources, concurrency, retries, storage).
     """
-    _known_keys(raw, TOP_LEVEL, "config")
+    problems: list[str] = []
+
+    def checked_field(make: Callable[[], Any]) -> Any:
+        """A field's value, or None with its one-line problem kept: every field is checked before any is reported."""
+        try:
+            return make()
+        except SpecError as exc:
+            problems.append(str(exc))
+            return None
+
+    checked_field(lambda: _known_keys(raw, TOP_LEVEL, "config"))
     for required in ("models", "strategies", "levels"):
         if raw.get(required) in (None, [], ""):
-            raise SpecError(f"{required}: is required (a non-empty list)")
-    spec = ExperimentSpec(
-        experiment=_experiment_name(raw.get("experiment")),
-        models=tuple(_entries(raw["models"], "models", ModelEntry, model_name, options_rule=model_options)),
-        strategies=tuple(_entries(raw["strategies"], "strategies", StrategyEntry, strategy_name)),
-        levels=tuple(_levels(raw["levels"])),
-        seeds=tuple(_seeds(raw.get("seeds", list(DEFAULTS["seeds"])))),
-        trial=_trial_fields(raw),
-        resources=_resources(raw.get("resources") or {}),
-        max_concurrent_trials=None if raw.get("max_concurrent_trials") is None
-        else integer(minimum=1)(raw["max_concurrent_trials"], "max_concurrent_trials"),
-        max_failures=integer(minimum=0)(raw.get("max_failures", DEFAULTS["max_failures"]), "max_failures"),
-        storage_path=None if raw.get("storage_path") is None else _path(raw["storage_path"], "storage_path"),
-        output=_path(raw.get("output", DEFAULTS["output"]), "output"),
-        gpu_dry_run=boolean(raw.get("gpu_dry_run", DEFAULTS["gpu_dry_run"]), "gpu_dry_run"),
-        pending_report_s=number(above=0)(raw.get("pending_report_s", DEFAULTS["pending_report_s"]), "pending_report_s"),
-        random_reference=None if raw.get("random_reference") is None
-        else RandomReference.from_dict(raw["random_reference"], "random_reference"),
+            problems.append(f"{required}: is required (a non-empty list)")
+    fields = dict(
+        experiment=checked_field(lambda: _experiment_name(raw.get("experiment"))),
+        models=checked_field(lambda: tuple(_entries(raw["models"], "models", ModelEntry, model_name,
+                                                    options_rule=model_options)) if raw.get("models") else ()),
+        strategies=checked_field(lambda: tuple(_entries(raw["strategies"], "strategies", StrategyEntry, strategy_name))
+                                 if raw.get("strategies") else ()),
+        levels=checked_field(lambda: tuple(_levels(raw["levels"])) if raw.get("levels") else ()),
+        seeds=checked_field(lambda: tuple(_seeds(raw.get("seeds", list(DEFAULTS["seeds"]))))),
+        trial=checked_field(lambda: _trial_fields(raw)),
+        resources=checked_field(lambda: _resources(raw.get("resources") or {})),
+        max_concurrent_trials=checked_field(lambda: None if raw.get("max_concurrent_trials") is None
+                                            else integer(minimum=1)(raw["max_concurrent_trials"],
+                                                                    "max_concurrent_trials")),
+        max_failures=checked_field(lambda: integer(minimum=0)(raw.get("max_failures", DEFAULTS["max_failures"]),
+                                                               "max_failures")),
+        storage_path=checked_field(lambda: None if raw.get("storage_path") is None
+                                   else _path(raw["storage_path"], "storage_path")),
+        output=checked_field(lambda: _path(raw.get("output", DEFAULTS["output"]), "output")),
+        gpu_dry_run=checked_field(lambda: boolean(raw.get("gpu_dry_run", DEFAULTS["gpu_dry_run"]), "gpu_dry_run")),
+        pending_report_s=checked_field(lambda: number(above=0)(raw.get("pending_report_s",
+                                                                       DEFAULTS["pending_report_s"]),
+                                                               "pending_report_s")),
+        random_reference=checked_field(lambda: None if raw.get("random_reference") is None
+                                       else RandomReference.from_dict(raw["random_reference"], "random_reference")),
     )
+    if problems:  # every field's problem in the one line: a user fixes a config in one pass, not one per run
+        raise SpecError(problems[0] if len(problems) == 1 else
+                        f"{len(problems)} problems in the config: " + "; ".join(problems))
+    spec = ExperimentSpec(**fields)
     names = [m.name for m in spec.models]
     for j, strategy in enumerate(spec.strategies):  # options named as the YAML has them, before the grid
         STRATEGIES.get(strategy.name).resolve(strategy.options, where=f"strategies[{j}].options")

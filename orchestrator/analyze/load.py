@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.config_file import MAX_CONFIG_BYTES, check_size
-from orchestrator.results import changed_fields, latest_per_trial, rows_of_kept_trials
+from orchestrator.results import OversizedTable, changed_fields, latest_per_trial, read_bounded, rows_of_kept_trials
 from sentinel.result import TABLE_NAMES, Int32, columns, strategy_label, value_type
 from sentinel.contract import SpecError
 from sentinel.files import UnreadableFile, read_regular
@@ -100,10 +99,13 @@ def _join(path: str, name: str) -> str:
 def _read_parquet(path: str) -> pd.DataFrame:
     """One Parquet file as a DataFrame; AnalyzeError naming the file if it is missing or not Parquet."""
     fs, inner = _filesystem(path)
-    try:
-        table = pq.read_table(inner, filesystem=fs)
+    name = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
+    try:  # sized as the table it becomes: every declared column of its kind (a lone file: the widest, trials)
+        table = read_bounded(inner, fs, width=len(columns(name if name in TABLE_NAMES else "trials")))
     except FileNotFoundError:
         raise AnalyzeError(f"{path}: no such file") from None
+    except OversizedTable as exc:
+        raise AnalyzeError(str(exc).replace(inner, path, 1)) from None
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
         raise AnalyzeError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
     return table.to_pandas()

@@ -372,7 +372,9 @@ def plot_generation(table: pd.DataFrame) -> Figure:
         A Figure with a panel per model: for each cell, bars of measured speedup and markers of the ideal ratio.
     """
     models = sorted(table["model"].unique())
-    fig = Figure(figsize=(max(6.0, 1.1 * table.groupby("model").size().max() + 3), 3.6 * len(models)),
+    # the legend beside the panel, one entry a line: inside it, five long entries in a row took the panel's width
+    # and constrained layout shrank the axes to nothing (seen on the zero-shot run)
+    fig = Figure(figsize=(max(6.0, 1.1 * table.groupby("model").size().max() + 3) + 3.5, 3.6 * len(models)),
                  layout="constrained")
     axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
     kinds = [("prefill", "prefill (batch 1)"), ("decode", "decode (batch 1)"), ("decode_batch", "decode (batch B)")]
@@ -395,7 +397,7 @@ def plot_generation(table: pd.DataFrame) -> Figure:
         ax.set_title(f"{model}: pruned / dense tokens/s (B = {batch}), mean over seeds", fontsize=9)
         ax.set_ylabel("speedup")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, ncol=3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

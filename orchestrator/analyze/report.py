@@ -213,7 +213,7 @@ def write_report(results: Results, out: str, settings=None) -> str:
     if not results.reference.empty:
         write_bytes(f"{out}/percentiles.csv",
                     seed_percentiles(results.trials, results.reference).to_csv(index=False).encode())
-    pairs = stats.pairwise(results.trials)
+    pairs = stats.pairwise(results.trials, results.notes)
     write_bytes(f"{out}/pairwise.csv", pairs.to_csv(index=False).encode())
     ranking = stage_ranking(results.trials, pairs, seed=getattr(settings, "seed", 0))
     if not ranking.empty:

@@ -355,12 +355,17 @@ def paired_vs_random(trials: pd.DataFrame, value: str) -> pd.DataFrame:
     return table[columns]
 
 
-def pairwise(trials: pd.DataFrame) -> pd.DataFrame:
+MAX_HEAD_TO_HEAD = 60  # strategies per (model, level) compared pair by pair (1,770 pairs); more: none, and a note
+
+
+def pairwise(trials: pd.DataFrame, notes: list[str] | None = None) -> pd.DataFrame:
     """Head-to-head: every pair of strategies at each (model, level, stage), paired by seed. `random` is not in it:
     its verdicts come from one computation (against the random reference, or paired against the random trials in
     older runs), so a comparison never appears with two verdicts.
 
-    Holm's adjustment runs over every pair and level of one (model, stage): the family of "which is best" tests.
+    Holm's adjustment runs over every pair and level of one (model, stage): the family of "which is best" tests. A
+    (model, level) with more than MAX_HEAD_TO_HEAD strategies gets no pairs (their number grows with its square: 3,000
+    strategies are 4.5 million tests), and a line in `notes` says so.
     Returns:
         model, stage, level, a, b, n_pairs, effect (a / b geometric-mean ratio for log-scale metrics, a - b
         otherwise), effect_low, effect_high, diff, p, p_adj, verdict (of a against b: better / worse / no
@@ -372,6 +377,11 @@ def pairwise(trials: pd.DataFrame) -> pd.DataFrame:
     for stage in ("pruned", "recovered"):
         for (model, level), cell in ok.groupby(["model", "level"], sort=True):
             labels = sorted(cell["label"].unique())
+            if len(labels) > MAX_HEAD_TO_HEAD:
+                if notes is not None and stage == "pruned":
+                    notes.append(f"no head-to-head table for {model} at level {level:g}: {len(labels):,} strategies, "
+                                 f"at most {MAX_HEAD_TO_HEAD} are compared pair by pair (analyse fewer at once)")
+                continue
             for i, a in enumerate(labels):
                 for b in labels[i + 1:]:
                     result = compare(cell[cell["label"].eq(a)], cell[cell["label"].eq(b)], stage)

@@ -70,3 +70,24 @@ def test_recovery_curves_of_perplexity_are_on_a_log_axis():
     curves = pd.concat([rows.assign(step=0, eval_metric=rows["pruned"]), rows.assign(step=3, eval_metric=rows["recovered"])])
     fig = plot_recovery_curves(curves)
     assert all(ax.get_yscale() == "log" for ax in fig.axes if ax.get_visible())
+
+
+@pytest.mark.parametrize("n_cells", [1, 3, 12])
+def test_the_generation_panel_keeps_its_width_beside_its_legend(n_cells):
+    """Five long legend entries in a row inside the panel made constrained layout shrink the axes to a sliver (the
+    zero-shot run's generation.png); beside the panel, the axes keep most of the figure and nothing collapses."""
+    import warnings
+
+    from orchestrator.analyze.plots import plot_generation
+
+    row = {"model": "sentinel/smollm2-135m", "level": 0.3, "kv_cache": 0.7, "batch_size": 8}
+    for kind in ("prefill", "decode", "decode_batch"):
+        row.update({kind: 1.1, f"{kind}_min": 0.9, f"{kind}_max": 1.9, f"{kind}_ideal": 1.07})
+    table = pd.DataFrame([{**row, "label": f"strategy {i} (compensated)"} for i in range(n_cells)])
+    fig = plot_generation(table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "axes sizes collapsed to zero" is a warning
+        renderer = renderer_of(fig)
+    box = fig.axes[0].get_position()
+    assert box.width > 0.45
+    assert all(b.x0 >= -1 and b.x1 <= fig.bbox.width + 1 for b in text_boxes(fig, renderer))
