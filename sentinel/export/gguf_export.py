@@ -81,6 +81,12 @@ def check_exportable(model: nn.Module, dtype: str) -> None:
     if layout.heads[0] == 0:
         raise ExportError("model: layer 0 has no attention heads left; llama.cpp takes the head size from layer 0 "
                           "and cannot load it")
+    for name, tensor in model.state_dict().items():  # weights are untrusted: a GGUF of NaNs would load and babble
+        if not tensor.is_floating_point():
+            raise ExportError(f"model: weight {name} is {str(tensor.dtype).removeprefix('torch.')}; the exporter "
+                              "takes floating-point weights (load the model with dtype float32, float16 or bfloat16)")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ExportError(f"model: weight {name} holds NaN or infinite values; nothing is exported")
     for layer, (block, heads) in enumerate(zip(model.model.layers, layout.heads)):
         bias = getattr(block.self_attn.o_proj, "bias", None)
         if heads == 0 and bias is not None and bool(bias.detach().abs().max() > 0):

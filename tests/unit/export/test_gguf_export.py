@@ -168,3 +168,27 @@ def test_what_servable_by_promises_for_transformers_is_what_plain_transformers_l
     ids = torch.tensor([tokenizer("A uniform layout loads anywhere.")["input_ids"]])
     with torch.inference_mode():
         assert torch.allclose(plain(ids).logits, model(ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda w: w.fill_(float("nan")), "holds NaN or infinite values"),
+    (lambda w: w.fill_(float("inf")), "holds NaN or infinite values"),
+])
+def test_weights_that_are_not_finite_are_refused_and_nothing_is_written(tiny_llama, tmp_path, spoil, message):
+    model, tokenizer = tiny_llama
+    with torch.no_grad():
+        spoil(model.model.layers[1].mlp.up_proj.weight[0])  # one row of one matrix
+    with pytest.raises(ExportError, match=rf"weight model.layers.1.mlp.up_proj.weight {message}"):
+        export_gguf(model, tokenizer, tmp_path / "a.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_weights_that_are_not_floating_point_are_refused(tiny_llama, tmp_path, dtype):
+    model, tokenizer = tiny_llama
+    weight = model.model.layers[0].mlp.down_proj.weight
+    model.model.layers[0].mlp.down_proj.weight = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+    with pytest.raises(ExportError, match=rf"down_proj.weight is {str(dtype).removeprefix('torch.')}; the exporter "
+                                          "takes floating-point weights"):
+        export_gguf(model, tokenizer, tmp_path / "a.gguf")
+    assert list(tmp_path.iterdir()) == []
