@@ -11,12 +11,14 @@ ray_session.py (the address, a local Ray bound to the driver, stop signals).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TextIO
+from typing import Any, Callable, Iterator, Mapping, TextIO
 
 from orchestrator.callbacks import CellQueue, PendingReport, Progress, ResultStream
 from orchestrator.outputs import SPEC_FILE, compact_results, delete_path, output_lock, prepare
@@ -125,6 +127,19 @@ def _start_ray_or_refuse(address: str | None, ray_init: Mapping[str, Any] | None
         raise
 
 
+@contextlib.contextmanager
+def _quiet_result_grid() -> Iterator[None]:
+    """Tune's result grid warns once per trial that never started (a FileNotFoundError line each, 24 of them after
+    one Ctrl-C): our rows and summary already say which cells did not run and how to resume them."""
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis.level
+    analysis.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        analysis.setLevel(level)
+
+
 def tune_cells(spec: ExperimentSpec, todo: list, total: int, run_id: str, stop: SignalStop, stream: TextIO,
                fn: Callable[[dict], None]) -> tuple[int, int]:
     """Runs `todo` with Tune, one Tuner per CHUNK_CELLS cells, rows streamed as they finish; stops between and inside
@@ -165,7 +180,9 @@ def tune_cells(spec: ExperimentSpec, todo: list, total: int, run_id: str, stop: 
                                           num_samples=len(chunk))
             stop.tuning = True
             try:
-                tune.Tuner(tune.with_resources(fn, resources), tune_config=tune_config, run_config=run_config).fit()
+                with _quiet_result_grid():
+                    tune.Tuner(tune.with_resources(fn, resources), tune_config=tune_config,
+                               run_config=run_config).fit()
             finally:
                 stop.tuning = False
     finally:
