@@ -18,7 +18,6 @@ shared reference creates. The pruned family is each model's confirmatory family;
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,7 @@ import pandas as pd
 from scipy import stats as sstats
 
 from orchestrator.analyze.evaluation_sample import NOT_RUN, ReferenceSample
+from orchestrator.analyze.layouts import layout_keys
 from orchestrator.analyze.load import AnalyzeError
 from orchestrator.analyze.permutation import (MAX_RESAMPLES, MIN_RESAMPLES, STATISTICS, TwoSampleTest, rank_interval,
                                               rank_p, stream_seed)
@@ -39,23 +39,6 @@ MIN_RECOVERED = 5  # recovered reference layouts a recovered-stage test needs (0
 # when it spreads far more (0.08-0.15 at 10x: random's skew scaled up); outside these, the percentile, no verdict.
 MIN_DISTINCT_LAYOUTS = 5
 MAX_SPREAD_RATIO = 1.0  # the strategy's sd over random's, on the test's scale: a criterion less stable than random
-
-
-def head_pairs(heads: object) -> tuple[tuple[int, int], ...]:
-    """A row's `pruned_heads` as sorted (layer, head) pairs (load() has checked their shape)."""
-    return () if heads is None else tuple(sorted((int(layer), int(head)) for layer, head in heads))
-
-
-def layout_key(heads: object) -> str:
-    """A pruned layout as a hashable key: its sorted (layer, head) pairs."""
-    return json.dumps(head_pairs(heads))
-
-
-def layout_keys(rows: pd.DataFrame) -> pd.Series:
-    """Each row's layout key; rows of tables without `pruned_heads` (other tools) are each their own layout."""
-    if "pruned_heads" not in rows:
-        return pd.Series([f"row {i}" for i in rows.index], index=rows.index)
-    return rows["pruned_heads"].map(layout_key)
 
 
 def reference_rows(reference: pd.DataFrame, model: str, level: float, stage: str) -> pd.DataFrame:

@@ -28,7 +28,8 @@ from orchestrator.analyze.ranking import stage_ranking
 from orchestrator.analyze.stability import AGREEMENT, stability_table
 from orchestrator.analyze.report_tables import (display_table, extra_display, failed_table, generation_display,
                                                 headline_table, pairwise_display, ranking_display, stability_display)
-from orchestrator.analyze.stats import ALPHA, BASELINE, CELL, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials, summary_table
+from orchestrator.analyze.stats import ALPHA, BASELINE, CELL, CONFIDENCE, MIN_SEEDS_FOR_CI, ok_trials
+from orchestrator.analyze.summary import summary_table
 from orchestrator.storage import write_bytes
 
 

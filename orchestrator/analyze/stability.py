@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
-from orchestrator.analyze.reference import head_pairs, layout_key
+from orchestrator.analyze.layouts import head_pairs, layout_key
 from orchestrator.analyze.stats import CELL, interval, ok_trials
 
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from orchestrator.analyze import analyze
-from orchestrator.analyze.reference import layout_key
+from orchestrator.analyze.layouts import layout_key
 from orchestrator.runner import run_experiment
 from orchestrator.trainable import trainable
 from orchestrator.spec import parse_spec

@@ -17,7 +17,8 @@ from scipy import stats
 from orchestrator import cli
 from orchestrator.analyze import AnalyzeError, analyze, load
 from orchestrator.analyze import stats as analysis_stats
-from orchestrator.analyze.stats import pareto_front, summary_table
+from orchestrator.analyze.stats import pareto_front
+from orchestrator.analyze.summary import summary_table
 
 
 def run_cli(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ from scipy import stats
 
 from orchestrator.analyze import reference as ref
 from orchestrator.analyze.formatting import evaluation_sample
-from orchestrator.analyze.stats import summary_table
+from orchestrator.analyze.summary import summary_table
 from sentinel.resampling import bootstrap_draws, perplexity_of, resampled, spearman_of
 from tests.unit.analyze.test_reference import LEVEL, rows
 

@@ -15,7 +15,8 @@ from scipy import stats
 
 from orchestrator.analyze import reference as ref
 from orchestrator.analyze.stability import expected_jaccard, stability_table
-from orchestrator.analyze.stats import compare, pairwise, summary_table
+from orchestrator.analyze.stats import compare, pairwise
+from orchestrator.analyze.summary import summary_table
 
 LEVEL = 0.3
 
