@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-FAMILIES = ("llama", "mistral", "qwen2")  # what export_gguf writes for llama.cpp (its llama / deci architectures)
+from sentinel.families import families
+
+FAMILIES = families("gguf")  # what export_gguf writes for llama.cpp (its llama / deci architectures)
 DTYPES = ("f32", "f16", "q8_0")  # weight types of an export
 # families whose transformers config reads an explicit head_dim, so a config with fewer heads describes a model
 # pruned the same way in every layer (sentinel.models.io.plain_config builds and verifies it)
-PLAIN_CONFIG_FAMILIES = ("llama", "mistral", "qwen2")
+PLAIN_CONFIG_FAMILIES = families("plain_config")
 RUNTIMES = ("transformers", "llama.cpp")
 
 

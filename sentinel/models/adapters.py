@@ -12,6 +12,7 @@ from typing import Callable, Mapping
 
 from torch import nn
 
+from sentinel.families import families
 from sentinel.registry import Registry
 
 # f(heads, kv_heads, head_dim) -> new value of an attribute of the attention module
@@ -87,7 +88,7 @@ ADAPTERS.register("distilbert")(
     )
 )
 
-ADAPTERS.register("llama", "mistral", "qwen2")(
+ADAPTERS.register(*families("adapter:llama"))(
     AttentionAdapter(
         name="llama",
         layers="layers",

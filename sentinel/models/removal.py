@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D, prune_linear_layer
 
+from sentinel.families import families
 from sentinel.models.activations import output_means
 from sentinel.models.adapters import AttentionAdapter, get_adapter
 from sentinel.models.layout import (Batch, HeadLayout, HeadRequest, HeadSlice, attention_modules, blocks,
@@ -22,9 +23,8 @@ from sentinel.models.layout import (Batch, HeadLayout, HeadRequest, HeadSlice, a
                                     original_head_count, output_projections, to_current, weight_dim)
 
 
-# Families whose attention module can lose every head: its forward returns (output, weights) and its output
-# projection is its own `o_proj`, so an empty one adds the projection's bias (or nothing) to the residual stream.
-EMPTY_LAYER_FAMILIES = ("llama", "mistral", "qwen2")
+# Families whose attention module can lose every head (sentinel.families: `empty_layers`)
+EMPTY_LAYER_FAMILIES = families("empty_layers")
 
 
 class _EmptyAttention:

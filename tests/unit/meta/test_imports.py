@@ -8,16 +8,17 @@ ROOT = Path(__file__).resolve().parents[3]
 # what each part of sentinel may import (besides itself); sentinel.contract and sentinel.registry are leaves
 ALLOWED = {
     "registry": set(),
+    "families": {"registry"},  # each model family's facts: plain data, read by models and export
     "contract": set(),
     "files": set(),  # reading untrusted files: regular files only
     "work_cache": {"files"},  # what every run computes the same, on disk
     "result": {"contract"},  # what a trial produced and its row: plain Python, read by the analysis
     "resampling": {"registry"},  # a metric from its evaluation units: numpy, read by the analysis
-    "models": {"registry", "contract", "files", "work_cache"},  # a GGUF's conversion is cached
+    "models": {"registry", "contract", "files", "work_cache", "families"},  # a GGUF's conversion is cached
     "data": {"models", "registry", "contract", "files"},
     "eval": {"models", "registry", "contract"},
     "pruning": {"models", "registry", "contract"},
-    "export": {"models", "eval", "registry", "contract", "files"},  # GGUF files and llama.cpp
+    "export": {"models", "eval", "registry", "contract", "files", "families"},  # GGUF files and llama.cpp
 }
 TOP = {"finetune", "pipeline", "trial", "preflight", "tasks", "zero_shot", "__init__"}  # the pipeline layer: may import any of the above
 
