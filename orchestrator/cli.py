@@ -55,14 +55,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, args.overrides)
     if args.address is None:
         check_local_run(spec)
+        # Ray on Linux binds GCS and raylet to the machine's address even when told 127.0.0.1; this flag,
+        # read when ray is first imported (below), keeps a local in-process cluster on loopback (docs/SECURITY.md)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if args.dry_run:
         from orchestrator.dry_run import dry_run
 
         print("\n".join(dry_run(spec, measure_here=args.address is None)))  # a cluster's machines are elsewhere
         return 0
-        # Ray on Linux binds GCS and raylet to the machine's address even when told 127.0.0.1; this flag,
-        # read when ray is first imported, keeps a local in-process cluster on loopback (docs/SECURITY.md).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from orchestrator.outputs import ResultsWriteError
     from orchestrator.ray_session import check_address
     from orchestrator.runner import run_experiment

@@ -144,6 +144,12 @@ def test_a_worker_that_dies_without_reporting_gets_tunes_error_in_its_row(ray_cl
     assert "Died" in error or "died" in error or "exit" in error  # Tune's own words for a dead worker
 
 
+def _listening(process: psutil.Process) -> list:
+    with contextlib.suppress(psutil.Error):
+        return [c for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    return []
+
+
 def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_cluster, tiny_gpt2, tiny_corpus, tmp_path,
                                                                       capsys):
     from orchestrator import cli
@@ -169,6 +175,9 @@ def test_resume_after_sigkill_loses_no_finished_row_and_may_add_cells(ray_cluste
             assert time.time() - seen < 30, "no part was written within 30 s of a finished trial"
             time.sleep(0.02)
         ray_processes = psutil.Process(proc.pid).children(recursive=True)
+        # a local run's Ray listens on loopback only (docs/SECURITY.md): a dead line once left it on every interface
+        listening = {c.laddr.ip for p in ray_processes for c in _listening(p)}
+        assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
         proc.kill()  # SIGKILL to the driver alone: the local Ray it started must stop with it (orchestrator.watchdog)
         proc.wait()
         _, alive = psutil.wait_procs(ray_processes, timeout=30)
