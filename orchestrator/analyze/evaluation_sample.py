@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
-from orchestrator.analyze.stats import CONFIDENCE, SCALES
+from orchestrator.analyze.stats import CONFIDENCE, SCALES, higher_is_better, metric_scale
 from sentinel.resampling import UNIT_METRICS, bootstrap_draws, resampled
 
 # a cell's check where none ran (no units in its rows: tables from before they were recorded, or other tools)
@@ -89,8 +89,7 @@ class ReferenceSample:
         if (x is None or self.units is None or x.shape[1] != self.units.shape[1] or metric not in UNIT_METRICS
                 or not np.isfinite(direction)):
             return dict(NOT_RUN)
-        scale = strategy_rows["metric_scale"].iloc[0] or "identity"
-        higher = bool(strategy_rows["higher_is_better"].iloc[0])
+        scale, higher = metric_scale(strategy_rows), higher_is_better(strategy_rows)  # older tables: by metric name
         forward, _ = SCALES[scale]
         alpha = (1 - CONFIDENCE) / 2
         for n_draws in (DRAWS, MAX_DRAWS):

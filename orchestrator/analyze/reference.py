@@ -181,7 +181,8 @@ def vs_reference(trials: pd.DataFrame, reference: pd.DataFrame, stage: str,
                "family": "confirmatory" if stage == "pruned" else "exploratory", "exact": True, "partitions": 0,
                "p": float("nan"), "p_mc_error": 0.0, "effect_low": float("nan"), "effect_high": float("nan")}
         if finite.empty:
-            rows.append({**row, **_on_metric_scale(NOT_RUN, float("nan"), float("nan"), scale), "n_layouts": 0, "verdict_override": "no finite metric", "test": "none",
+            rows.append({**row, **_on_metric_scale(NOT_RUN, float("nan"), float("nan"), scale), "n_layouts": 0,
+                         "verdict_override": "no finite metric", "test": "none",
                          "effect": float("nan"), "ratio": float("nan"), "diff": float("nan"),
                          "percentile": float("nan"), "percentile_min": float("nan"), "percentile_max": float("nan"),
                          "direction": float("nan")})
@@ -269,8 +270,8 @@ def _verdict(r) -> str:
         return "too few distinct layouts"
     if not r.p_adj < ALPHA:
         return "no significant difference"
-    if r.eval_holds is not None and not pd.isna(r.eval_holds) and not r.eval_holds:  # the layouts differ on these
-        # units; another sample of units may not say so
+    # the layouts differ on these evaluation units, and another sample of units may not say so
+    if r.eval_holds is not None and not pd.isna(r.eval_holds) and not r.eval_holds:
         return "not robust to the evaluation sample"
     return "better" if (r.direction > 0) == bool(r.higher) else "worse"
 

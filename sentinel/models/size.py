@@ -27,11 +27,11 @@ def _dimension(config: Any, name: str, default: int | None = None) -> int | None
 
 
 def estimated_parameters(config: Any) -> int:
-    """A lower bound on the parameter count: per layer the four attention projections and two MLP matrices, plus the
-    embedding (what no family goes below)."""
+    """A lower bound on the parameter count: per layer the query and output projections (keys and values may be
+    grouped, so they are not counted) and two MLP matrices, plus the embedding."""
     layers, hidden = _dimension(config, "num_hidden_layers", 0), _dimension(config, "hidden_size", 0)
     inner = _dimension(config, "intermediate_size") or _dimension(config, "n_inner") or 4 * hidden
-    return layers * (4 * hidden * hidden + 2 * hidden * inner) + (_dimension(config, "vocab_size", 0) or 0) * hidden
+    return layers * (2 * hidden * hidden + 2 * hidden * inner) + (_dimension(config, "vocab_size", 0) or 0) * hidden
 
 
 def memory_bytes() -> int:
