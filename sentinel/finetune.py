@@ -20,7 +20,7 @@ The recipe is written down in docs/METRICS.md ("Recovery fine-tuning").
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
@@ -73,7 +73,9 @@ class FinetuneConfig(Contract):
 
     def check_together(self) -> None:
         if self.warmup_steps > self.steps:
-            raise SpecError(f"warmup_steps: {self.warmup_steps} must be in [0, steps={self.steps}]")
+            default = next(f.default for f in fields(self) if f.name == "warmup_steps")
+            said = f" ({default} is the default when it is not set)" if self.warmup_steps == default else ""
+            raise SpecError(f"warmup_steps: {self.warmup_steps}{said} must be in [0, steps={self.steps}]")
         if self.method == "full" and self.lora_targets:
             raise SpecError("lora_targets: set with method 'full'; LoRA targets apply to method 'lora'")
         if self.temperature != 1.0 and self.objective != "distill":

@@ -47,3 +47,12 @@ def test_the_command_line_prints_them_in_one_line_and_exits_2(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "2 problems in the config: levels" in lines[0] and "seeds" in lines[0]
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_defaulted_value_is_called_a_default():
+    """The newcomer's round trip: `finetune: {steps: 2}` refused for a warm-up they never wrote."""
+    with pytest.raises(SpecError, match=r"warmup_steps: 10 \(10 is the default when it is not set\) must be in "
+                                        r"\[0, steps=2\]"):
+        parse_spec({**GOOD, "finetune": {"steps": 2}})
+    with pytest.raises(SpecError, match=r"warmup_steps: 3 must be in \[0, steps=2\]"):
+        parse_spec({**GOOD, "finetune": {"steps": 2, "warmup_steps": 3}})
