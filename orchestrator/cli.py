@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the plan and a time estimate measured here; start nothing, write nothing")
     run.set_defaults(func=cmd_run)
 
+    config = sub.add_parser("config", help="print a config with every key at its default")
+    config.add_argument("--defaults", action="store_true", required=True,
+                        help="every key of a config with the value it takes when not set (YAML)")
+    config.set_defaults(func=cmd_config)
+
     analyze.add_cli(sub)
     submit.add_cli(sub)  # submit, status, logs
     export.add_cli(sub)
@@ -83,6 +88,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.missing or summary.signal:
         return 128 + (summary.signal or signal.SIGINT)
     return 0 if summary.failed == 0 else 1
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Prints every config key with its default (docs/CONFIG.md shows the same, rendered from it)."""
+    from orchestrator.spec import defaults_yaml
+
+    print(defaults_yaml(), end="")
+    return 0
 
 
 def resume_command(args: argparse.Namespace) -> str:

@@ -379,6 +379,23 @@ def parse_spec(raw: Mapping[str, Any]) -> ExperimentSpec:
     return spec
 
 
+def defaults_yaml() -> str:
+    """Every key of a config with the value it takes when the config does not set it, as YAML a user can start from
+    (`sentinel-bench config --defaults`, docs/CONFIG.md). The four required keys show what they take."""
+    import yaml
+
+    spec = parse_spec({"experiment": "my_experiment", "models": ["sentinel/tiny-gpt2"], "strategies": ["magnitude"],
+                       "levels": [0.3]})
+    resolved = spec.to_dict()
+    resolved.update(experiment="<a name: the results folder's>",
+                    models=["<a shipped model, a folder, a .gguf file or a hub name>"],
+                    strategies=["<a strategy name, or {name: ..., options: {...}}>"],
+                    levels=["<fractions of heads to prune, e.g. 0.3>"], output=DEFAULTS["output"])
+    return ("# Every key with its default (`sentinel-bench config --defaults`); experiment, models, strategies and\n"
+            "# levels are required. Per-model overrides: models: [{name: ..., finetune: {...}, levels: [...], seeds: [...]}].\n"
+            + yaml.safe_dump(resolved, sort_keys=False))
+
+
 # ------------------------------------------------------------------------------------------ field checks
 
 

@@ -29,6 +29,7 @@ Views (NAME is a folder of docs/data, MODEL a model name as in the results):
     NAME/generation MODEL       KV cache kept, prefill / decode speedups beside their ideal ratios (runs with generation)
     NAME/extra MODEL            the extra evaluations (extra_tasks) per cell and stage, mean [95% CI]
     benchmarks/BENCH [N]        the N-th (default first) table of benchmarks/results/BENCH.md, as its script wrote it
+    config/defaults             every config key at its default (orchestrator.spec.defaults_yaml), as YAML
 """
 from __future__ import annotations
 
@@ -254,6 +255,10 @@ def render_view(spec: str) -> str:
     name, view = name_view.split("/")
     if name == "benchmarks":
         return benchmark_table(view, *map(int, args))
+    if name == "config" and view == "defaults":  # every key at its default, from the contract itself
+        from orchestrator.spec import defaults_yaml
+
+        return f"```yaml\n{defaults_yaml()}```\n"
     if view in ("facts", "cost"):  # a run's own files (an extension of another run has no analysis of its own)
         table = (run_facts(json.loads((DATA / name / "facts.json").read_text())) if view == "facts"
                  else cost(name, args[0]))
