@@ -6,7 +6,8 @@ magnitude, entropy at level 0.3, seed 0, the default's protocol and windows) rec
 under two objectives: next-token cross-entropy (the default) and distillation to the dense model (KL at T = 2).
 One seed, one layout each: the order is by mean only (no test), a question for the grid, not a verdict.
 
-    python benchmarks/recovery_length.py      # about 8 minutes on 2 cores; writes benchmarks/results/recovery_length.{json,md}
+    python benchmarks/recovery_length.py      # about 8 minutes on 2 cores
+                                              # writes benchmarks/results/recovery_length.{json,md}
 """
 from __future__ import annotations
 
@@ -62,13 +63,15 @@ def main() -> None:
     shared = LocalShared()  # the dense model, its baseline and each strategy's scores computed once
     rows = [trial(s, o, t, shared) for o, t in OBJECTIVES for s in STRATEGIES]
     result = {"machine": describe(machine), "python": platform.python_version(), "steps": STEPS, "every": EVERY,
-              "rows": rows, "orders": {o: {step: order(rows, o, step) for step in (0, 3, STEPS)} for o, _ in OBJECTIVES}}
+              "rows": rows,
+              "orders": {o: {step: order(rows, o, step) for step in (0, 3, STEPS)} for o, _ in OBJECTIVES}}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "recovery_length.json").write_text(json.dumps(result, indent=1) + "\n")
     steps = sorted(rows[0]["curve"])
     lines = ["# Recovery length and objective: SmolLM2-135M at 30% of heads, one layout per strategy", "",
-             f"Measured with `python benchmarks/recovery_length.py` on {time.strftime('%Y-%m-%d')}; {describe(machine)}. "
-             f"The default's protocol (WikiText-2, 8 windows of 128 tokens, 2 x 128-token steps at lr 1e-4, no warm-up), "
+             f"Measured with `python benchmarks/recovery_length.py` on {time.strftime('%Y-%m-%d')}; "
+             f"{describe(machine)}. The default's protocol (WikiText-2, 8 windows of 128 tokens, 2 x 128-token steps at "
+             "lr 1e-4, no warm-up), "
              f"seed 0, {STEPS} recovery steps evaluated every {EVERY}; distillation is KL to the dense model at T = 2. "
              f"By mean only: one layout per strategy, no test.", "",
              "| objective | strategy | " + " | ".join(f"step {s}" for s in steps) + " | seconds |",

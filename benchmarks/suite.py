@@ -55,7 +55,8 @@ def main() -> None:
     path.write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["# The README's test command", "",
              f"Measured with `python benchmarks/suite.py` (and `--workers 0` for one process). Target: at most "
-             f"{TARGET_S} s on 2 cores of a machine like benchmarks/results/machine.md's (360 s on the slower kind).", "",
+             f"{TARGET_S} s on 2 cores of a machine like benchmarks/results/machine.md's (360 s on the slower "
+             "kind).", "",
              "| command | workers | wall (s) | result | date | machine |", "|---|---:|---:|---|---|---|"]
     lines += [f"| `{r['command']}` | {r['workers']} | {r['wall_s']} | {r['summary']} | {r['date']} | {r['machine']} |"
               for r in rows]

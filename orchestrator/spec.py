@@ -392,7 +392,8 @@ def defaults_yaml() -> str:
                     strategies=["<a strategy name, or {name: ..., options: {...}}>"],
                     levels=["<fractions of heads to prune, e.g. 0.3>"], output=DEFAULTS["output"])
     return ("# Every key with its default (`sentinel-bench config --defaults`); experiment, models, strategies and\n"
-            "# levels are required. Per-model overrides: models: [{name: ..., finetune: {...}, levels: [...], seeds: [...]}].\n"
+            "# levels are required. Per-model overrides:\n"
+            "# models: [{name: ..., finetune: {...}, levels: [...], seeds: [...]}].\n"
             + yaml.safe_dump(resolved, sort_keys=False))
 
 

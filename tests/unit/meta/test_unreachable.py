@@ -22,7 +22,8 @@ def unreachable(source: str) -> list[int]:
 
 def test_no_code_after_a_return_anywhere_in_the_project():
     found = {str(p.relative_to(ROOT)): unreachable(p.read_text(encoding="utf-8"))
-             for package in ("sentinel", "orchestrator", "scripts", "benchmarks") for p in (ROOT / package).rglob("*.py")}
+             for package in ("sentinel", "orchestrator", "scripts", "benchmarks")
+             for p in (ROOT / package).rglob("*.py")}
     assert len(found) > 100  # the scan read the project
     assert {path: lines for path, lines in found.items() if lines} == {}
 

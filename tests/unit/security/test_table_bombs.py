@@ -57,8 +57,9 @@ def test_head_to_head_past_its_cap_is_skipped_with_a_note(monkeypatch):
 
     def grid(n_labels: int) -> pd.DataFrame:
         return pd.DataFrame([{"model": "m", "label": f"s{i}", "strategy": f"s{i}", "level": 0.3, "seed": seed,
-                              "status": "ok", "pruned": float(rng.uniform(10, 20)), "recovered": float(rng.uniform(10, 20)),
-                              "metric_scale": "log", "higher_is_better": False, "metric_name": "perplexity"}
+                              "status": "ok", "pruned": float(rng.uniform(10, 20)),
+                              "recovered": float(rng.uniform(10, 20)), "metric_scale": "log",
+                              "higher_is_better": False, "metric_name": "perplexity"}
                              for i in range(n_labels) for seed in range(3)])
 
     monkeypatch.setattr(stats, "MAX_HEAD_TO_HEAD", 3)
