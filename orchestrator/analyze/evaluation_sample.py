@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sstats
 
-from orchestrator.analyze.stats import CONFIDENCE, SCALES, higher_is_better, metric_scale
+from orchestrator.analyze.stats import (CONFIDENCE, SCALES, higher_is_better, mc_interval, metric_scale,
+                                       worst_for_nonfinite)
 from sentinel.resampling import UNIT_METRICS, bootstrap_draws, resampled
 
 # a cell's check where none ran (no units in its rows: tables from before they were recorded, or other tools)
@@ -48,17 +48,6 @@ def _as_units(value: object) -> np.ndarray:
     return units if units.ndim == 2 and units.shape[1] == 2 else np.empty((0, 2))
 
 
-def _worst_where_nonfinite(values: np.ndarray, higher: bool) -> np.ndarray:
-    """Per draw (column), a non-finite reference value replaced by that draw's worst finite one: ranked last, as the
-    test ranks a layout whose metric overflowed."""
-    finite = np.isfinite(values)
-    if finite.all():
-        return values
-    masked = np.where(finite, values, np.nan)
-    worst = np.nanmin(masked, axis=0) if higher else np.nanmax(masked, axis=0)
-    return np.where(finite, values, worst)
-
-
 class ReferenceSample:
     """The random reference of one (model, level, stage) under bootstrap draws of the evaluation units: one set of
     draws for every strategy cell compared with it (all were measured on the same units), its mean computed once."""
@@ -74,7 +63,7 @@ class ReferenceSample:
             draws = bootstrap_draws(self.units.shape[1], n_draws, self.seed)
             forward, _ = SCALES[scale]
             with np.errstate(all="ignore"):
-                y = forward(_worst_where_nonfinite(resampled(metric, self.units, draws), higher))
+                y = forward(worst_for_nonfinite(resampled(metric, self.units, draws), higher))
             self._means[key] = draws, y.mean(axis=0)
         return self._means[key]
 
@@ -99,9 +88,7 @@ class ReferenceSample:
             per_layout = pd.DataFrame(x_draws).groupby(strategy_rows["layout"].to_numpy()).mean().to_numpy()
             d = per_layout.mean(axis=0) - y_mean
             opposite = float(np.mean(~(np.sign(d) == np.sign(direction))))  # a non-finite draw counts against
-            hits = round(opposite * n_draws)
-            low = sstats.beta.ppf(0.0005, hits, n_draws - hits + 1) if hits > 0 else 0.0
-            high = sstats.beta.ppf(0.9995, hits + 1, n_draws - hits) if hits < n_draws else 1.0
+            low, high = mc_interval(round(opposite * n_draws), n_draws)
             straddles = bool(low < alpha <= high)
             if not straddles:
                 break

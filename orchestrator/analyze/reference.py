@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sstats
 
 from orchestrator.analyze.evaluation_sample import NOT_RUN, ReferenceSample
 from orchestrator.analyze.layouts import layout_keys
@@ -30,7 +29,7 @@ from orchestrator.analyze.load import AnalyzeError
 from orchestrator.analyze.permutation import (MAX_RESAMPLES, MIN_RESAMPLES, STATISTICS, TwoSampleTest, rank_interval,
                                               rank_p, stream_seed)
 from orchestrator.analyze.stats import (ALPHA, CELL, CONFIDENCE, SCALES, back_difference, higher_is_better, holm,
-                                       metric_scale, ok_trials)
+                                       mc_interval, metric_scale, ok_trials, worst_for_nonfinite)
 
 MIN_LAYOUTS = 20  # pruned reference layouts a test needs (one distinct strategy layout then reaches p = 2/21)
 MIN_RECOVERED = 5  # recovered reference layouts a recovered-stage test needs (0: no recovered verdicts)
@@ -95,10 +94,7 @@ def _bounds(test: TwoSampleTest | None, p: float) -> tuple[float, float]:
     """A 99.9% Clopper-Pearson interval of a Monte-Carlo p (the p itself when exact or not computed)."""
     if test is None or test.exact or not np.isfinite(p):
         return p, p
-    hits, n = round(p * (test.partitions + 1)) - 1, test.partitions
-    low = float(sstats.beta.ppf(0.0005, hits, n - hits + 1)) if hits > 0 else 0.0
-    high = float(sstats.beta.ppf(0.9995, hits + 1, n - hits)) if hits < n else 1.0
-    return low, high
+    return mc_interval(round(p * (test.partitions + 1)) - 1, test.partitions)
 
 
 def _deciding(p: pd.Series) -> dict:
@@ -173,7 +169,7 @@ def vs_reference(trials: pd.DataFrame, reference: pd.DataFrame, stage: str,
                 reference_layouts, stage, stream_seed(settings.seed, model, level, stage, "evaluation sample"))
         scale, higher = metric_scale(group), higher_is_better(group)
         forward, _ = SCALES[scale]
-        base = _worst_for_nonfinite(raw.to_numpy(float), higher)
+        base = worst_for_nonfinite(raw.to_numpy(float), higher)
         finite = group[np.isfinite(pd.to_numeric(group[stage], errors="coerce").to_numpy(float))]
         row = {"model": model, "label": label, "level": level, "higher": higher, "scale": scale,
                "n_reference": len(base), "n_nonfinite_reference": int((~np.isfinite(raw.to_numpy(float))).sum()),
@@ -252,15 +248,6 @@ def spread_ratio(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.std(x, ddof=1) / np.std(y, ddof=1)) if len(x) > 1 and np.std(y) > 0 else float("nan")
 
 
-def _worst_for_nonfinite(values: np.ndarray, higher: bool) -> np.ndarray:
-    """Reference values with every non-finite one (a layout whose metric overflowed) set to the worst finite value:
-    ranked last, tied, rather than dropped (dropping flatters random)."""
-    finite = values[np.isfinite(values)]
-    if not len(finite) or len(finite) == len(values):
-        return values
-    return np.where(np.isfinite(values), values, finite.min() if higher else finite.max())
-
-
 def _verdict(r) -> str:
     if isinstance(getattr(r, "verdict_override", None), str):
         return r.verdict_override
@@ -286,7 +273,7 @@ def seed_percentiles(trials: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFr
             if base.empty:
                 continue
             value = getattr(r, stage)
-            ranked = _worst_for_nonfinite(base.to_numpy(float), higher)
+            ranked = worst_for_nonfinite(base.to_numpy(float), higher)
             rows.append({"model": r.model, "label": r.label, "level": r.level, "seed": r.seed, "stage": stage,
                          "value": value, "percentile": percentile(value, ranked, higher),
                          "n_reference": len(base)})

@@ -294,6 +294,27 @@ def back_difference(d: float, low: float, high: float, base: float, scale: str) 
     return d, low, high
 
 
+def mc_interval(hits: int, n: int) -> tuple[float, float]:
+    """The 99.9% Clopper-Pearson interval of a Monte-Carlo share hits / n: where a resampled p or share may truly be."""
+    low = float(stats.beta.ppf(0.0005, hits, n - hits + 1)) if hits > 0 else 0.0
+    high = float(stats.beta.ppf(0.9995, hits + 1, n - hits)) if hits < n else 1.0
+    return low, high
+
+
+def worst_for_nonfinite(values: np.ndarray, higher: bool) -> np.ndarray:
+    """Reference values with every non-finite one (a layout whose metric overflowed) set to the worst finite value of
+    its column (the whole array if 1-D; each bootstrap draw if 2-D): ranked last, tied, rather than dropped (dropping
+    flatters random). A column with no finite value stays as it is."""
+    finite = np.isfinite(values)
+    if finite.all() or not finite.any():
+        return values
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-non-finite column: its NaN is not used below
+        masked = np.where(finite, values, np.nan)
+        worst = np.nanmin(masked, axis=0) if higher else np.nanmax(masked, axis=0)
+    return np.where(finite | ~finite.any(axis=0), values, worst)
+
+
 def holm(p: pd.Series) -> pd.Series:
     """Holm's step-down adjustment of a family of p-values (NaN stays NaN and is not counted in the family)."""
     values = p.dropna().sort_values()
